@@ -1,0 +1,96 @@
+"""The Spark session factory: local Delta + checkpoints, or the platform's active session.
+
+On Databricks (``DATABRICKS_RUNTIME_VERSION`` set) or under ``spark-submit`` with a session
+already active, the active session is used as is: Delta is built in there and GraphFrames is a
+cluster library, so no JAR is added. Locally, a session is built with the fetched JARs as
+local files, Delta's extension and catalog, a checkpoint dir under the work dir, and
+small-job settings (no UI, few shuffle and Delta snapshot partitions, fast JVM flags).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from persona_lib.config import AppConfig
+from persona_lib.jars import required_jars
+
+FAST_JVM_FLAGS = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1"
+
+
+def on_databricks() -> bool:
+    return "DATABRICKS_RUNTIME_VERSION" in os.environ
+
+
+def get_spark(config: AppConfig) -> SparkSession:
+    """The session for a job: the active one if there is one, else a new local one."""
+    active = SparkSession.getActiveSession()
+    if active is not None or on_databricks():
+        spark = active or SparkSession.builder.getOrCreate()
+        _set_checkpoint_dir(spark, config)
+        return spark
+    return build_local_spark(config)
+
+
+def build_local_spark(config: AppConfig) -> SparkSession:
+    # Python workers must run the interpreter (and the venv) that runs the driver.
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    workdir = config.workdir_path
+    workdir.mkdir(parents=True, exist_ok=True)
+    spark_conf = config.spark
+    cores = os.cpu_count() or 2
+    shuffle_partitions = spark_conf.shuffle_partitions or 2 * cores
+    java_opts = f"-Dderby.system.home={workdir / 'derby'}"
+    if spark_conf.fast_jvm:
+        java_opts = f"{FAST_JVM_FLAGS} {java_opts}"
+    submitted = launched_by_spark_submit()
+    builder = SparkSession.builder
+    if not submitted:
+        # Under spark-submit the command line owns master, memory and JARs.
+        builder = (
+            builder.master(spark_conf.master)
+            .config("spark.driver.memory", spark_conf.driver_memory)
+            .config("spark.driver.extraJavaOptions", java_opts)
+            .config("spark.executor.extraJavaOptions", java_opts)
+        )
+        jars = required_jars(config.resolve_path(spark_conf.jars_dir))
+        builder = builder.config("spark.jars", ",".join(str(j) for j in jars))
+    builder = (
+        builder.appName(spark_conf.app_name)
+        .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+        .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+        .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+        .config("spark.default.parallelism", str(shuffle_partitions))
+        # Delta rebuilds table state with this many tasks; its default of 50 dominates small jobs.
+        .config("spark.databricks.delta.snapshotPartitions", str(max(2, cores)))
+        .config("spark.sql.warehouse.dir", str(workdir / "warehouse"))
+        .config("spark.ui.enabled", str(spark_conf.ui_enabled).lower())
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    )
+    for key, value in spark_conf.extra_conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    _set_checkpoint_dir(spark, config)
+    return spark
+
+
+def launched_by_spark_submit() -> bool:
+    """True when spark-submit started the JVM and runs this driver through its gateway."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def _set_checkpoint_dir(spark: SparkSession, config: AppConfig) -> None:
+    checkpoints = config.workdir_path / "checkpoints"
+    if not _is_remote(str(checkpoints)):
+        Path(checkpoints).mkdir(parents=True, exist_ok=True)
+    spark.sparkContext.setCheckpointDir(str(checkpoints))
+
+
+def _is_remote(location: str) -> bool:
+    return "://" in location or location.startswith("dbfs:")

@@ -1,0 +1,154 @@
+"""Delta table access by configured name: a path under the work dir, an absolute path or
+URI, or a catalog table (``catalog.schema.table``). Every writer enforces its contract schema
+(``persona_lib.contracts``) before it writes, so a table never drifts from its documentation.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
+
+from persona_lib.config import AppConfig
+from persona_lib.errors import InputError
+
+_CATALOG_NAME = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_`][\w`-]*){1,2}$")
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """Where one Delta table lives: ``location`` is a path, or a catalog name when ``is_catalog``."""
+
+    name: str
+    location: str
+    is_catalog: bool
+
+    @property
+    def sql_name(self) -> str:
+        """How SQL names this table: the catalog name, or delta.`path`."""
+        return self.location if self.is_catalog else f"delta.`{self.location}`"
+
+    def exists(self, spark: SparkSession) -> bool:
+        if self.is_catalog:
+            return spark.catalog.tableExists(self.location)
+        return DeltaTable.isDeltaTable(spark, self.location)
+
+    def read(self, spark: SparkSession, version: Optional[int] = None) -> DataFrame:
+        reader = spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        return reader.table(self.location) if self.is_catalog else reader.load(self.location)
+
+    def delta(self, spark: SparkSession) -> DeltaTable:
+        if self.is_catalog:
+            return DeltaTable.forName(spark, self.location)
+        return DeltaTable.forPath(spark, self.location)
+
+    def version(self, spark: SparkSession) -> int:
+        """The table's latest committed Delta version."""
+        return int(self.delta(spark).history(1).select("version").head()[0])
+
+    def summary(self, spark: SparkSession) -> dict:
+        return {"location": self.location, "version": self.version(spark)}
+
+
+def table_ref(config: AppConfig, key: str) -> TableRef:
+    """Resolve the table named by ``config.tables.<key>``."""
+    name = getattr(config.tables, key)
+    return resolve_table(config, key, name)
+
+
+def resolve_table(config: AppConfig, key: str, name: str) -> TableRef:
+    if "://" in name or name.startswith(("dbfs:", "/")):
+        return TableRef(key, name, is_catalog=False)
+    if _CATALOG_NAME.match(name) and "/" not in name:
+        return TableRef(key, name, is_catalog=True)
+    return TableRef(key, str(config.workdir_path / "tables" / name), is_catalog=False)
+
+
+def conform(df: DataFrame, schema: StructType, table: str) -> DataFrame:
+    """Select and cast ``df`` to the contract ``schema``; a missing column is an error."""
+    missing = [f.name for f in schema.fields if f.name not in df.columns]
+    if missing:
+        raise InputError(f"{table}: missing column(s) {missing} required by its contract")
+    return df.select([F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields])
+
+
+def ensure_table(spark: SparkSession, ref: TableRef, schema: StructType,
+                 partition_by: Sequence[str] = (), properties: Optional[dict] = None) -> None:
+    """Create the table empty with its contract schema if it does not exist yet."""
+    if ref.exists(spark):
+        return
+    builder = DeltaTable.createIfNotExists(spark)
+    builder = builder.tableName(ref.location) if ref.is_catalog else builder.location(ref.location)
+    builder = builder.addColumns(schema)
+    if partition_by:
+        builder = builder.partitionedBy(*partition_by)
+    for key, value in (properties or {}).items():
+        builder = builder.property(key, value)
+    builder.execute()
+
+
+def overwrite(df: DataFrame, ref: TableRef, schema: StructType, partition_by: Sequence[str] = ()) -> None:
+    """Replace the table's content in one Delta commit (readers see the old or the new, never half)."""
+    writer = (
+        conform(df, schema, ref.name).write.format("delta").mode("overwrite")
+        .option("overwriteSchema", "true")
+    )
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    if ref.is_catalog:
+        writer.saveAsTable(ref.location)
+    else:
+        writer.save(ref.location)
+
+
+def append(df: DataFrame, ref: TableRef, schema: StructType) -> None:
+    writer = conform(df, schema, ref.name).write.format("delta").mode("append")
+    if ref.is_catalog:
+        writer.saveAsTable(ref.location)
+    else:
+        writer.save(ref.location)
+
+
+def merge_insert_new(spark: SparkSession, df: DataFrame, ref: TableRef, schema: StructType,
+                     keys: Sequence[str], partition_by: Sequence[str] = ()) -> None:
+    """Insert the rows whose ``keys`` are not in the table yet: re-running adds nothing."""
+    ensure_table(spark, ref, schema, partition_by)
+    condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+    (
+        ref.delta(spark).alias("t")
+        .merge(conform(df, schema, ref.name).alias("s"), condition)
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+
+
+def merge_upsert(spark: SparkSession, df: DataFrame, ref: TableRef, schema: StructType,
+                 keys: Sequence[str], partition_by: Sequence[str] = ()) -> None:
+    """Insert new keys and update changed rows; rows equal in every column are left alone."""
+    ensure_table(spark, ref, schema, partition_by)
+    condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+    changed = " OR ".join(
+        f"NOT (t.`{f.name}` <=> s.`{f.name}`)" for f in schema.fields if f.name not in keys
+    ) or "false"
+    (
+        ref.delta(spark).alias("t")
+        .merge(conform(df, schema, ref.name).alias("s"), condition)
+        .whenMatchedUpdateAll(condition=changed)
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+
+
+def local_path(ref: TableRef) -> Optional[Path]:
+    """The filesystem folder of a path table on local disk (None for catalog or remote tables)."""
+    if ref.is_catalog or "://" in ref.location or ref.location.startswith("dbfs:"):
+        return None
+    return Path(ref.location)
