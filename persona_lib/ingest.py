@@ -20,6 +20,7 @@ import csv
 import gzip
 import io
 import uuid
+from pathlib import Path
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Iterator, Optional
@@ -96,7 +97,7 @@ def cut_rules(config: AppConfig, cut: str) -> CutRules:
 
 def read_landing_lines(spark: SparkSession, landing: str, file_glob: str) -> DataFrame:
     """One row per physical line of every landing file, with exact 1-based line numbers."""
-    _check_landing_folder(landing)
+    list_local_files(landing, file_glob)
     try:
         files = (
             spark.read.format("binaryFile")
@@ -110,16 +111,16 @@ def read_landing_lines(spark: SparkSession, landing: str, file_glob: str) -> Dat
     return files.mapInPandas(_split_lines, LINES_SCHEMA)
 
 
-def _check_landing_folder(landing: str) -> None:
+def list_local_files(landing: str, file_glob: str) -> Optional[list[str]]:
+    """Names of the landing files on local disk (None for remote storage, which Spark lists)."""
     if "://" in landing or landing.startswith("dbfs:"):
-        return
-    from pathlib import Path
-
+        return None
     folder = Path(landing)
     if not folder.exists():
         raise InputError(f"landing folder not found: {landing}")
     if not folder.is_dir():
         raise InputError(f"landing path is not a folder: {landing}")
+    return sorted(p.name for p in folder.glob(file_glob) if p.is_file())
 
 
 def _split_lines(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -158,12 +159,18 @@ def _parse_csv_line(line: str) -> Optional[list[str]]:
     return rows[0] if rows else []
 
 
-def check_files(lines: DataFrame) -> list[str]:
-    """The landing files, after checking each one's header; raises naming every bad file."""
+def check_files(lines: DataFrame, listed_files: Optional[list[str]] = None) -> list[str]:
+    """The landing files, after checking each one's header; raises naming every bad file.
+
+    ``listed_files``: the file names found on local disk, when known. Spark skips zero-byte
+    files, so a name listed but never read is an empty file.
+    """
     file_rows = lines.where(F.col("kind") != "data").select("source_file", "kind", "raw_line", "fields").collect()
-    if not file_rows:
+    seen = {r.source_file for r in file_rows}
+    problems = [f"{name}: the file is empty (expected a header line)"
+                for name in sorted(set(listed_files or ()) - seen)]
+    if not file_rows and not problems:
         raise InputError("empty input: no landing file matched (check ingest.landing and ingest.file_glob)")
-    problems = []
     for row in sorted(file_rows, key=lambda r: r.source_file):
         if row.kind == "empty":
             problems.append(f"{row.source_file}: the file is empty (expected a header line)")
@@ -335,7 +342,7 @@ def ingest(spark: SparkSession, config: AppConfig, cut: str = "default",
     lines = read_landing_lines(spark, landing_path, config.ingest.file_glob)
     lines = lines.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        files = check_files(lines)
+        files = check_files(lines, list_local_files(landing_path, config.ingest.file_glob))
         tombstones_ref = storage.table_ref(config, "tombstones")
         tombstones = tombstones_ref.read(spark) if tombstones_ref.exists(spark) else None
         classified = drop_forgotten(

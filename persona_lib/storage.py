@@ -135,16 +135,26 @@ def merge_upsert(spark: SparkSession, df: DataFrame, ref: TableRef, schema: Stru
     """Insert new keys and update changed rows; rows equal in every column are left alone."""
     ensure_table(spark, ref, schema, partition_by)
     condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
-    changed = " OR ".join(
-        f"NOT (t.`{f.name}` <=> s.`{f.name}`)" for f in schema.fields if f.name not in keys
-    ) or "false"
+    source = conform(df, schema, ref.name)
+    # Only rows that differ from the table go into the MERGE: a MERGE whose matched rows are
+    # all unchanged would still rewrite their files and commit a new version.
+    target = ref.read(spark)
+    same = [source[f.name].eqNullSafe(target[f.name]) for f in schema.fields]
+    changed_rows = source.join(target, on=_all(same), how="left_anti")
     (
         ref.delta(spark).alias("t")
-        .merge(conform(df, schema, ref.name).alias("s"), condition)
-        .whenMatchedUpdateAll(condition=changed)
+        .merge(changed_rows.alias("s"), condition)
+        .whenMatchedUpdateAll()
         .whenNotMatchedInsertAll()
         .execute()
     )
+
+
+def _all(conditions):
+    combined = conditions[0]
+    for condition in conditions[1:]:
+        combined = combined & condition
+    return combined
 
 
 def local_path(ref: TableRef) -> Optional[Path]:
