@@ -248,3 +248,48 @@ CONTRACTS: Tuple[TableContract, ...] = (
 )
 
 CONTRACTS_BY_KEY = {c.key: c for c in CONTRACTS}
+
+
+DOC_HEADER = """# Table contracts
+
+Generated from `persona_lib/contracts.py` by `python -m persona_lib.contracts > docs/tables.md`
+(a test keeps the two equal). Every writer conforms its DataFrame to these schemas before it
+writes. Names are the keys of `tables:` in the config: each resolves to a Delta path under
+`<workdir>/tables` or to a `catalog.schema.table`.
+
+Conventions: `customer_id` is a string holding the integer id ("17850", never "17850.0");
+`product_id` is the upper-cased, trimmed StockCode (the paper cut keys products by their
+stripped title); persona names are the taxonomy's exact names; timestamps are UTC.
+
+Quarantine reasons, tested in this order (a line gets the first that applies):
+malformed_line (not 8 CSV fields), unparsable_value (Quantity, UnitPrice, InvoiceDate or a
+non-empty CustomerID that does not parse; the `detail` column names the field),
+missing_customer, cancellation (InvoiceNo starts with "C"), excluded_country (paper cut
+only), non_positive_quantity, non_positive_price, non_product_code (POST, DOT, M, BANK
+CHARGES, AMAZONFEE, C2, PADS, D, CRUK, S, B; default cut only), duplicate_line (identical in
+every field to an earlier line of the same invoice; the first is kept). The paper cut keeps
+non-positive quantities and prices and non-product codes, as the paper did.
+
+The paper cut and the synthetic data use the same contracts in their own tables
+(`paper_*`, `synth_*`).
+"""
+
+
+def _type_name(dtype) -> str:
+    return dtype.simpleString()
+
+
+def render_markdown() -> str:
+    parts = [DOC_HEADER]
+    for contract in CONTRACTS:
+        parts.append(f"\n## {contract.key}\n\n{contract.description}\n\n"
+                     f"Written by `{contract.written_by}`; key: {', '.join(contract.primary_key)}.\n\n"
+                     "| column | type | nullable |\n|---|---|---|")
+        for f in contract.schema.fields:
+            parts.append(f"\n| {f.name} | `{_type_name(f.dataType)}` | {'yes' if f.nullable else 'no'} |")
+        parts.append("\n")
+    return "".join(parts)
+
+
+if __name__ == "__main__":
+    print(render_markdown(), end="")
