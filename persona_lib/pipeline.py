@@ -1,0 +1,404 @@
+"""The persona pipeline (GPLR, Algorithm 1), as one job: ingest if needed, then T rounds of
+sample -> label -> propagate, then publish, all recorded in one MLflow run.
+
+Budget semantics: the budget is the size the label store should reach (a fraction of the
+customers, or a count), split over the rounds. Every answer already in the store counts, so
+a run that crashed resumes where it stopped, and a second run with the same config calls the
+LLM for nobody: labels are never paid twice. Round 1 also re-sends the customers whose
+purchase history changed since they were labelled; the label store's cache decides which of
+them really go to the LLM (history, prompt and taxonomy unchanged -> no call).
+
+The run commits through the ``runs`` table, written last: a reader pins the versions of the
+latest complete run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Callable, Optional
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from persona_lib import publishing, storage, tracking
+from persona_lib.config import AppConfig
+
+log = logging.getLogger("personas.pipeline")
+
+LABELLED_STATUSES = ("ok", "repaired")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class StageTimer:
+    """Seconds per stage, logged as metrics (time_<stage>_s)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, stage: str):
+        timer = self
+
+        class _Span:
+            def __enter__(self):
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.seconds[stage] = timer.seconds.get(stage, 0.0) + time.perf_counter() - self.start
+
+        return _Span()
+
+
+def run_pipeline(spark: SparkSession, config: AppConfig,
+                 progress: Optional[Callable[[str], None]] = None) -> dict:
+    """Run the whole pipeline; returns the summary the CLI prints."""
+    from persona_lib import graph as graph_lib
+    from persona_lib import labelling, propagation, sampling
+    from persona_lib.ingest import ingest
+
+    say = progress or log.info
+    timer = StageTimer()
+    started_at = _now()
+    events_ref = storage.table_ref(config, "purchase_events")
+    ingest_summary = None
+    if not events_ref.exists(spark):
+        say("purchase_events not found: ingesting the landing files first")
+        with timer("ingest"):
+            ingest_summary = ingest(spark, config)
+
+    with tracking.run(config, run_name="personas-pipeline", tags=tracking.environment_tags()) as active:
+        run_id = active.info.run_id
+        publishing.record_run(spark, config, run_id, "running", started_at, None, {})
+        try:
+            summary = _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer, say,
+                                              graph_lib, labelling, propagation, sampling)
+        except BaseException:
+            publishing.record_run(spark, config, run_id, "failed", started_at, _now(), {})
+            raise
+        if ingest_summary is not None:
+            summary["ingest"] = {k: ingest_summary[k] for k in ("rows_in", "rows_kept", "quarantined")}
+        return summary
+
+
+def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer, say,
+                            graph_lib, labelling, propagation, sampling) -> dict:
+    events_version = events_ref.version(spark)
+    events = events_ref.read(spark, version=events_version)
+    tracking.log_params(_params(config))
+    tracking.log_delta_input(spark, events_ref, context="purchase_events")
+
+    with timer("graph"):
+        customers = events.select("customer_id").distinct().cache()
+        n_customers = customers.count()
+        edges = graph_lib.edges_from_events(events, config.propagation.edge_weighting,
+                                            config.propagation.half_life_days)
+        graph = graph_lib.build_graph(edges)
+    say(f"graph: {n_customers} customers, {graph.product_count} products, {graph.edge_count} edges")
+
+    targets = _cumulative(sampling.budget_per_round(n_customers, config.sampling.budget, config.sampling.rounds))
+    round_figures = []
+    affinities: Optional[DataFrame] = None
+    result = None
+    propagation_tables: dict = {}
+    for round_index, target in enumerate(targets):
+        with tracking.run(config, run_name=f"round-{round_index + 1}", nested=True):
+            with timer("sample"):
+                sample, stale = _round_sample(spark, config, customers, target, round_index, affinities, sampling)
+            say(f"round {round_index + 1}/{len(targets)}: labelling {sample.count()} sampled "
+                f"(+{stale} to re-check for changed histories), label store target {target}")
+            with timer("label"):
+                label_summary = labelling.label_customers(spark, config, sample, events, run_id)
+            say(f"round {round_index + 1}: label statuses {label_summary.get('statuses')}, "
+                f"cache hits {label_summary.get('cache_hits')}, LLM calls {label_summary.get('llm_calls')}")
+            labels = labelling.labels_for_propagation(spark, config)
+            with timer("propagate"):
+                result = propagation.propagate(
+                    spark, graph, labels, config,
+                    on_superstep=lambda step, messages, residual: say(
+                        f"  superstep {step}: {messages} messages, largest residual {residual:.3g}"),
+                )
+                propagation_tables = propagation.write_propagation(
+                    spark, config, result, propagation_id=f"{run_id}-r{round_index + 1}")
+            affinities = storage.table_ref(config, "customer_affinity").read(spark)
+            figures = _round_figures(label_summary, result.stats)
+            tracking.log_metrics(figures)
+            tracking.log_metrics(figures, step=round_index + 1)
+            round_figures.append(figures)
+
+    say("publishing persona tables")
+    with timer("publish"):
+        inputs = publishing.PublishInputs(
+            run_id=run_id,
+            customers=customers,
+            edges=edges.select("customer_id", "product_id"),
+            customer_affinity=storage.table_ref(config, "customer_affinity").read(spark),
+            product_affinity=storage.table_ref(config, "product_affinity").read(spark),
+            llm_labels=_llm_labels(spark, config),
+            overrides=_current_overrides(spark, config),
+            products=storage.table_ref(config, "products").read(spark).select("product_id", "title"),
+            epsilon=float(result.stats["epsilon"]),
+        )
+        computed_at = _now()
+        outputs = publishing.publish(spark, config, inputs, computed_at)
+    labels_ref = storage.table_ref(config, "persona_labels")
+    output_tables = {**outputs, "persona_labels": labels_ref.summary(spark), **propagation_tables}
+
+    published = _published_figures(spark, config, outputs)
+    with timer("track"):
+        _log_run_artifacts(spark, config, run_id, published, round_figures, outputs)
+    metrics = {
+        "customers": n_customers,
+        "labelled": published["labelled"],
+        "overridden": published["overridden"],
+        "propagated": published["propagated"],
+        "coverage": published["covered"] / max(n_customers, 1),
+        "ambiguous_share": published["ambiguous_share"],
+        "supersteps": result.stats["supersteps"],
+        "max_residual": result.stats["max_residual"] or 0.0,
+        "epsilon": result.stats["epsilon"],
+        **{f"time_{stage}_s": seconds for stage, seconds in timer.seconds.items()},
+    }
+    tracking.log_metrics(metrics)
+    tracking.set_tags({f"output.{name}.version": t["version"] for name, t in output_tables.items()})
+    tracking.set_tags({f"output.{name}.location": t["location"] for name, t in output_tables.items()})
+
+    summary = {
+        "run_id": run_id,
+        "customers": n_customers,
+        "labelled": published["labelled"] + published["overridden"],
+        "llm_labelled": published["labelled"],
+        "overridden": published["overridden"],
+        "propagated": published["propagated"],
+        "ambiguous_share": round(published["ambiguous_share"], 4),
+        "top_personas": published["top_personas"],
+        "epsilon": result.stats["epsilon"],
+        "supersteps": result.stats["supersteps"],
+        "max_residual": result.stats["max_residual"],
+        "rounds": round_figures,
+        "seconds": {k: round(v, 1) for k, v in timer.seconds.items()},
+        "mlflow": {"run_id": run_id, "tracking_uri": tracking.tracking_uri(config)},
+        "tables": output_tables,
+    }
+    # The commit point: readers trust only runs marked complete, with these versions.
+    publishing.record_run(spark, config, run_id, "complete", started_at, _now(),
+                          {name: t["version"] for name, t in outputs.items()}, summary)
+    summary["tables"]["runs"] = storage.table_ref(config, "runs").summary(spark)
+    customers.unpersist()
+    graph.unpersist()
+    return summary
+
+
+def _cumulative(per_round: list[int]) -> list[int]:
+    totals, running = [], 0
+    for n in per_round:
+        running += n
+        totals.append(running)
+    return totals
+
+
+def _round_sample(spark, config, customers, target, round_index, affinities, sampling):
+    """The customers to send to the labeller this round, and how many were re-checks."""
+    store = storage.table_ref(config, "persona_labels")
+    overrides = storage.table_ref(config, "persona_overrides")
+    answered = (store.read(spark).select("customer_id").join(customers, "customer_id")
+                if store.exists(spark) else spark.createDataFrame([], "customer_id string"))
+    overridden = (overrides.read(spark).select("customer_id")
+                  if overrides.exists(spark) else spark.createDataFrame([], "customer_id string"))
+    excluded = answered.unionByName(overridden).distinct().cache()
+    spent = excluded.count()
+    need = max(0, target - spent)
+    label_distribution = _label_distribution(spark, config) if affinities is not None else None
+    picked = sampling.sample_customers(
+        customers, excluded, need, config.sampling.seed, round_index,
+        affinities=affinities, label_distribution=label_distribution,
+        stratify=config.sampling.stratify_by_activity,
+    )
+    if round_index > 0:
+        return picked, 0
+    # Round 1 re-sends answered customers too; unchanged ones are cache hits, not LLM calls.
+    recheck = answered.join(overridden, "customer_id", "left_anti")
+    return picked.unionByName(recheck).distinct(), recheck.count()
+
+
+def _label_distribution(spark, config) -> dict:
+    from persona_lib import labelling
+
+    rows = labelling.labels_for_propagation(spark, config).groupBy("persona").count().collect()
+    total = sum(r["count"] for r in rows) or 1
+    return {r["persona"]: r["count"] / total for r in rows}
+
+
+def _llm_labels(spark, config) -> DataFrame:
+    ref = storage.table_ref(config, "persona_labels")
+    return ref.read(spark).where(F.col("status").isin(*LABELLED_STATUSES)).select(
+        "customer_id", "personas", "raw_response")
+
+
+def _current_overrides(spark, config) -> DataFrame:
+    ref = storage.table_ref(config, "persona_overrides")
+    if not ref.exists(spark):
+        return spark.createDataFrame([], "customer_id string, personas array<string>")
+    from pyspark.sql.window import Window
+
+    newest = Window.partitionBy("customer_id").orderBy(F.desc("created_at"))
+    return (ref.read(spark).withColumn("_n", F.row_number().over(newest)).where("_n = 1")
+            .select("customer_id", "personas"))
+
+
+def _round_figures(label_summary: dict, stats: dict) -> dict:
+    statuses = label_summary.get("statuses", {}) or {}
+    requested = label_summary.get("requested", 0) or 0
+    figures = {
+        "requested": requested,
+        "llm_calls": label_summary.get("llm_calls", 0),
+        "cache_hits": label_summary.get("cache_hits", 0),
+        "cache_hit_rate": (label_summary.get("cache_hits", 0) / requested) if requested else 0.0,
+        "supersteps": stats["supersteps"],
+        "max_residual": stats["max_residual"] or 0.0,
+        "seeds": stats["seeds"],
+    }
+    figures.update({f"status_{k}": v for k, v in statuses.items()})
+    figures["messages_total"] = sum(stats.get("messages", []) or [])
+    figures["messages"] = list(stats.get("messages", []) or [])
+    return figures
+
+
+def _published_figures(spark, config, outputs) -> dict:
+    personas = storage.table_ref(config, "customer_personas").read(
+        spark, version=outputs["customer_personas"]["version"])
+    by_source = {r["source"]: r["count"] for r in personas.groupBy("source").count().collect()}
+    counts = personas.agg(
+        F.count(F.lit(1)).alias("customers"),
+        F.sum(F.col("is_ambiguous").cast("int")).alias("ambiguous"),
+        F.sum((F.size("personas") > 0).cast("int")).alias("covered"),
+    ).first()
+    top = (personas.select(F.explode("personas").alias("persona")).groupBy("persona").count()
+           .orderBy(F.desc("count"), "persona").limit(10).collect())
+    return {
+        "labelled": by_source.get("llm", 0),
+        "overridden": by_source.get("override", 0),
+        "propagated": by_source.get("propagated", 0),
+        "covered": counts["covered"] or 0,
+        "ambiguous_share": (counts["ambiguous"] or 0) / max(counts["customers"], 1),
+        "top_personas": {r["persona"]: r["count"] for r in top},
+    }
+
+
+def _log_run_artifacts(spark, config, run_id, published, round_figures, outputs) -> None:
+    from persona_lib import cold_start
+    from persona_lib.query import run_alias
+
+    taxonomy_path = config.resolve_path(config.labelling.taxonomy)
+    if taxonomy_path.is_file():
+        tracking.log_file_artifact(taxonomy_path, artifact_path="taxonomy")
+    _log_prompt_template(config)
+    tracking.log_bar_chart(published["top_personas"], "Customers per persona (published)", "customers",
+                           "charts/persona_distribution.png")
+    tracking.log_line_chart({f"round {i + 1}": f["messages"] or [0] for i, f in enumerate(round_figures)},
+                            "RevAff messages per superstep", "superstep", "messages",
+                            "charts/convergence.png", log_y=True)
+    personas = storage.table_ref(config, "customer_personas").read(
+        spark, version=outputs["customer_personas"]["version"])
+    # Why records without the customer id: a sample for judging explanations, not a trace of anyone.
+    sample = [row.asDict(recursive=True) for row in
+              personas.where(F.size("personas") > 0).orderBy(F.rand(config.sampling.seed))
+              .select("personas", "source", "confidence", "is_ambiguous", "why").limit(20).collect()]
+    tracking.log_json_artifact(sample, "samples/why_records.json")
+    product_personas = storage.table_ref(config, "product_personas").read(
+        spark, version=outputs["product_personas"]["version"])
+    cold_start.log_and_register(product_personas, config.tracking.registered_model, run_alias(run_id))
+
+
+def _log_prompt_template(config) -> None:
+    try:
+        from persona_lib import prompts
+        from persona_lib.taxonomy import load_taxonomy
+
+        taxonomy = load_taxonomy(config.resolve_path(config.labelling.taxonomy))
+        template = prompts.prompt_template(taxonomy, config.labelling.prompt_token_budget)
+        tracking.log_json_artifact(
+            {"version": getattr(template, "version", None), "messages": template.messages("<purchases>")},
+            "prompt/template.json")
+    except Exception as exc:  # noqa: BLE001 - an artifact is not worth failing a finished run
+        log.warning("could not log the prompt template: %s", exc)
+
+
+def _params(config: AppConfig) -> dict:
+    params = {
+        "budget": config.sampling.budget,
+        "rounds": config.sampling.rounds,
+        "seed": config.sampling.seed,
+        "epsilon": config.propagation.epsilon,
+        "epsilon_relative": config.propagation.epsilon_relative,
+        "lhat": config.propagation.lhat,
+        "beta": config.propagation.beta,
+        "method": config.propagation.method,
+        "edge_weighting": config.propagation.edge_weighting,
+        "top_k": config.publishing.top_k,
+        "labeller": config.labelling.labeller,
+        "taxonomy": config.labelling.taxonomy,
+    }
+    params["model"] = {
+        "replay": f"replay:{config.labelling.replay_model}",
+        "vllm": f"vllm:{config.labelling.vllm.model_path}",
+        "openai": f"openai:{config.labelling.openai.model}",
+    }.get(config.labelling.labeller, config.labelling.labeller)
+    try:
+        from persona_lib import prompts
+        from persona_lib.taxonomy import load_taxonomy
+
+        taxonomy = load_taxonomy(config.resolve_path(config.labelling.taxonomy))
+        params["taxonomy_version"] = taxonomy.version
+        params["prompt_version"] = getattr(prompts.prompt_template(taxonomy, config.labelling.prompt_token_budget),
+                                           "version", None)
+    except Exception as exc:  # noqa: BLE001 - the versions are also on every label row
+        log.warning("could not read taxonomy/prompt versions: %s", exc)
+    return params
+
+
+
+def republish(spark: SparkSession, config: AppConfig, reason: str,
+              progress: Optional[Callable[[str], None]] = None) -> dict:
+    """Propagate the labels in the store again and publish, without labelling anyone.
+
+    Used after a deletion (``personas forget``): the products and neighbours a forgotten
+    customer influenced are recomputed from the remaining labels. Recorded as a run of its
+    own (tag ``personas.reason``), committed through the runs table like any other.
+    """
+    from persona_lib import cold_start, labelling, propagation
+    from persona_lib import graph as graph_lib
+    from persona_lib.query import run_alias
+
+    say = progress or log.info
+    started_at = _now()
+    events = storage.table_ref(config, "purchase_events").read(spark)
+    with tracking.run(config, run_name=f"personas-{reason}", tags={"personas.reason": reason}) as active:
+        run_id = active.info.run_id
+        publishing.record_run(spark, config, run_id, "running", started_at, None, {})
+        customers = events.select("customer_id").distinct()
+        edges = graph_lib.edges_from_events(events, config.propagation.edge_weighting,
+                                            config.propagation.half_life_days)
+        graph = graph_lib.build_graph(edges)
+        result = propagation.propagate(spark, graph, labelling.labels_for_propagation(spark, config), config)
+        propagation.write_propagation(spark, config, result, propagation_id=f"{run_id}-{reason}")
+        say(f"{reason}: re-propagated in {result.stats['supersteps']} supersteps")
+        inputs = publishing.PublishInputs(
+            run_id=run_id, customers=customers, edges=edges.select("customer_id", "product_id"),
+            customer_affinity=storage.table_ref(config, "customer_affinity").read(spark),
+            product_affinity=storage.table_ref(config, "product_affinity").read(spark),
+            llm_labels=_llm_labels(spark, config), overrides=_current_overrides(spark, config),
+            products=storage.table_ref(config, "products").read(spark).select("product_id", "title"),
+            epsilon=float(result.stats["epsilon"]),
+        )
+        outputs = publishing.publish(spark, config, inputs, _now())
+        product_personas = storage.table_ref(config, "product_personas").read(
+            spark, version=outputs["product_personas"]["version"])
+        cold_start.log_and_register(product_personas, config.tracking.registered_model, run_alias(run_id))
+        publishing.record_run(spark, config, run_id, "complete", started_at, _now(),
+                              {name: t["version"] for name, t in outputs.items()}, {"reason": reason})
+        graph.unpersist()
+        return {"run_id": run_id, "tables": outputs}

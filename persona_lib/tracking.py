@@ -1,0 +1,159 @@
+"""MLflow: one run per pipeline run (nested runs per round), its inputs as datasets with their
+Delta versions, its outputs as tags, its charts and samples as artifacts, and the cold-start
+model logged and registered with an alias per run.
+
+The default store is sqlite under the work dir, so tracking works offline and two work dirs
+never share a store; ``tracking.tracking_uri`` in the config points it at Databricks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional
+
+from persona_lib.config import AppConfig
+
+log = logging.getLogger("personas.tracking")
+
+
+def tracking_uri(config: AppConfig) -> str:
+    if config.tracking.tracking_uri:
+        return config.tracking.tracking_uri
+    return f"sqlite:///{config.workdir_path / 'mlflow.db'}"
+
+
+def configure(config: AppConfig) -> str:
+    """Point MLflow at this work dir's store and return the experiment id."""
+    import mlflow
+
+    config.workdir_path.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri(config)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    experiment = mlflow.get_experiment_by_name(config.tracking.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if not config.tracking.tracking_uri:
+        artifact_location = (config.workdir_path / "mlartifacts").as_uri()
+    return mlflow.create_experiment(config.tracking.experiment, artifact_location=artifact_location)
+
+
+@contextlib.contextmanager
+def run(config: AppConfig, run_name: str, nested: bool = False, run_id: Optional[str] = None,
+        tags: Optional[Mapping[str, str]] = None) -> Iterator[Any]:
+    """An MLflow run in this work dir's experiment; ``run_id`` resumes an existing run."""
+    import mlflow
+
+    experiment_id = configure(config)
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name,
+                          experiment_id=experiment_id, nested=nested, tags=dict(tags or {})) as active:
+        yield active
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    import mlflow
+
+    mlflow.log_params({k: ("null" if v is None else v) for k, v in params.items()})
+
+
+def log_metrics(metrics: Mapping[str, Any], step: Optional[int] = None) -> None:
+    import mlflow
+
+    numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if numeric:
+        mlflow.log_metrics(numeric, step=step)
+
+
+def log_delta_input(spark, ref, context: str) -> None:
+    """Log a Delta table as a run input, pinned to its current version."""
+    import mlflow
+
+    version = ref.version(spark)
+    df = ref.read(spark, version=version)
+    kwargs = {"table_name": ref.location} if ref.is_catalog else {"path": ref.location}
+    dataset = mlflow.data.from_spark(
+        df, version=str(version), name=f"{ref.name}@v{version}",
+        # The digest names the exact input: table and version; computing one from the data
+        # would scan it for nothing.
+        digest=f"{ref.name}-v{version}"[:36], **kwargs,
+    )
+    mlflow.log_input(dataset, context=context)
+
+
+def log_json_artifact(payload: Any, artifact_file: str) -> None:
+    import mlflow
+
+    mlflow.log_text(json.dumps(payload, indent=2, default=str), artifact_file)
+
+
+def log_file_artifact(path: Path, artifact_path: Optional[str] = None) -> None:
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def log_bar_chart(values: Mapping[str, float], title: str, xlabel: str, artifact_file: str) -> None:
+    """A horizontal bar chart (e.g. the persona distribution) as a PNG artifact."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    labels = list(values)
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.3 * len(labels))))
+    ax.barh(labels[::-1], [values[k] for k in labels][::-1])
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    fig.tight_layout()
+    mlflow.log_figure(fig, artifact_file)
+    plt.close(fig)
+
+
+def log_line_chart(series: Mapping[str, list[float]], title: str, xlabel: str, ylabel: str,
+                   artifact_file: str, log_y: bool = False) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, ys in series.items():
+        ax.plot(range(1, len(ys) + 1), ys, marker="o", label=name)
+    if log_y:
+        ax.set_yscale("symlog")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    fig.tight_layout()
+    mlflow.log_figure(fig, artifact_file)
+    plt.close(fig)
+
+
+def set_tags(tags: Mapping[str, Any]) -> None:
+    import mlflow
+
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+
+def write_temp_text(text: str, name: str) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="personas-artifact-"))
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def run_url(config: AppConfig, run_id: str) -> str:
+    return f"{tracking_uri(config)}#run={run_id}"
+
+
+def environment_tags() -> dict[str, str]:
+    return {"personas.host": os.uname().nodename}
