@@ -102,12 +102,16 @@ class PropagationConfig:
     lhat: int = 1
     beta: float = 0.5
     # Absolute error bound. Null: derived from the affinity scale (epsilon_relative x the
-    # mean seed mass per customer, see propagation.default_epsilon).
+    # mean affinity of a customer and persona, see propagation.default_epsilon).
     epsilon: Optional[float] = None
-    epsilon_relative: float = 0.05
+    epsilon_relative: float = 0.5
     method: str = "revaff"  # revaff | exact
     max_supersteps: int = 64
+    # Every this many layers a layer is checkpointed (0: never) so lineage stays short.
     checkpoint_interval: int = 2
+    checkpoint_storage: str = "local"  # local (localCheckpoint) | reliable (checkpoint dir)
+    # Broadcast a product layer (<= products x personas entries) instead of shuffling edges.
+    broadcast_product_layer: bool = True
     edge_weighting: str = "none"  # none | count | recency
     half_life_days: float = 90.0
     missing_label_policy: str = "skip"  # skip | error
