@@ -131,6 +131,10 @@ class VllmConfig:
     batch_size: int = 256
     enforce_eager: bool = False
     cpu_kvcache_gib: int = 1
+    # Every request shares the prompt prefix (instructions + persona list): cache it.
+    enable_prefix_caching: bool = True
+    # The structured-output backend, set on the engine (vLLM ignores it per request).
+    structured_outputs_backend: str = "xgrammar"
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,10 @@ class OpenAIConfig:
     backoff_s: float = 0.5
     max_tokens: int = 160
     temperature: float = 0.0
+    seed: Optional[int] = 0
+    # How the JSON schema is sent: "response_format" (OpenAI's json_schema, also understood
+    # by vLLM) or "structured_outputs" (vLLM's own request field).
+    structured_output_field: str = "response_format"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,133 @@
+"""LLM persona labelling: sample -> prompts -> backend -> validation -> the label store.
+
+``label_customers`` labels a sample of customers with the configured backend (replay, vllm,
+openai or manual; see ``backends``), reusing stored labels whose purchase history, prompt
+and taxonomy are unchanged, and never asking about forgotten or overridden customers. Every
+answer is validated (``validation``) and MERGEd into persona_labels (``store``). The run
+fails only when more than ``labelling.max_failure_rate`` of the answers failed -- after the
+good ones are stored, so nothing paid for is lost.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Optional
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from persona_lib.config import AppConfig
+from persona_lib.errors import PersonasError
+from persona_lib.labelling.backends import LABELLERS, Labeler, make_labeler
+from persona_lib.labelling.store import (
+    add_overrides, cached_labels, label_distribution, labels_for_propagation, labels_ref,
+    overrides_ref, status_counts, without_forgotten, write_labels,
+)
+from persona_lib.labelling.validation import FAILED, STATUSES, validate_answer, validate_answers
+from persona_lib.prompts import build_prompts, prompt_template
+from persona_lib.taxonomy import load_taxonomy
+
+log = logging.getLogger("personas.labelling")
+# How many failed customers the failure message quotes.
+FAILURE_EXAMPLES = 5
+
+__all__ = ["LABELLERS", "Labeler", "add_overrides", "label_customers", "label_distribution",
+           "labels_for_propagation", "make_labeler", "validate_answer", "STATUSES"]
+
+
+def label_customers(spark: SparkSession, config: AppConfig, sample: DataFrame, events: DataFrame,
+                    run_id: str, labeller: Optional[str] = None) -> dict:
+    """Label the customers of ``sample`` (customer_id) from their ``events`` (purchase_events).
+
+    Returns the run's summary: requested, excluded (forgotten, overridden), cache_hits,
+    llm_calls (customers sent to the backend), labelled (labels written), generate_calls
+    (vllm), statuses (of the requested customers' labels now in the store), new_statuses
+    (of this run's answers), failure_rate, tokens, tables.
+    """
+    labelling = config.labelling
+    name = labeller or labelling.labeller
+    taxonomy = load_taxonomy(config.resolve_path(labelling.taxonomy))
+    template = prompt_template(taxonomy, labelling.prompt_token_budget)
+    backend = make_labeler(name, config, taxonomy, template)
+
+    requested = sample.select("customer_id").distinct()
+    remembered = without_forgotten(spark, config, requested)
+    askable = remembered
+    if name != "manual":  # an override wins: nobody asks an LLM about that customer
+        overrides = overrides_ref(spark, config).read(spark).select("customer_id")
+        askable = remembered.join(overrides, "customer_id", "left_anti")
+    # The sample is small next to the events: checkpoint it so each count below does not
+    # redo the anti-joins, and the prompts are built once.
+    askable = askable.localCheckpoint()
+    prompts = build_prompts(events, askable, taxonomy, labelling.prompt_token_budget).localCheckpoint()
+
+    store = labels_ref(spark, config)
+    # Materialised now: read after the write below, it would count this run's own labels.
+    hits = cached_labels(store.read(spark), prompts, taxonomy.version, backend.source).localCheckpoint()
+    to_ask = prompts.join(hits, "customer_id", "left_anti")
+    # Reliable checkpoint of the answers: Spark would otherwise re-run the backend (and pay
+    # the LLM again) for every action on them -- the write and each count.
+    answers = validate_answers(backend.answers(spark, to_ask), taxonomy).checkpoint(eager=True)
+
+    labels = answers.join(to_ask.select("customer_id", "history_hash", "prompt_version"), "customer_id").select(
+        "customer_id", "personas", "status", "detail",
+        F.lit(backend.source).alias("source"), "prompt_version",
+        F.lit(taxonomy.version).alias("taxonomy_version"), "history_hash", "raw_response",
+        F.current_timestamp().alias("labelled_at"), F.lit(run_id).alias("run_id"),
+    )
+    write_labels(spark, config, labels)
+
+    counts = _counts(requested, remembered, askable, hits, answers)
+    new_statuses = status_counts(answers)
+    failure_rate = new_statuses.get(FAILED, 0) / counts["llm_calls"] if counts["llm_calls"] else 0.0
+    stored_statuses = status_counts(store.read(spark).join(requested, "customer_id", "left_semi"))
+    summary = {
+        "labeller": name,
+        "source": backend.source,
+        "run_id": run_id,
+        "taxonomy": taxonomy.name,
+        "taxonomy_version": taxonomy.version,
+        "prompt_version": template.version,
+        **counts,
+        "cache_hit_rate": round(counts["cache_hits"] / counts["askable"], 4) if counts["askable"] else 0.0,
+        "statuses": {s: stored_statuses.get(s, 0) for s in STATUSES},
+        "new_statuses": {s: new_statuses.get(s, 0) for s in STATUSES},
+        "failure_rate": round(failure_rate, 4),
+        "tokens": _token_totals(answers),
+        "tables": {"persona_labels": store.summary(spark)},
+        "labelled_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if name == "vllm":
+        summary["generate_calls"] = int(answers.where(F.col("batch_id").isNotNull())
+                                        .select("batch_id").distinct().count())
+    log.info("labelled %d customers with %s (%d cache hits); statuses %s",
+             counts["labelled"], backend.source, counts["cache_hits"], summary["new_statuses"])
+    if failure_rate > labelling.max_failure_rate:
+        examples = answers.where(F.col("status") == FAILED).select("customer_id", "detail").limit(
+            FAILURE_EXAMPLES).collect()
+        raise PersonasError(
+            f"labelling failed for {failure_rate:.1%} of {counts['llm_calls']} customers "
+            f"(labelling.max_failure_rate is {labelling.max_failure_rate:.1%}); the other "
+            f"answers are stored. Examples: "
+            + "; ".join(f"{row['customer_id']}: {row['detail']}" for row in examples))
+    return summary
+
+
+def _counts(requested: DataFrame, remembered: DataFrame, askable: DataFrame, hits: DataFrame,
+            answers: DataFrame) -> dict:
+    n_requested, n_remembered, n_askable = requested.count(), remembered.count(), askable.count()
+    llm_calls = answers.count()
+    return {
+        "requested": n_requested,
+        "excluded": {"forgotten": n_requested - n_remembered, "overridden": n_remembered - n_askable},
+        "askable": n_askable,
+        "cache_hits": hits.count(),
+        "llm_calls": llm_calls,
+        "labelled": llm_calls,
+    }
+
+
+def _token_totals(answers: DataFrame) -> dict:
+    row = answers.agg(*[F.sum(c).alias(c) for c in ("prompt_tokens", "generated_tokens", "cached_tokens")]).head()
+    return {c: int(row[c] or 0) for c in ("prompt_tokens", "generated_tokens", "cached_tokens")}
