@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import StructType
+from pyspark.sql.types import MapType, StructType
 
 from persona_lib.config import AppConfig
 from persona_lib.errors import InputError
@@ -77,7 +77,16 @@ def conform(df: DataFrame, schema: StructType, table: str) -> DataFrame:
     missing = [f.name for f in schema.fields if f.name not in df.columns]
     if missing:
         raise InputError(f"{table}: missing column(s) {missing} required by its contract")
-    return df.select([F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields])
+    current = {f.name: f.dataType for f in df.schema.fields}
+
+    def column(field):
+        # Types equal but for nullability are kept as they are: Spark cannot cast a
+        # nullable-element array to a non-null one, and Delta accepts both.
+        if current[field.name].simpleString() == field.dataType.simpleString():
+            return F.col(field.name)
+        return F.col(field.name).cast(field.dataType).alias(field.name)
+
+    return df.select([column(f) for f in schema.fields])
 
 
 def ensure_table(spark: SparkSession, ref: TableRef, schema: StructType,
@@ -139,7 +148,7 @@ def merge_upsert(spark: SparkSession, df: DataFrame, ref: TableRef, schema: Stru
     # Only rows that differ from the table go into the MERGE: a MERGE whose matched rows are
     # all unchanged would still rewrite their files and commit a new version.
     target = ref.read(spark)
-    same = [source[f.name].eqNullSafe(target[f.name]) for f in schema.fields]
+    same = [_comparable(source[f.name], f).eqNullSafe(_comparable(target[f.name], f)) for f in schema.fields]
     changed_rows = source.join(target, on=_all(same), how="left_anti")
     (
         ref.delta(spark).alias("t")
@@ -148,6 +157,12 @@ def merge_upsert(spark: SparkSession, df: DataFrame, ref: TableRef, schema: Stru
         .whenNotMatchedInsertAll()
         .execute()
     )
+
+
+def _comparable(column, field):
+    # Maps have no equality in Spark SQL; their JSON text does (keys in insertion order,
+    # which is the same for rows built the same way).
+    return F.to_json(column) if isinstance(field.dataType, MapType) else column
 
 
 def _all(conditions):
