@@ -53,8 +53,16 @@ def seed_matrix(labels: pd.DataFrame, customers: list, beta: float) -> tuple[spa
     return sparse.csr_matrix((values, (rows, cols)), shape=(len(customers), len(personas))), personas
 
 
-def exact_affinity(edges: pd.DataFrame, labels: pd.DataFrame, lhat: int, beta: float = 0.5) -> ExactAffinity:
-    """edges: customer_id, product_id[, weight]; labels: customer_id, persona."""
+@dataclass
+class WalkMatrices:
+    customers: list
+    products: list
+    to_products: sparse.csr_matrix   # P: customers x products, rows sum to 1
+    to_customers: sparse.csr_matrix  # P': products x customers, rows sum to 1
+
+
+def walk_matrices(edges: pd.DataFrame) -> WalkMatrices:
+    """P and P' from edges (customer_id, product_id[, weight]); duplicate pairs count once."""
     edges = edges.copy()
     edges["customer_id"] = edges["customer_id"].astype(str)
     edges["product_id"] = edges["product_id"].astype(str)
@@ -69,14 +77,25 @@ def exact_affinity(edges: pd.DataFrame, labels: pd.DataFrame, lhat: int, beta: f
     adjacency = sparse.csr_matrix((w, (u, v)), shape=(len(customers), len(products)))
     customer_sums = np.asarray(adjacency.sum(axis=1)).ravel()
     product_sums = np.asarray(adjacency.sum(axis=0)).ravel()
-    to_products = sparse.diags(1.0 / customer_sums) @ adjacency          # P
-    to_customers = sparse.diags(1.0 / product_sums) @ adjacency.T.tocsr()  # P'
-    seeds, personas = seed_matrix(labels, customers, beta)
-    half = to_customers @ seeds  # P' L
+    return WalkMatrices(customers, products,
+                        (sparse.diags(1.0 / customer_sums) @ adjacency).tocsr(),
+                        (sparse.diags(1.0 / product_sums) @ adjacency.T).tocsr())
+
+
+def affinity(walk: WalkMatrices, seeds: sparse.csr_matrix, lhat: int) -> tuple[np.ndarray, np.ndarray]:
+    """(Psi customers x personas, P' L products x personas) by sparse products P (P' X)."""
+    half = walk.to_customers @ seeds
     layer = seeds
-    total = np.zeros((len(customers), len(personas)))
+    total = np.zeros(seeds.shape)
     for _ in range(lhat):
-        layer = to_products @ (to_customers @ layer)
+        layer = walk.to_products @ (walk.to_customers @ layer)
         total += layer.toarray() if sparse.issparse(layer) else layer
-    product_scores = half.toarray() if sparse.issparse(half) else np.asarray(half)
-    return ExactAffinity(customers, products, personas, total / lhat, product_scores)
+    return total / lhat, (half.toarray() if sparse.issparse(half) else np.asarray(half))
+
+
+def exact_affinity(edges: pd.DataFrame, labels: pd.DataFrame, lhat: int, beta: float = 0.5) -> ExactAffinity:
+    """edges: customer_id, product_id[, weight]; labels: customer_id, persona."""
+    walk = walk_matrices(edges)
+    seeds, personas = seed_matrix(labels, walk.customers, beta)
+    customer_scores, product_scores = affinity(walk, seeds, lhat)
+    return ExactAffinity(walk.customers, walk.products, personas, customer_scores, product_scores)

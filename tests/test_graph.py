@@ -1,0 +1,87 @@
+"""The purchase graph: one edge per pair, optional weights, degrees and walk transitions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+from chispa import assert_approx_df_equality, assert_df_equality
+from pyspark.sql import functions as F
+
+from persona_lib.errors import DependencyError, InputError
+from persona_lib.graph import build_graph, edges_from_events, edges_from_pairs
+
+EDGE_SCHEMA = "customer_id string, product_id string, weight double"
+
+
+def events(spark, rows):
+    return spark.createDataFrame(
+        [(c, p, datetime.fromisoformat(ts)) for c, p, ts in rows],
+        "customer_id string, product_id string, event_ts timestamp")
+
+
+SAMPLE = [("1", "A", "2024-01-01"), ("1", "A", "2024-03-31"), ("1", "B", "2024-03-31"), ("2", "A", "2024-03-31")]
+
+
+def test_pairs_become_one_unweighted_edge_each(spark):
+    pairs = spark.createDataFrame([("1", "A"), ("1", "A"), ("1", "B"), ("2", "A")], "customer_id string, product_id string")
+    expected = spark.createDataFrame([("1", "A", 1.0), ("1", "B", 1.0), ("2", "A", 1.0)], EDGE_SCHEMA)
+    actual = edges_from_pairs(pairs).orderBy("customer_id", "product_id")
+    assert_df_equality(actual, expected, ignore_nullable=True)
+
+
+def test_count_weighting_counts_the_pairs_lines(spark):
+    expected = spark.createDataFrame([("1", "A", 2.0), ("1", "B", 1.0), ("2", "A", 1.0)], EDGE_SCHEMA)
+    actual = edges_from_events(events(spark, SAMPLE), weighting="count").orderBy("customer_id", "product_id")
+    assert_df_equality(actual, expected, ignore_nullable=True)
+
+
+def test_recency_weighting_halves_per_half_life(spark):
+    # 2024-01-01 is 90 days before 2024-03-31 (the latest event, the default as_of).
+    expected = spark.createDataFrame([("1", "A", 1.5), ("1", "B", 1.0), ("2", "A", 1.0)], EDGE_SCHEMA)
+    actual = edges_from_events(events(spark, SAMPLE), weighting="recency", half_life_days=90.0)
+    assert_approx_df_equality(actual.orderBy("customer_id", "product_id"), expected, precision=1e-12,
+                              ignore_nullable=True)
+
+
+def test_unknown_weighting_is_an_input_error(spark):
+    with pytest.raises(InputError, match="edge_weighting"):
+        edges_from_events(events(spark, SAMPLE), weighting="price")
+
+
+def test_graph_degrees_and_transitions_divide_by_the_receiving_side(spark):
+    edges = spark.createDataFrame([("1", "A", 1.0), ("1", "B", 3.0), ("2", "A", 1.0)], EDGE_SCHEMA)
+    graph = build_graph(edges)
+    assert (graph.edge_count, graph.customer_count, graph.product_count) == (3, 2, 2)
+    keys = graph.vertices.select("id", "key")
+    named = (graph.edges.join(keys.withColumnRenamed("key", "customer_id"), F.col("src") == F.col("id")).drop("id")
+             .join(keys.withColumnRenamed("key", "product_id"), F.col("dst") == F.col("id"))
+             .select("customer_id", "product_id", "to_product", "to_customer").orderBy("customer_id", "product_id"))
+    # to_product = w / (weight sum of the product), to_customer = w / (weight sum of the customer).
+    expected = spark.createDataFrame(
+        [("1", "A", 0.5, 0.25), ("1", "B", 1.0, 0.75), ("2", "A", 0.5, 1.0)],
+        "customer_id string, product_id string, to_product double, to_customer double")
+    assert_approx_df_equality(named, expected, precision=1e-12, ignore_nullable=True)
+    degrees = graph.vertices.select("kind", "key", "degree", "weight_sum").orderBy("kind", "key")
+    expected_degrees = spark.createDataFrame(
+        [("customer", "1", 2, 4.0), ("customer", "2", 1, 1.0), ("product", "A", 2, 2.0), ("product", "B", 1, 3.0)],
+        "kind string, key string, degree long, weight_sum double")
+    assert_df_equality(degrees, expected_degrees, ignore_nullable=True)
+    graph.unpersist()
+
+
+def test_edge_without_positive_weight_is_an_input_error(spark):
+    edges = spark.createDataFrame([("1", "A", 1.0), ("2", "A", 0.0)], EDGE_SCHEMA)
+    with pytest.raises(InputError, match="weight > 0"):
+        build_graph(edges)
+
+
+def test_graphframe_needs_the_jvm_library(spark):
+    graph = build_graph(spark.createDataFrame([("1", "A", 1.0)], EDGE_SCHEMA))
+    try:
+        frame = graph.to_graphframe()
+    except DependencyError as exc:
+        assert "GraphFrames JVM library" in str(exc)
+    else:  # the library is on the session: the GraphFrame has our vertices and edges
+        assert frame.edges.count() == 1
+    graph.unpersist()
