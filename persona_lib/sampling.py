@@ -72,8 +72,9 @@ def sample_customers(customers: DataFrame, excluded: Optional[DataFrame], n: int
     tie_break = F.xxhash64(F.lit(seed), F.lit(round_index), F.col("customer_id"))
     if round_index == 0 or affinities is None:
         if stratify:
-            return _stratified(candidates, n, tie_break)
-        picked = candidates.select("customer_id").distinct().orderBy(tie_break, "customer_id")
+            picked = _stratified(candidates, tie_break)
+        else:
+            picked = candidates.select("customer_id").distinct().orderBy(tie_break, "customer_id")
     else:
         if not label_distribution:
             raise InputError("DU sampling needs the label distribution of the labels so far "
@@ -117,7 +118,7 @@ def du_scores(customers: DataFrame, affinities: DataFrame,
     )
 
 
-def _stratified(candidates: DataFrame, n: int, tie_break: F.Column) -> DataFrame:
+def _stratified(candidates: DataFrame, tie_break: F.Column) -> DataFrame:
     """Proportional allocation over activity quartiles: each stratum's customers are spread
     evenly over (0, 1] in their random order, and the n smallest positions are taken, so every
     stratum gets its share of n (up to rounding)."""
