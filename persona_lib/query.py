@@ -89,22 +89,48 @@ def predict(query: dict, spark: SparkSession, config: AppConfig) -> list[dict]:
 def _known_customer_rows(spark: SparkSession, config: AppConfig, customer_id: str, limit: int) -> list[dict]:
     affinity = publishing.read_current(spark, config, "persona_affinity")
     summary = publishing.read_current(spark, config, "customer_personas")
-    rows = (
-        affinity.where(F.col("customer_id") == customer_id)
-        .join(summary.where(F.col("customer_id") == customer_id)
-              .select("customer_id", "is_ambiguous", "why"), "customer_id")
-        .orderBy("rank").limit(limit).collect()
-    )
+    rows = affinity.where(F.col("customer_id") == customer_id).orderBy("rank").limit(limit).collect()
+    if not rows:
+        return []
+    customer = summary.where(F.col("customer_id") == customer_id).select("is_ambiguous", "why").first()
+    evidence = why_by_persona(spark, config, customer_id, [r["persona"] for r in rows],
+                              config.publishing.why_products)
     return [{
         "persona": r["persona"], "probability": r["probability"], "score": r["score"], "rank": r["rank"],
-        "source": r["source"], "is_ambiguous": r["is_ambiguous"],
+        "source": r["source"], "is_ambiguous": bool(customer["is_ambiguous"]) if customer else True,
         "why": {
-            "products": [{"product_id": p["product_id"], "title": p["title"], "weight": p["weight"]}
-                         for p in r["why"]["products"]],
-            "labelled_neighbours": r["why"]["labelled_neighbours"],
-            "llm_evidence": r["why"]["llm_evidence"],
+            "products": evidence.get(r["persona"], []),
+            "labelled_neighbours": customer["why"]["labelled_neighbours"] if customer else 0,
+            "llm_evidence": customer["why"]["llm_evidence"] if customer else None,
         },
     } for r in rows]
+
+
+def why_by_persona(spark: SparkSession, config: AppConfig, customer_id: str, personas: list[str],
+                   limit: int) -> dict[str, list[dict]]:
+    """Per persona, the customer's products that contribute most to its walk score.
+
+    Product v of customer u adds (1/d(u)) x product_personas[v, m] to u's score for m; this
+    reads one customer's products, so it is cheap enough to compute at query time.
+    """
+    events = storage.table_ref(config, "purchase_events").read(spark)
+    bought = events.where(F.col("customer_id") == customer_id).select("product_id").distinct()
+    degree = bought.count()
+    if degree == 0:
+        return {}
+    products = publishing.read_current(spark, config, "product_personas").where(F.col("persona").isin(*personas))
+    titles = storage.table_ref(config, "products").read(spark).select("product_id", "title")
+    best = Window.partitionBy("persona").orderBy(F.desc("score"), F.asc("product_id"))
+    rows = (
+        bought.join(products, "product_id").withColumn("_rank", F.row_number().over(best))
+        .where(F.col("_rank") <= limit).join(titles, "product_id", "left")
+        .orderBy("persona", "_rank").collect()
+    )
+    evidence: dict[str, list[dict]] = {}
+    for r in rows:
+        evidence.setdefault(r["persona"], []).append(
+            {"product_id": r["product_id"], "title": r["title"], "weight": r["score"] / degree})
+    return evidence
 
 
 def cold_start_rows(spark: SparkSession, config: AppConfig, products: list[str], limit: int) -> list[dict]:
@@ -118,7 +144,7 @@ def cold_start_rows(spark: SparkSession, config: AppConfig, products: list[str],
     model = cold_start.load_model(f"models:/{config.tracking.registered_model}@{run_alias(run['run_id'])}")
     import pandas as pd
 
-    scored = model.predict(pd.DataFrame({"products": [products]}), params={"limit": limit})
+    scored = model.predict(pd.DataFrame({"products": [products]})).head(limit)
     return [{
         "persona": r.persona, "probability": float(r.probability), "score": float(r.score), "rank": int(r.rank),
         "source": "cold_start", "is_ambiguous": False,

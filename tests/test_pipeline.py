@@ -1,0 +1,171 @@
+"""The whole pipeline on a slice of the real data: tables, invariants, MLflow, resume,
+overrides, the query, and forgetting a customer."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from mlflow import MlflowClient
+from pyspark.sql import functions as F
+
+from persona_lib import contracts, publishing, storage, tracking
+from persona_lib.config import REPO_ROOT, load_config
+from persona_lib.forget import forget_customers
+from persona_lib.ingest import ingest
+from persona_lib.labelling import add_overrides
+from persona_lib.pipeline import run_pipeline
+from persona_lib.query import predict
+from tests.conftest import TEST_CONF
+
+LANDING = REPO_ROOT / "data" / "online_retail" / "landing"
+DAYS = 12  # the first 12 landing files: about 230 customers, enough for every path
+
+
+@pytest.fixture(scope="module")
+def small_config(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    landing = root / "landing"
+    landing.mkdir()
+    for path in sorted(LANDING.glob("*.csv.gz"))[:DAYS]:
+        shutil.copy(path, landing / path.name)
+    config = load_config(TEST_CONF, workdir=str(root / "work"))
+    config = config.replace("ingest", landing=str(landing))
+    return config.replace("sampling", budget=0.3, rounds=2)
+
+
+@pytest.fixture(scope="module")
+def first_run(spark, small_config):
+    return run_pipeline(spark, small_config)
+
+
+def current(spark, config, key):
+    return publishing.read_current(spark, config, key)
+
+
+def test_run_publishes_every_table_with_its_contract(spark, small_config, first_run):
+    for key, schema in (("persona_affinity", contracts.PERSONA_AFFINITY),
+                        ("customer_personas", contracts.CUSTOMER_PERSONAS),
+                        ("product_personas", contracts.PRODUCT_PERSONAS)):
+        table = current(spark, small_config, key)
+        assert [(f.name, f.dataType.simpleString()) for f in table.schema.fields] == \
+            [(f.name, f.dataType.simpleString()) for f in schema.fields]
+        assert table.count() > 0
+    assert set(first_run["tables"]) >= {"persona_affinity", "customer_personas", "product_personas",
+                                        "persona_labels"}
+    assert first_run["customers"] == current(spark, small_config, "customer_personas").count()
+    assert first_run["labelled"] > 0 and first_run["propagated"] > 0
+
+
+def test_probabilities_sum_to_one_and_ranks_are_contiguous(spark, small_config, first_run):
+    affinity = current(spark, small_config, "persona_affinity")
+    per_customer = affinity.groupBy("customer_id", "source").agg(
+        F.sum("probability").alias("total"), F.count(F.lit(1)).alias("n"),
+        F.min("rank").alias("low"), F.max("rank").alias("high"))
+    broken = per_customer.where((F.abs(F.col("total") - 1) > 1e-9) | (F.col("low") != 1) | (F.col("high") != F.col("n")))
+    assert broken.count() == 0
+
+
+def test_labelled_customers_keep_their_llm_labels(spark, small_config, first_run):
+    labels = storage.table_ref(small_config, "persona_labels").read(spark).where("status in ('ok', 'repaired')")
+    published = current(spark, small_config, "customer_personas").where("source = 'llm'")
+    mismatched = labels.select("customer_id", "personas").exceptAll(published.select("customer_id", "personas"))
+    assert published.count() == labels.count() and mismatched.count() == 0
+
+
+def test_ambiguous_means_a_margin_within_two_epsilon(spark, small_config, first_run):
+    margin = 2 * first_run["epsilon"]
+    top2 = (current(spark, small_config, "persona_affinity").where("source = 'propagated' AND rank <= 2")
+            .groupBy("customer_id").agg(
+                F.max(F.when(F.col("rank") == 1, F.col("score"))).alias("s1"),
+                F.max(F.when(F.col("rank") == 2, F.col("score"))).alias("s2")))
+    flags = current(spark, small_config, "customer_personas").where("source = 'propagated'") \
+        .join(top2, "customer_id", "left")
+    wrong = flags.where(F.col("is_ambiguous") != (F.col("s1").isNull()
+                                                  | (F.col("s1") - F.coalesce("s2", F.lit(0.0)) <= margin)))
+    assert wrong.count() == 0
+
+
+def test_mlflow_run_records_params_metrics_inputs_outputs_and_model(spark, small_config, first_run):
+    tracking.configure(small_config)
+    client = MlflowClient()
+    run = client.get_run(first_run["run_id"])
+    assert {"budget", "rounds", "epsilon", "lhat", "beta", "top_k", "labeller", "model", "seed",
+            "taxonomy_version", "prompt_version"} <= set(run.data.params)
+    assert {"coverage", "ambiguous_share", "supersteps", "max_residual", "cache_hit_rate"} <= set(run.data.metrics)
+    assert any(d.dataset.name.startswith("purchase_events@v") for d in run.inputs.dataset_inputs)
+    assert run.data.tags["output.customer_personas.version"] == str(first_run["tables"]["customer_personas"]["version"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)} | \
+        {a.path for folder in ("charts", "samples") for a in client.list_artifacts(run.info.run_id, folder)}
+    assert {"charts/persona_distribution.png", "charts/convergence.png", "samples/why_records.json"} <= artifacts
+    alias = client.get_model_version_by_alias(small_config.tracking.registered_model, "current")
+    assert alias.version is not None
+
+
+def test_second_run_pays_for_no_label(spark, small_config, first_run):
+    second = run_pipeline(spark, small_config)
+    assert sum(r["llm_calls"] for r in second["rounds"]) == 0
+    assert second["labelled"] == first_run["labelled"]
+
+
+def test_query_answers_known_and_new_customers_in_the_product_page_shape(spark, small_config, first_run):
+    customer = current(spark, small_config, "customer_personas").where("source = 'propagated' AND size(personas) > 0") \
+        .orderBy("customer_id").first()["customer_id"]
+    rows = predict({"from": "customer_purchases", "where": {"customer_id": customer}, "predict": "persona",
+                    "select": ["$p", "$why", "persona"], "limit": 3}, spark, small_config)
+    assert len(rows) == 3 and all(set(r) == {"$p", "$why", "persona"} for r in rows)
+    assert [r["$p"] for r in rows] == sorted((r["$p"] for r in rows), reverse=True)
+    product = current(spark, small_config, "product_personas").orderBy("product_id").first()["product_id"]
+    cold = predict({"where": {"customer_id": "no-such-customer", "products": [product]}, "limit": 2},
+                   spark, small_config)
+    assert 1 <= len(cold) <= 2 and cold[0]["$p"] > 0
+
+
+def test_an_override_wins_and_becomes_a_label(spark, small_config, first_run):
+    from persona_lib.labelling import labels_for_propagation
+
+    customer = current(spark, small_config, "customer_personas").where("source = 'propagated'") \
+        .orderBy("customer_id").first()["customer_id"]
+    add_overrides(spark, small_config, [{"customer_id": customer, "personas": ["Gardening Lover"],
+                                         "author": "tests", "reason": "known gardener"}])
+    run_pipeline(spark, small_config)
+    row = current(spark, small_config, "customer_personas").where(F.col("customer_id") == customer).first()
+    assert (row["source"], row["personas"]) == ("override", ["Gardening Lover"])
+    seeds = labels_for_propagation(spark, small_config).where(F.col("customer_id") == customer)
+    assert [r["persona"] for r in seeds.collect()] == ["Gardening Lover"]
+
+
+def test_forget_removes_every_trace_and_nothing_brings_it_back(spark, small_config, first_run):
+    customer = storage.table_ref(small_config, "persona_labels").read(spark).where("status = 'ok'") \
+        .orderBy("customer_id").first()["customer_id"]
+    result = forget_customers(spark, small_config, [customer])
+    assert result["removed"]["purchase_events"] > 0 and result["removed"]["persona_labels"] == 1
+
+    for key in ("purchase_events", "quarantine", "persona_labels", "persona_overrides", "recorded_answers",
+                "customer_affinity", "persona_affinity", "customer_personas"):
+        ref = storage.table_ref(small_config, key)
+        if ref.exists(spark):
+            column = F.regexp_replace("customer_id", r"\.0$", "")
+            assert ref.read(spark).where(column == customer).count() == 0, key
+    assert current(spark, small_config, "customer_personas").where(F.col("customer_id") == customer).count() == 0
+    assert not _parquet_files_containing(Path(small_config.workdir_path) / "tables", customer)
+
+    again = ingest(spark, small_config)
+    assert again["forgotten"] > 0
+    run_pipeline(spark, small_config)
+    for key in ("purchase_events", "persona_labels", "customer_personas"):
+        assert storage.table_ref(small_config, key).read(spark).where(F.col("customer_id") == customer).count() == 0
+
+
+def _parquet_files_containing(root: Path, customer: str) -> list[str]:
+    hits = []
+    for path in root.rglob("*.parquet"):
+        table = pq.read_table(path)
+        for name in table.column_names:
+            column = table.column(name)
+            if str(column.type) == "string" and any(
+                    v in (customer, f"{customer}.0") for v in column.to_pylist()):
+                hits.append(f"{path}:{name}")
+    return hits
