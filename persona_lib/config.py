@@ -104,7 +104,7 @@ class PropagationConfig:
     # Absolute error bound. Null: derived from the affinity scale (epsilon_relative x the
     # mean affinity of a customer and persona, see propagation.default_epsilon).
     epsilon: Optional[float] = None
-    epsilon_relative: float = 0.5
+    epsilon_relative: float = 0.25
     method: str = "revaff"  # revaff | exact
     max_supersteps: int = 64
     # Every this many layers a layer is checkpointed (0: never) so lineage stays short.

@@ -84,10 +84,11 @@ def max_error(result, reference) -> float:
     return float(np.abs(dense - reference.customer_scores).max())
 
 
-@pytest.mark.parametrize("lhat", [1, 2, 3])
-def test_spark_exact_equals_scipy_exact(spark, awkward, lhat):
+@pytest.mark.parametrize("lhat,broadcast", [(1, True), (2, True), (3, True), (2, False)])
+def test_spark_exact_equals_scipy_exact(spark, awkward, lhat, broadcast):
+    """broadcast: the product layer as a broadcast matrix; False: plain message rows."""
     pairs, labels, graph = awkward
-    config = dataclasses.replace(BASE, lhat=lhat)
+    config = dataclasses.replace(BASE, lhat=lhat, broadcast_product_layer=broadcast)
     result = propagate(spark, graph, spark.createDataFrame(labels), config, method="exact")
     reference = exact_affinity(pairs, labels, lhat)
     assert max_error(result, reference) <= 1e-12
