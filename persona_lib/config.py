@@ -65,6 +65,8 @@ class TablesConfig:
     product_personas: str = "product_personas"
     runs: str = "runs"
     tombstones: str = "tombstones"
+    # personas evaluate: the last seed's predictions of an accuracy evaluation.
+    evaluation_personas: str = "evaluation/customer_personas"
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,35 @@ class ForgetConfig:
 
 
 @dataclass(frozen=True)
+class EvaluationConfig:
+    # The vendored GPLR OnlineRetail files (labels, split, product labels, authors' outputs).
+    data_dir: str = "data/gplr_online_retail"
+    # Budgets as fractions of the customers (strings: the loader keeps list items as text).
+    budgets: tuple[str, ...] = ("0.05", "0.1", "0.2", "0.3")
+    samplers: tuple[str, ...] = ("random", "du")
+    seeds: int = 3
+    # Folds of the labelled customers for the learned persona choice: each fold's walk
+    # features come from a propagation of the OTHER folds' labels only.
+    cv_folds: int = 5
+    # Probability thresholds tried for "persona in or out" (the best on the labelled wins).
+    thresholds: tuple[str, ...] = ("0.25", "0.3", "0.35", "0.4", "0.45", "0.5")
+    # Recommendation: ALS (implicit) on split_train, metrics on split_test.
+    ks: tuple[str, ...] = ("2", "5", "10", "20", "50", "100")
+    als_rank: int = 32
+    als_iterations: int = 10
+    als_reg: float = 0.05
+    als_alpha: float = 10.0
+    # Share of each customer's TRAIN items held out to choose the persona blend weight.
+    validation_fraction: float = 0.2
+    blend_weights: tuple[str, ...] = ("0.0", "0.05", "0.1", "0.2", "0.3", "0.5")
+    recommend_budget: float = 0.2
+    # Segmentation stability: customers with more distinct invoices than this in the year.
+    stability_min_invoices: int = 10
+    stability_clusters: int = 10
+    experiment: str = "personas-evaluation"
+
+
+@dataclass(frozen=True)
 class AppConfig:
     workdir: str = "work"
     spark: SparkConfig = field(default_factory=SparkConfig)
@@ -216,6 +247,7 @@ class AppConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
     forget: ForgetConfig = field(default_factory=ForgetConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     # Where relative paths in this config resolve (the repository root by default).
     base_dir: str = str(REPO_ROOT)
 

@@ -202,6 +202,15 @@ TOMBSTONES = _schema(
     ("forgotten_at", TimestampType(), False),
 )
 
+EVALUATION_PERSONAS = _schema(
+    ("customer_id", StringType(), False),
+    ("personas", ArrayType(StringType(), False), False),
+    ("source", StringType(), False),
+    ("budget", DoubleType(), False),
+    ("sampler", StringType(), False),
+    ("seed", IntegerType(), False),
+)
+
 
 @dataclass(frozen=True)
 class TableContract:
@@ -245,6 +254,8 @@ CONTRACTS: Tuple[TableContract, ...] = (
                   "Written last by every run: its status and the version of every output table."),
     TableContract("tombstones", TOMBSTONES, ("customer_hash",), "forget",
                   "Forgotten customers (hashed); ingestion and labellers honour it."),
+    TableContract("evaluation_personas", EVALUATION_PERSONAS, ("customer_id",), "evaluate",
+                  "An accuracy evaluation's last run: LLM answers (source llm) or predicted personas."),
 )
 
 CONTRACTS_BY_KEY = {c.key: c for c in CONTRACTS}

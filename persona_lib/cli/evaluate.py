@@ -1,0 +1,144 @@
+"""``personas evaluate accuracy|recommend|stability``: the evaluation against the GPLR paper."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from persona_lib.cli import add_common_options, load_app_config
+from persona_lib.errors import UsageError
+
+log = logging.getLogger("personas.evaluate")
+
+QUICK_BUDGET = 0.2
+QUICK_SAMPLER = "du"
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="persona accuracy, recommendation lift and segmentation stability",
+        description="Evaluate against the GPLR paper on its OnlineRetail cut (issue 6).")
+    tasks = parser.add_subparsers(dest="task", metavar="TASK")
+    tasks.required = True
+
+    accuracy = tasks.add_parser("accuracy", help="set-F1 of predicted personas at each budget and sampler")
+    add_common_options(accuracy)
+    accuracy.add_argument("--budget", type=float, default=None, metavar="F",
+                          help="one budget, a fraction (default: evaluation.budgets)")
+    accuracy.add_argument("--sampler", choices=("random", "du"), default=None,
+                          help="one sampler (default: evaluation.samplers)")
+    accuracy.add_argument("--seeds", type=int, default=None, metavar="N",
+                          help="seeds per budget and sampler (default: evaluation.seeds)")
+    accuracy.add_argument("--quick", action="store_true",
+                          help=f"one budget ({QUICK_BUDGET} unless --budget), one sampler ({QUICK_SAMPLER} "
+                               "unless --sampler), one seed: the CI check")
+    accuracy.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    accuracy.set_defaults(handler=run_accuracy)
+
+    recommend = tasks.add_parser("recommend", help="ALS baseline vs persona re-ranking on the authors' split")
+    add_common_options(recommend)
+    recommend.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    recommend.set_defaults(handler=run_recommend)
+
+    stability = tasks.add_parser("stability", help="RFM deciles vs dominant personas over two halves")
+    add_common_options(stability)
+    stability.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    stability.set_defaults(handler=run_stability)
+
+
+def run_accuracy(args: argparse.Namespace) -> dict:
+    from persona_lib.evaluation import accuracy
+    from persona_lib.spark import get_spark
+
+    config = load_app_config(args)
+    if args.seeds is not None and args.seeds < 1:
+        raise UsageError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.budget is not None and not 0 < args.budget <= 1:
+        raise UsageError(f"--budget is a fraction in (0, 1], got {args.budget}")
+    if args.quick:
+        budgets = [args.budget if args.budget is not None else QUICK_BUDGET]
+        samplers = [args.sampler or QUICK_SAMPLER]
+        seeds = 1
+    else:
+        budgets = [args.budget] if args.budget is not None else [float(b) for b in config.evaluation.budgets]
+        samplers = [args.sampler] if args.sampler else list(config.evaluation.samplers)
+        seeds = args.seeds or config.evaluation.seeds
+    spark = get_spark(config)
+    log.info("accuracy: budgets %s, samplers %s, %d seed(s)", budgets, samplers, seeds)
+    result = _tracked(config, args, "evaluate-accuracy",
+                      lambda: accuracy.evaluate_accuracy(spark, config, budgets, samplers, seeds),
+                      lambda r: _log_accuracy(r))
+    print(accuracy.format_table(result["rows"]), file=sys.stdout)
+    headline = _headline(result["rows"])
+    return {
+        "budget": headline["budget"], "sampler": headline["sampler"], "seeds": headline["seeds"],
+        "f1": headline["f1"], "f1_top5": headline["f1_top5"], "precision": headline["precision"],
+        "recall": headline["recall"], "f1_without_product_labels": headline["f1_without_product_labels"],
+        "authors_f1": headline["authors_f1"],
+        "product_label_answers": result.get("product_label_answers"),
+        "customer_personas": result["customer_personas"], "mlflow_run_id": result.get("mlflow_run_id"),
+        "rows": result["rows"],
+    }
+
+
+def run_recommend(args: argparse.Namespace) -> dict:
+    from persona_lib.evaluation import recommend
+    from persona_lib.spark import get_spark
+
+    config = load_app_config(args)
+    spark = get_spark(config)
+    result = _tracked(config, args, "evaluate-recommend", lambda: recommend.evaluate_recommend(spark, config),
+                      _log_ranking)
+    print(recommend.format_table(result), file=sys.stdout)
+    return result
+
+
+def run_stability(args: argparse.Namespace) -> dict:
+    from persona_lib.evaluation import stability
+    from persona_lib.spark import get_spark
+
+    config = load_app_config(args)
+    spark = get_spark(config)
+    result = _tracked(config, args, "evaluate-stability", lambda: stability.evaluate_stability(spark, config),
+                      _log_stability)
+    print(stability.format_table(result), file=sys.stdout)
+    return result
+
+
+def _headline(rows: list[dict]) -> dict:
+    """The row the JSON's top-level fields describe: 20% DU when it ran, else the last."""
+    for row in rows:
+        if abs(row["budget"] - QUICK_BUDGET) < 1e-9 and row["sampler"] == QUICK_SAMPLER:
+            return row
+    return rows[-1]
+
+
+def _tracked(config, args, run_name: str, compute, log_result) -> dict:
+    if getattr(args, "no_mlflow", False):
+        return compute()
+    from persona_lib.evaluation.tracking import evaluation_run
+
+    with evaluation_run(config, run_name) as active:
+        result = compute()
+        log_result(result)
+        result["mlflow_run_id"] = active.info.run_id
+    return result
+
+
+def _log_accuracy(result: dict) -> None:
+    from persona_lib.evaluation.tracking import log_accuracy
+
+    log_accuracy(result["rows"])
+
+
+def _log_ranking(result: dict) -> None:
+    from persona_lib.evaluation.tracking import log_ranking
+
+    log_ranking(result)
+
+
+def _log_stability(result: dict) -> None:
+    from persona_lib import tracking
+
+    tracking.log_metrics({k: v for k, v in result.items() if isinstance(v, (int, float))})
