@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> dict:
     from persona_lib import storage
     from persona_lib.errors import InputError
     from persona_lib.labelling import label_customers
-    from persona_lib.labelling.store import overrides_ref
+    from persona_lib.labelling.backends import read_or_empty
     from persona_lib.sampling import budget_per_round, sample_customers
     from persona_lib.spark import get_spark
 
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> dict:
     # computes between rounds. The draw is deterministic, so a re-run asks for the same
     # customers and is served from the label store.
     n = budget_per_round(total, budget, 1)[0]
-    excluded = None if labeller == "manual" else overrides_ref(spark, config).read(spark).select("customer_id")
+    excluded = None if labeller == "manual" else read_or_empty(spark, config, "persona_overrides").select("customer_id")
     sample = sample_customers(customers, excluded, n, seed, round_index=0)
     run_id = args.run_id or f"label-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     log.info("labelling %d of %d customers with %s (run %s)", n, total, labeller, run_id)

@@ -19,10 +19,10 @@ from pyspark.sql import functions as F
 
 from persona_lib.config import AppConfig
 from persona_lib.errors import PersonasError
-from persona_lib.labelling.backends import LABELLERS, Labeler, make_labeler
+from persona_lib.labelling.backends import LABELLERS, Labeler, make_labeler, read_or_empty
 from persona_lib.labelling.store import (
     add_overrides, cached_labels, label_distribution, labels_for_propagation, labels_ref,
-    overrides_ref, status_counts, without_forgotten, write_labels,
+    status_counts, without_forgotten, write_labels,
 )
 from persona_lib.labelling.validation import FAILED, STATUSES, validate_answer, validate_answers
 from persona_lib.prompts import build_prompts, prompt_template
@@ -31,6 +31,7 @@ from persona_lib.taxonomy import load_taxonomy
 log = logging.getLogger("personas.labelling")
 # How many failed customers the failure message quotes.
 FAILURE_EXAMPLES = 5
+TOKEN_COLUMNS = ("prompt_tokens", "generated_tokens", "cached_tokens")
 
 __all__ = ["LABELLERS", "Labeler", "add_overrides", "label_customers", "label_distribution",
            "labels_for_propagation", "make_labeler", "validate_answer", "STATUSES"]
@@ -55,31 +56,39 @@ def label_customers(spark: SparkSession, config: AppConfig, sample: DataFrame, e
     remembered = without_forgotten(spark, config, requested)
     askable = remembered
     if name != "manual":  # an override wins: nobody asks an LLM about that customer
-        overrides = overrides_ref(spark, config).read(spark).select("customer_id")
+        overrides = read_or_empty(spark, config, "persona_overrides").select("customer_id")
         askable = remembered.join(overrides, "customer_id", "left_anti")
     # The sample is small next to the events: checkpoint it so each count below does not
     # redo the anti-joins, and the prompts are built once.
     askable = askable.localCheckpoint()
     prompts = build_prompts(events, askable, taxonomy, labelling.prompt_token_budget).localCheckpoint()
 
-    store = labels_ref(spark, config)
     # Materialised now: read after the write below, it would count this run's own labels.
-    hits = cached_labels(store.read(spark), prompts, taxonomy.version, backend.source).localCheckpoint()
+    hits = cached_labels(read_or_empty(spark, config, "persona_labels"), prompts, taxonomy.version,
+                         backend.source).localCheckpoint()
     to_ask = prompts.join(hits, "customer_id", "left_anti")
     # Reliable checkpoint of the answers: Spark would otherwise re-run the backend (and pay
     # the LLM again) for every action on them -- the write and each count.
     answers = validate_answers(backend.answers(spark, to_ask), taxonomy).checkpoint(eager=True)
 
+    # One pass over the answers for statuses, calls and tokens.
+    per_status = answers.groupBy("status").agg(
+        F.count("*").alias("answers"),
+        *[F.sum(c).alias(c) for c in TOKEN_COLUMNS]).collect()
+    new_statuses = {row["status"]: int(row["answers"]) for row in per_status}
+    tokens = {c: int(sum(row[c] or 0 for row in per_status)) for c in TOKEN_COLUMNS}
     labels = answers.join(to_ask.select("customer_id", "history_hash", "prompt_version"), "customer_id").select(
         "customer_id", "personas", "status", "detail",
         F.lit(backend.source).alias("source"), "prompt_version",
         F.lit(taxonomy.version).alias("taxonomy_version"), "history_hash", "raw_response",
         F.current_timestamp().alias("labelled_at"), F.lit(run_id).alias("run_id"),
     )
-    write_labels(spark, config, labels)
+    if new_statuses:  # a run served wholly from the store writes nothing
+        write_labels(spark, config, labels)
+    store = labels_ref(spark, config)
 
-    counts = _counts(requested, remembered, askable, hits, answers)
-    new_statuses = status_counts(answers)
+    counts = _counts(requested, remembered, askable, hits)
+    counts["llm_calls"] = counts["labelled"] = sum(new_statuses.values())
     failure_rate = new_statuses.get(FAILED, 0) / counts["llm_calls"] if counts["llm_calls"] else 0.0
     stored_statuses = status_counts(store.read(spark).join(requested, "customer_id", "left_semi"))
     summary = {
@@ -94,7 +103,7 @@ def label_customers(spark: SparkSession, config: AppConfig, sample: DataFrame, e
         "statuses": {s: stored_statuses.get(s, 0) for s in STATUSES},
         "new_statuses": {s: new_statuses.get(s, 0) for s in STATUSES},
         "failure_rate": round(failure_rate, 4),
-        "tokens": _token_totals(answers),
+        "tokens": tokens,
         "tables": {"persona_labels": store.summary(spark)},
         "labelled_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -114,20 +123,11 @@ def label_customers(spark: SparkSession, config: AppConfig, sample: DataFrame, e
     return summary
 
 
-def _counts(requested: DataFrame, remembered: DataFrame, askable: DataFrame, hits: DataFrame,
-            answers: DataFrame) -> dict:
+def _counts(requested: DataFrame, remembered: DataFrame, askable: DataFrame, hits: DataFrame) -> dict:
     n_requested, n_remembered, n_askable = requested.count(), remembered.count(), askable.count()
-    llm_calls = answers.count()
     return {
         "requested": n_requested,
         "excluded": {"forgotten": n_requested - n_remembered, "overridden": n_remembered - n_askable},
         "askable": n_askable,
         "cache_hits": hits.count(),
-        "llm_calls": llm_calls,
-        "labelled": llm_calls,
     }
-
-
-def _token_totals(answers: DataFrame) -> dict:
-    row = answers.agg(*[F.sum(c).alias(c) for c in ("prompt_tokens", "generated_tokens", "cached_tokens")]).head()
-    return {c: int(row[c] or 0) for c in ("prompt_tokens", "generated_tokens", "cached_tokens")}

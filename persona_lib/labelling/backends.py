@@ -65,6 +65,14 @@ def make_labeler(name: str, config: AppConfig, taxonomy: Taxonomy, template: Pro
     raise ConfigError(f"labelling.labeller: unknown labeller {name!r}; known: {', '.join(LABELLERS)}")
 
 
+def read_or_empty(spark: SparkSession, config: AppConfig, key: str) -> DataFrame:
+    """The table named by ``config.tables.<key>``, or an empty frame of its contract if absent."""
+    ref = storage.table_ref(config, key)
+    if ref.exists(spark):
+        return ref.read(spark)
+    return spark.createDataFrame([], contracts.CONTRACTS_BY_KEY[key].schema)
+
+
 def no_model_columns(answers: DataFrame) -> DataFrame:
     """Fill the engine-only columns of ``ANSWERS`` with nulls."""
     for column in ("batch_id", "prompt_tokens", "generated_tokens", "cached_tokens"):
@@ -113,7 +121,8 @@ def ensure_recorded_answers(spark: SparkSession, config: AppConfig) -> storage.T
         F.to_json(F.struct(F.split(F.trim("personas"), r"\s*\|\s*").alias("personas"))).alias("response"),
         F.lit(config.labelling.replay_model).alias("model"),
     ).where(F.col("customer_id").isNotNull() & (F.col("customer_id") != ""))
-    storage.merge_insert_new(spark, recorded, ref, contracts.RECORDED_ANSWERS, keys=("customer_id",))
+    # One plain write on first use (a MERGE into an empty table costs a join for nothing).
+    storage.overwrite(recorded.dropDuplicates(["customer_id"]), ref, contracts.RECORDED_ANSWERS)
     return ref
 
 
@@ -127,9 +136,7 @@ class ManualLabeler:
         self.config = config
 
     def answers(self, spark: SparkSession, prompts: DataFrame) -> DataFrame:
-        overrides = storage.table_ref(self.config, "persona_overrides")
-        storage.ensure_table(spark, overrides, contracts.PERSONA_OVERRIDES)
-        assigned = overrides.read(spark).select(
+        assigned = read_or_empty(spark, self.config, "persona_overrides").select(
             "customer_id", F.to_json(F.struct("personas")).alias("raw_response"))
         joined = prompts.select("customer_id").join(assigned, "customer_id", "left")
         return no_model_columns(joined.withColumn("error", F.lit(None).cast("string")))

@@ -24,6 +24,7 @@ from pyspark.sql import functions as F
 from persona_lib import contracts, storage
 from persona_lib.config import AppConfig
 from persona_lib.errors import InputError
+from persona_lib.labelling.backends import read_or_empty
 from persona_lib.labelling.validation import (
     LABEL_STATUSES, NO_ANSWER, OK, REPAIRED, UNREPRESENTABLE_STATUS,
 )
@@ -123,8 +124,8 @@ def labels_for_propagation(spark: SparkSession, config: AppConfig) -> DataFrame:
     LLM labels with status ok or repaired, except for customers with an override, whose
     override's personas are used instead; forgotten customers are left out.
     """
-    overrides = overrides_ref(spark, config).read(spark).select("customer_id", "personas")
-    llm = (labels_ref(spark, config).read(spark)
+    overrides = read_or_empty(spark, config, "persona_overrides").select("customer_id", "personas")
+    llm = (read_or_empty(spark, config, "persona_labels")
            .where(F.col("status").isin(*LABEL_STATUSES))
            .select("customer_id", "personas")
            .join(overrides.select("customer_id"), "customer_id", "left_anti"))
