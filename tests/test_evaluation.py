@@ -1,0 +1,125 @@
+"""Evaluation: metrics on hand-made frames, the authors' F1 reproduced from the vendored
+files, and the fold-based fit that never sees a held-out customer's own label."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from chispa import assert_approx_df_equality, assert_df_equality
+from pyspark.sql import functions as F
+
+from persona_lib.config import PropagationConfig
+from persona_lib.errors import InputError
+from persona_lib.evaluation import accuracy, data, metrics
+from persona_lib.graph import build_graph, edges_from_pairs
+from persona_lib.propagation import propagate
+
+SCORES_SCHEMA = "customer_id string, precision double, recall double, f1 double"
+EXACT = PropagationConfig(method="exact")
+
+
+def test_set_scores_match_hand_computed_precision_recall_and_f1(spark):
+    truth = spark.createDataFrame([("a", "X"), ("a", "Y"), ("b", "X"), ("c", "Z")], "customer_id string, persona string")
+    predicted = spark.createDataFrame([("a", "X"), ("a", "Z"), ("a", "Z"), ("b", "X"), ("b", "Y"), ("b", "W")],
+                                      "customer_id string, persona string")
+    scores = metrics.set_scores(predicted, truth).orderBy("customer_id")
+    expected = spark.createDataFrame([
+        ("a", 1 / 2, 1 / 2, 2 * 1 / (2 + 2)),   # duplicate prediction counts once
+        ("b", 1 / 3, 1.0, 2 * 1 / (3 + 1)),
+        ("c", 0.0, 0.0, 0.0),                   # nothing predicted: scores 0
+    ], SCORES_SCHEMA)
+    assert_approx_df_equality(scores, expected, 1e-12, ignore_nullable=True)
+
+
+def test_set_scores_only_score_the_given_customers(spark):
+    truth = spark.createDataFrame([("a", "X"), ("b", "X")], "customer_id string, persona string")
+    predicted = spark.createDataFrame([("a", "X"), ("b", "Y")], "customer_id string, persona string")
+    evaluated = spark.createDataFrame([("b",)], "customer_id string")
+    assert metrics.mean_scores(metrics.set_scores(predicted, truth, evaluated)) == {
+        "f1": 0.0, "precision": 0.0, "recall": 0.0, "customers": 1}
+
+
+def test_ranking_metrics_match_hand_computed_ndcg_and_f1(spark):
+    recommended = spark.createDataFrame(
+        [("a", "i1", 1), ("a", "i2", 2), ("a", "i3", 3), ("b", "i9", 1), ("b", "i4", 2)],
+        "customer_id string, product_id string, rank int")
+    relevant = spark.createDataFrame([("a", "i2"), ("a", "i3"), ("b", "i4"), ("c", "i1")],
+                                     "customer_id string, product_id string")
+    result = metrics.ranking_metrics(recommended, relevant, [2])
+    ndcg_a = (1 / math.log2(3)) / (1 + 1 / math.log2(3))   # hit at rank 2 of 2 relevant
+    ndcg_b = (1 / math.log2(3)) / 1.0                       # hit at rank 2 of 1 relevant
+    f1_a = 2 * 0.5 * 0.5 / 1.0
+    f1_b = 2 * 0.5 * 1.0 / 1.5
+    assert result["ndcg"][2] == pytest.approx((ndcg_a + ndcg_b + 0.0) / 3)  # c: no list, 0
+    assert result["f1"][2] == pytest.approx((f1_a + f1_b + 0.0) / 3)
+
+
+def test_choose_personas_keeps_those_above_the_threshold_and_at_least_the_best(spark):
+    probabilities = spark.createDataFrame(
+        [("a", "X", 0.9), ("a", "Y", 0.5), ("a", "Z", 0.1), ("b", "X", 0.2), ("b", "Y", 0.3)],
+        "customer_id string, persona string, probability double")
+    chosen = accuracy.choose_personas(probabilities, 0.4).orderBy("customer_id", "persona")
+    expected = spark.createDataFrame([("a", "X"), ("a", "Y"), ("b", "Y")], "customer_id string, persona string")
+    assert_df_equality(chosen, expected, ignore_nullable=True)
+
+
+def test_best_threshold_agrees_with_scoring_each_threshold_separately(spark):
+    probabilities = spark.createDataFrame(
+        [("a", "X", 0.9), ("a", "Y", 0.5), ("a", "Z", 0.35), ("b", "X", 0.2), ("b", "Y", 0.6)],
+        "customer_id string, persona string, probability double")
+    truth = spark.createDataFrame([("a", "X"), ("a", "Z"), ("b", "X"), ("b", "Y")], "customer_id string, persona string")
+    separately = {t: metrics.mean_scores(metrics.set_scores(accuracy.choose_personas(probabilities, t), truth))["f1"]
+                  for t in (0.1, 0.3, 0.55)}
+    threshold, f1 = accuracy.best_threshold(probabilities, truth, separately)
+    assert f1 == pytest.approx(max(separately.values()))
+    assert separately[threshold] == pytest.approx(f1)
+
+
+def test_user_labels_drop_unrepresentable_customers_and_split_personas(spark, tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("CustomerID,personas,author_uidx\n1,A|B,0\n2,Unrepresentable,1\n3, C ,2\n")
+    labels = data.read_user_labels(spark, path).orderBy("customer_id", "persona")
+    expected = spark.createDataFrame([("1", "A"), ("1", "B"), ("3", "C")], "customer_id string, persona string")
+    assert_df_equality(labels, expected, ignore_nullable=True)
+
+
+def test_a_label_file_with_an_empty_customer_id_is_an_input_error_naming_file_and_field(spark, tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("CustomerID,personas,author_uidx\n1,A,0\n,B,1\n")
+    with pytest.raises(InputError, match=r"labels\.csv.*CustomerID"):
+        data.read_user_labels(spark, path)
+
+
+def test_out_of_fold_affinity_never_sees_a_held_out_customers_own_label(spark):
+    # a and b share product p1; c and d share p2; a also bought p2. Every customer is labelled.
+    pairs = spark.createDataFrame(
+        [("a", "p1"), ("b", "p1"), ("a", "p2"), ("c", "p2"), ("d", "p2"), ("c", "p3")],
+        "customer_id string, product_id string")
+    graph = build_graph(edges_from_pairs(pairs))
+    base = [("b", "X"), ("c", "Y"), ("d", "X"), ("d", "Y")]
+    labels_a_is_x = spark.createDataFrame(base + [("a", "X")], "customer_id string, persona string")
+    labels_a_is_y = spark.createDataFrame(base + [("a", "Y")], "customer_id string, persona string")
+
+    def own_row(labels, folds_seed):
+        oof = accuracy.out_of_fold_affinity(spark, graph, labels, EXACT, folds=2, seed=folds_seed)
+        return oof.where(F.col("customer_id") == "a").orderBy("persona")
+
+    # Whatever a's own label is, a's out-of-fold affinities are the same...
+    assert_approx_df_equality(own_row(labels_a_is_x, 3), own_row(labels_a_is_y, 3), 1e-12)
+    # ...while the full propagation does carry a's own label back to it (the test can fail).
+    full_x = propagate(spark, graph, labels_a_is_x, EXACT).customer_affinity.where(F.col("customer_id") == "a")
+    full_y = propagate(spark, graph, labels_a_is_y, EXACT).customer_affinity.where(F.col("customer_id") == "a")
+    assert sorted(map(tuple, full_x.collect())) != sorted(map(tuple, full_y.collect()))
+    graph.unpersist()
+
+
+def test_the_authors_20_percent_output_scores_its_published_f1(spark, config):
+    truth = data.user_labels(spark, config)
+    scores = accuracy.authors_accuracy(spark, config, 0.2, truth)
+    assert round(scores["f1"], 3) == 0.660
+    assert scores["labelled"] == 850
+
+
+def test_there_is_no_authors_output_at_an_unpublished_budget(spark, config):
+    assert accuracy.authors_accuracy(spark, config, 0.15, data.user_labels(spark, config)) is None
