@@ -138,8 +138,10 @@ def generate_answers(engine, settings: EngineSettings, schema: dict, template: P
              for suffix in chunk["prompt_suffix"]]
     lengths = [len(tokenizer.encode(text, add_special_tokens=False)) for text in texts]
     fits = [n + settings.max_tokens <= settings.max_model_len for n in lengths]
+    # The seed is the engine's (LLM(seed=...)), not per request: a per-request seed makes
+    # vLLM's CPU build fail ("CPU Generator does not use offset") once a batch's prefill is
+    # chunked, and the engine seed already makes a run repeatable.
     params = SamplingParams(temperature=settings.temperature, max_tokens=settings.max_tokens,
-                            seed=settings.seed,
                             structured_outputs=StructuredOutputsParams(json=schema))
     to_send = [text for text, ok in zip(texts, fits) if ok]
     outputs = iter(engine.generate(to_send, params, use_tqdm=False) if to_send else [])
