@@ -233,11 +233,18 @@ CONTRACTS: Tuple[TableContract, ...] = (
     TableContract("synth_truth", SYNTH_TRUTH, ("customer_id",), "synth",
                   "The personas planted in each synthetic customer."),
     TableContract("persona_labels", PERSONA_LABELS, ("customer_id",), "labelling",
-                  "The label store: one LLM (or manual) answer per customer, with its status."),
+                  "The label store: one LLM (or manual) answer per customer, with its status: "
+                  "ok, repaired (detail says what was fixed), unrepresentable, no_answer (the "
+                  "backend had none) or failed (detail gives the reason). source is the backend "
+                  "and model (replay:gpt-4-turbo, vllm:<model dir>, openai:<model>, manual). "
+                  "A label is reused while history_hash (sha256 of the customer's product_id:"
+                  "quantity list), prompt_version and taxonomy_version are unchanged, unless it "
+                  "failed."),
     TableContract("persona_overrides", PERSONA_OVERRIDES, ("customer_id",), "labelling",
                   "Team overrides: they win in the outputs and count as labels."),
     TableContract("recorded_answers", RECORDED_ANSWERS, ("customer_id",), "labelling",
-                  "Recorded LLM answers the replay labeller serves."),
+                  "Recorded LLM answers the replay labeller serves; response is the answer's "
+                  "JSON ({\"personas\": [...]}), loaded once from labelling.replay_answers."),
     TableContract("customer_affinity", CUSTOMER_AFFINITY, ("customer_id", "persona"), "propagation",
                   "Raw walk affinity Psi[u, m], within epsilon of exact."),
     TableContract("product_affinity", PRODUCT_AFFINITY, ("product_id", "persona"), "propagation",
