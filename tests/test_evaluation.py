@@ -123,3 +123,21 @@ def test_the_authors_20_percent_output_scores_its_published_f1(spark, config):
 
 def test_there_is_no_authors_output_at_an_unpublished_budget(spark, config):
     assert accuracy.authors_accuracy(spark, config, 0.15, data.user_labels(spark, config)) is None
+
+
+def test_recommendations_never_repeat_a_bought_item_and_personas_reorder_them(spark, config):
+    from persona_lib.evaluation import recommend
+
+    # Two taste groups: x-buyers (persona X) and y-buyers (persona Y), each over 4 items.
+    rows = [(f"x{c}", f"xi{i}") for c in range(6) for i in range(4) if (c + i) % 4 != 0] + \
+           [(f"y{c}", f"yi{i}") for c in range(6) for i in range(4) if (c + i) % 4 != 0] + [("x0", "yi0")]
+    pairs = spark.createDataFrame(rows, "customer_id string, product_id string")
+    personas = spark.createDataFrame([(f"x{c}", "X") for c in range(6)] + [(f"y{c}", "Y") for c in range(6)],
+                                     "customer_id string, persona string")
+    small = config.replace("evaluation", als_rank=2, als_iterations=3)
+    items = recommend.index_items(pairs)
+    lists = recommend.recommend(spark, small, pairs, items, personas, [0.0, 1.0], k=3)
+    assert lists.join(pairs, ["customer_id", "product_id"]).count() == 0
+    # With all weight on personas, x0's first pick is the x-item it has not bought (xi0).
+    top = lists.where((F.col("customer_id") == "x0") & (F.col("weight") == 1.0) & (F.col("rank") == 1))
+    assert [r["product_id"] for r in top.collect()] == ["xi0"]

@@ -84,25 +84,26 @@ def run_accuracy(args: argparse.Namespace) -> dict:
 
 def run_recommend(args: argparse.Namespace) -> dict:
     from persona_lib.evaluation import recommend
-    from persona_lib.spark import get_spark
 
-    config = load_app_config(args)
-    spark = get_spark(config)
-    result = _tracked(config, args, "evaluate-recommend", lambda: recommend.evaluate_recommend(spark, config),
-                      _log_ranking)
-    print(recommend.format_table(result), file=sys.stdout)
-    return result
+    return _run_task(args, "evaluate-recommend", recommend.evaluate_recommend, recommend.format_table,
+                     _log_ranking)
 
 
 def run_stability(args: argparse.Namespace) -> dict:
     from persona_lib.evaluation import stability
+
+    return _run_task(args, "evaluate-stability", stability.evaluate_stability, stability.format_table,
+                     _log_stability)
+
+
+def _run_task(args: argparse.Namespace, run_name: str, evaluate, format_table, log_result) -> dict:
+    """Evaluate (tracked), print the human table to stdout, return the JSON result."""
     from persona_lib.spark import get_spark
 
     config = load_app_config(args)
     spark = get_spark(config)
-    result = _tracked(config, args, "evaluate-stability", lambda: stability.evaluate_stability(spark, config),
-                      _log_stability)
-    print(stability.format_table(result), file=sys.stdout)
+    result = _tracked(config, args, run_name, lambda: evaluate(spark, config), log_result)
+    print(format_table(result), file=sys.stdout)
     return result
 
 

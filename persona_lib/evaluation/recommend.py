@@ -118,7 +118,6 @@ def recommend(spark: SparkSession, config: AppConfig, fit_pairs: DataFrame, item
 
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
-            out = []
             for customer, factors, owned, vector in zip(batch["customer_id"], batch["features"],
                                                         batch["bought"], batch["personas"]):
                 base = _standardised(item_factors @ np.asarray(factors))
@@ -128,15 +127,19 @@ def recommend(spark: SparkSession, config: AppConfig, fit_pairs: DataFrame, item
                     persona = np.zeros(item_count)
                 mask = np.zeros(item_count, dtype=bool)
                 mask[np.asarray(owned, dtype=int)] = True
+                lists = []
                 for weight in weights:
                     blended = (1 - weight) * base + weight * persona
                     blended[mask] = -np.inf
-                    top = np.argsort(-blended, kind="stable")[:k]
-                    out.append(pd.DataFrame({"customer_id": customer, "item": top.astype("int32"),
-                                             "rank": np.arange(1, len(top) + 1, dtype="int32"),
-                                             "weight": weight}))
-            if out:
-                yield pd.concat(out, ignore_index=True)
+                    lists.append(np.argsort(-blended, kind="stable")[:min(k, item_count - int(mask.sum()))])
+                # One small frame per customer: Arrow turns one large output batch into chunked
+                # arrays that mapInPandas cannot take back.
+                yield pd.DataFrame({
+                    "customer_id": [customer] * sum(len(top) for top in lists),
+                    "item": np.concatenate(lists).astype("int32"),
+                    "rank": np.concatenate([np.arange(1, len(top) + 1) for top in lists]).astype("int32"),
+                    "weight": np.concatenate([np.full(len(top), w) for w, top in zip(weights, lists)]),
+                })
 
     ranked = users_in.mapInPandas(score, RECOMMENDATIONS_SCHEMA)
     return ranked.join(F.broadcast(items), "item").select("customer_id", "product_id", "rank", "weight")
