@@ -121,8 +121,15 @@ def test_the_authors_20_percent_output_scores_its_published_f1(spark, config):
     assert scores["labelled"] == 850
 
 
-def test_there_is_no_authors_output_at_an_unpublished_budget(spark, config):
-    assert accuracy.authors_accuracy(spark, config, 0.15, data.user_labels(spark, config)) is None
+def test_the_authors_random_sampler_output_at_20_percent_scores_its_published_f1(spark, config):
+    scores = accuracy.authors_accuracy(spark, config, 0.2, data.user_labels(spark, config), sampler="random")
+    assert round(scores["f1"], 3) == 0.630
+
+
+def test_there_is_no_authors_output_at_an_unpublished_budget_or_sampler(config):
+    assert data.authors_output_path(config, 0.15) is None
+    assert data.authors_output_path(config, 0.05, sampler="random") is None
+    assert data.authors_output_path(config, 0.05).name == "dataset_MBA_5%_tri_graph_uidx2pidx_approach.csv.gz"
 
 
 def test_recommendations_never_repeat_a_bought_item_and_personas_reorder_them(spark, config):

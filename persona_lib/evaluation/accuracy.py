@@ -240,10 +240,10 @@ def learned_predictions(spark: SparkSession, graph: PurchaseGraph, run: GplrRun,
 
 
 def authors_accuracy(spark: SparkSession, config: AppConfig, budget: float,
-                     truth: DataFrame) -> Optional[dict]:
+                     truth: DataFrame, sampler: str = "du") -> Optional[dict]:
     """Scores of the authors' released output at ``budget`` (None where none exists): the
     customers whose output equals their full label (as a set) count as labelled."""
-    path = data.authors_output_path(config, budget)
+    path = data.authors_output_path(config, budget, sampler)
     if path is None:
         return None
     output = data.read_authors_output(spark, path)
@@ -352,7 +352,8 @@ def evaluate_accuracy(spark: SparkSession, config: AppConfig, budgets: Iterable[
     context = prepare(spark, config)
     truth = context.answers
     runs, last_predictions = [], None
-    authors = {budget: authors_accuracy(spark, config, budget, truth) for budget in budgets}
+    authors = {(budget, sampler): authors_accuracy(spark, config, budget, truth, sampler)
+               for budget in budgets for sampler in samplers}
     # Seeds outermost: a long evaluation stopped early still has every budget and sampler.
     for seed in range(seeds):
         for budget in budgets:
@@ -367,7 +368,7 @@ def evaluate_accuracy(spark: SparkSession, config: AppConfig, budgets: Iterable[
     table = storage.table_ref(config, "evaluation_personas")
     storage.overwrite(last_predictions, table, contracts.EVALUATION_PERSONAS)
     rows = [_mean_row(budget, sampler, [r for r in runs if r["budget"] == budget and r["sampler"] == sampler],
-                      authors[budget])
+                      authors[(budget, sampler)])
             for budget in budgets for sampler in samplers]
     context.graph.unpersist()
     return {"rows": rows, "runs": runs, "customer_personas": table.location,

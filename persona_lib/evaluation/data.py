@@ -27,6 +27,7 @@ TEST_FILE = "split_test.csv.gz"
 AUTHORS_DIR = "authors_gplr_outputs"
 # The authors' main GPLR output per budget (DU sampler, lhat 1); other files are ablations.
 AUTHORS_FILE_PATTERN = "dataset_MBA_{percent}%_tri_graph_uidx2pidx_approach.csv.gz"
+AUTHORS_RANDOM_FILES = {20: "dataset_MBA_tri_graph_uidx2pidx_app20_random_1.csv.gz"}
 
 LABELS_SCHEMA = StructType([
     StructField("customer_id", StringType(), False),
@@ -88,13 +89,16 @@ def read_pairs(spark: SparkSession, path: Path) -> DataFrame:
                         F.trim("Description").alias("product_id")).distinct()
 
 
-def authors_output_path(config: AppConfig, budget: float) -> Optional[Path]:
-    """The authors' released GPLR output at ``budget`` (a fraction), None where none exists."""
+def authors_output_path(config: AppConfig, budget: float, sampler: str = "du") -> Optional[Path]:
+    """The authors' released GPLR output at ``budget`` (a fraction) with ``sampler``, None
+    where none exists: DU at 5/10/20/30%, random at 20% only."""
     percent = round(budget * 100)
     if abs(percent - budget * 100) > 1e-9:
         return None
-    path = data_dir(config) / AUTHORS_DIR / AUTHORS_FILE_PATTERN.format(percent=percent)
-    return path if path.is_file() else None
+    name = AUTHORS_FILE_PATTERN.format(percent=percent) if sampler == "du" else \
+        AUTHORS_RANDOM_FILES.get(percent)
+    path = data_dir(config) / AUTHORS_DIR / name if name else None
+    return path if path is not None and path.is_file() else None
 
 
 def read_authors_output(spark: SparkSession, path: Path) -> DataFrame:

@@ -124,6 +124,7 @@ def evaluate_stability(spark: SparkSession, config: AppConfig) -> dict:
     item_labels = data.item_labels(spark, config)
     first, second, middle, end = halves(events)
     persona_names = sorted(r["persona"] for r in item_labels.select("persona").distinct().collect())
+    share_columns = [f"share_{i}" for i in range(len(persona_names))]
 
     representations = []
     silhouettes = {"rfm": [], "personas": []}
@@ -132,11 +133,12 @@ def evaluate_stability(spark: SparkSession, config: AppConfig) -> dict:
         affinity = half_personas(spark, config, half, item_labels)
         shares = accuracy.persona_features(
             customers, persona_names, _products(half), affinity, None) \
-            .groupBy("customer_id").pivot("persona", persona_names).agg(F.first("walk_share")).fillna(0.0)
+            .groupBy("customer_id").pivot("persona", persona_names).agg(F.first("walk_share")).fillna(0.0) \
+            .toDF("customer_id", *share_columns)  # plain names: persona names hold blanks and dashes
         representations.append(rfm.select("customer_id", "r", "f", "m").join(dominant(affinity, customers), "customer_id"))
         k = min(cfg.stability_clusters, max(2, customer_count - 1))
         silhouettes["rfm"].append(silhouette(rfm, ["recency", "frequency", "monetary"], k))
-        silhouettes["personas"].append(silhouette(shares, persona_names, k))
+        silhouettes["personas"].append(silhouette(shares, share_columns, k))
     a, b = representations
     joined = a.alias("a").join(b.alias("b"), "customer_id")
     row = joined.agg(
