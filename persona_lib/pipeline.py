@@ -160,6 +160,7 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
         "supersteps": result.stats["supersteps"],
         "max_residual": result.stats["max_residual"] or 0.0,
         "epsilon": result.stats["epsilon"],
+        **_label_totals(round_figures),
         **{f"time_{stage}_s": seconds for stage, seconds in timer.seconds.items()},
     }
     tracking.log_metrics(metrics)
@@ -265,6 +266,19 @@ def _round_figures(label_summary: dict, stats: dict) -> dict:
     figures["messages_total"] = sum(stats.get("messages", []) or [])
     figures["messages"] = list(stats.get("messages", []) or [])
     return figures
+
+
+def _label_totals(round_figures: list[dict]) -> dict:
+    """The run's labelling figures over all rounds (the rounds' own are on the nested runs)."""
+    totals: dict[str, float] = {}
+    for figures in round_figures:
+        for key in ("requested", "llm_calls", "cache_hits"):
+            totals[key] = totals.get(key, 0) + figures.get(key, 0)
+        for key, value in figures.items():
+            if key.startswith("status_"):
+                totals[key] = totals.get(key, 0) + value
+    totals["cache_hit_rate"] = totals["cache_hits"] / totals["requested"] if totals.get("requested") else 0.0
+    return totals
 
 
 def _published_figures(spark, config, outputs) -> dict:
