@@ -79,7 +79,7 @@ def test_vllm_labels_a_sample_through_spark_inside_the_taxonomy_and_caches(spark
     config = with_vllm(config, tiny_model)
     summary = label_customers(spark, config, sample(spark), events(spark), run_id="v1")
     assert_inside_taxonomy(stored(spark, config))
-    assert summary["source"] == f"vllm:{tiny_model.name}"
+    assert summary["source"] == f"vllm:{tiny_model}"
     assert (summary["llm_calls"], summary["generate_calls"]) == (6, 2)  # batches of 4
     assert summary["tokens"]["prompt_tokens"] > 6 * 500
     # Every prompt after the first starts with the cached instructions and persona list.

@@ -20,7 +20,6 @@ import dataclasses
 import importlib.util
 import os
 import uuid
-from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import pandas as pd
@@ -108,7 +107,7 @@ class VllmLabeler:
         self.num_workers = max(1, vllm.num_workers)
         self.schema = answer_json_schema(taxonomy)
         self.template = template
-        self.source = f"vllm:{Path(self.settings.model_path).name}"
+        self.source = f"vllm:{vllm.model_path}"
 
     def answers(self, spark: SparkSession, prompts: DataFrame) -> DataFrame:
         settings, schema, template = self.settings, self.schema, self.template
