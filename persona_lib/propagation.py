@@ -148,8 +148,10 @@ class RevAffPropagation:
             raise InputError(f"propagation method {method!r} is not one of {list(METHODS)}")
         in_graph_labels, skipped_customers = self._labels_in_graph(labels)
         seeds = seeds_from_labels(in_graph_labels, cfg.beta)
-        persona_names = sorted(r["persona"] for r in seeds.select("persona").distinct().collect())
-        mass_row = seeds.agg(F.sum("mass").alias("mass"), F.countDistinct("customer_id").alias("seeded")).first()
+        # One pass for the per-run scalars; the persona set is small (taxonomy-sized).
+        mass_row = seeds.agg(F.sum("mass").alias("mass"), F.countDistinct("customer_id").alias("seeded"),
+                             F.collect_set("persona").alias("personas")).first()
+        persona_names = sorted(mass_row["personas"] or [])
         total_mass = float(mass_row["mass"] or 0.0)
         if epsilon is None:
             epsilon = cfg.epsilon
