@@ -126,11 +126,12 @@ class RevAffPropagation:
     Engineering: edges are hash-partitioned by customer id (``build_graph``), so a customer
     layer joins them without a shuffle; a product layer is at most products x personas
     entries (about 20 MB at 50k products and 51 personas, the paper's largest graph) and is
-    broadcast, so the customer layer it produces is aggregated in place, where the edges
-    already live. Every ``checkpoint_interval`` layers a layer is checkpointed (local or
+    broadcast (``broadcast_product_layer``), so the customer layer it produces is summed in
+    place, where the edges already live, by a vectorised kernel instead of |E| x personas
+    message rows. Every ``checkpoint_interval`` layers a layer is checkpointed (local or
     reliable, config) so lineage does not grow with lhat; other layers are persisted because
-    each is read twice (as the next frontier and as an estimate). Only per-persona and
-    per-superstep scalars reach the driver.
+    each is read twice (as the next frontier and as an estimate). Besides that broadcast
+    product layer, only per-persona and per-superstep scalars reach the driver.
     """
 
     def __init__(self, spark: SparkSession, graph: PurchaseGraph, config: PropagationConfig):
