@@ -148,3 +148,18 @@ def test_recommendations_never_repeat_a_bought_item_and_personas_reorder_them(sp
     # With all weight on personas, x0's first pick is the x-item it has not bought (xi0).
     top = lists.where((F.col("customer_id") == "x0") & (F.col("weight") == 1.0) & (F.col("rank") == 1))
     assert [r["product_id"] for r in top.collect()] == ["xi0"]
+
+
+def test_stability_keeps_customers_above_the_invoice_floor_and_their_sorted_dominant_three(spark):
+    from persona_lib.evaluation import stability
+
+    events = spark.createDataFrame([("a", "i1"), ("a", "i2"), ("a", "i3"), ("b", "i4"), ("b", "i4")],
+                                   "customer_id string, invoice_no string")
+    assert_df_equality(stability.active_customers(events, 2), spark.createDataFrame([("a",)], "customer_id string"),
+                       ignore_nullable=True)
+    affinity = spark.createDataFrame([("a", "W", 0.1), ("a", "Z", 0.9), ("a", "X", 0.5), ("a", "Y", 0.7)],
+                                     "customer_id string, persona string, score double")
+    customers = spark.createDataFrame([("a",), ("c",)], "customer_id string")
+    expected = spark.createDataFrame([("a", ["X", "Y", "Z"]), ("c", [])], "customer_id string, dominant array<string>")
+    assert_df_equality(stability.dominant(affinity, customers).orderBy("customer_id"), expected,
+                       ignore_nullable=True)
