@@ -1,0 +1,107 @@
+"""The pipeline through ``spark-submit`` from the virtual environment, on Spark's
+pseudo-distributed master ``local-cluster[2,1,2048]``: a standalone master, two worker JVMs
+with one core each, and their own Python workers. A job that only works when the driver
+holds the data, or when state is shared inside one process, fails here.
+
+It is the one test that starts its own Spark application (a separate process with its own
+JVMs, not a second session in pytest's): about two minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyspark
+import pytest
+import yaml
+
+from persona_lib.config import REPO_ROOT, load_config
+from persona_lib.jars import required_jars
+
+VENV_BIN = Path(sys.executable).parent
+SPARK_SUBMIT = VENV_BIN / "spark-submit"
+LANDING = REPO_ROOT / "data" / "online_retail" / "landing"
+DAYS = 8  # the first 8 landing files: about 150 customers
+MASTER = "local-cluster[2,1,2048]"
+OUTPUT_TABLES = ("persona_affinity", "customer_personas", "product_personas", "persona_labels")
+
+
+def submit_command(job: str, jars: list[Path], master: str, *job_args: str,
+                   extra_conf: tuple[str, ...] = ()) -> list[str]:
+    """`spark-submit --jars <the fetched JARs> jobs/<job>.py ...`, as README documents it."""
+    return [str(SPARK_SUBMIT), "--master", master, "--driver-memory", "1g",
+            "--conf", "spark.executor.memory=1g", "--conf", "spark.ui.enabled=false",
+            "--conf", "spark.sql.shuffle.partitions=4", *extra_conf,
+            "--jars", ",".join(str(j) for j in jars), str(REPO_ROOT / "jobs" / job), *job_args]
+
+
+@pytest.fixture(scope="module")
+def submitted_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("spark-submit")
+    landing = root / "landing"
+    landing.mkdir()
+    for path in sorted(LANDING.glob("*.csv.gz"))[:DAYS]:
+        shutil.copy(path, landing / path.name)
+    conf = root / "submit.yaml"
+    conf.write_text(yaml.safe_dump({
+        "base": str(REPO_ROOT / "conf" / "test.yaml"),
+        "ingest": {"landing": str(landing)},
+        "sampling": {"budget": 0.3, "rounds": 2},
+    }))
+    workdir = root / "work"
+    jars = required_jars(load_config(conf).resolve_path(load_config(conf).spark.jars_dir))
+    env = {**os.environ, "PYSPARK_PYTHON": str(VENV_BIN / "python"),
+           "PYSPARK_DRIVER_PYTHON": str(VENV_BIN / "python")}
+    env.pop("SPARK_HOME", None)  # the venv's pyspark is the Spark home, as for a user
+    # The event log records the master and every executor the application really had.
+    events = root / "events"
+    events.mkdir()
+    command = submit_command("run_pipeline.py", jars, MASTER, "--conf", str(conf), "--workdir", str(workdir),
+                             extra_conf=("--conf", "spark.eventLog.enabled=true",
+                                         "--conf", f"spark.eventLog.dir={events.as_uri()}",
+                                         # Plain JSON lines in one file, readable here.
+                                         "--conf", "spark.eventLog.compress=false",
+                                         "--conf", "spark.eventLog.rolling.enabled=false"))
+    completed = subprocess.run(command, cwd=str(root), env=env, capture_output=True, text=True, timeout=900)
+    log = [json.loads(line) for path in sorted(events.rglob("*")) if path.is_file()
+           for line in path.read_text().splitlines() if line.strip()]
+    yield completed, workdir, log
+    # local-cluster workers keep each executor's stdout/stderr under <SPARK_HOME>/work/<app>.
+    for event in log:
+        if event["Event"] == "SparkListenerApplicationStart":
+            shutil.rmtree(Path(pyspark.__file__).parent / "work" / event["App ID"], ignore_errors=True)
+    with contextlib.suppress(OSError):  # the folder itself, when no other application uses it
+        (Path(pyspark.__file__).parent / "work").rmdir()
+
+
+def test_the_pipeline_job_exits_0_under_spark_submit(submitted_run):
+    completed, _, _ = submitted_run
+    assert completed.returncode == 0, completed.stderr[-4000:]
+
+
+def test_its_last_line_is_the_run_summary(submitted_run):
+    completed, workdir, _ = submitted_run
+    summary = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert summary["run_id"]
+    assert summary["customers"] > 0 and summary["labelled"] > 0 and summary["propagated"] > 0
+    assert set(OUTPUT_TABLES) <= set(summary["tables"])
+    for name in OUTPUT_TABLES:
+        location = Path(summary["tables"][name]["location"])
+        assert location.is_relative_to(workdir) and (location / "_delta_log").is_dir()
+
+
+def test_it_ran_on_two_executor_jvms_of_the_pseudo_distributed_master(submitted_run):
+    """The session factory left master and JARs to spark-submit (it sets them only when not submitted)."""
+    _, _, log = submitted_run
+    environment = next(e for e in log if e["Event"] == "SparkListenerEnvironmentUpdate")
+    assert environment["Spark Properties"]["spark.master"] == MASTER
+    executors = {e["Executor ID"] for e in log if e["Event"] == "SparkListenerExecutorAdded"}
+    assert len(executors - {"driver"}) >= 2
+    tasks_by_executor = {e["Task Info"]["Executor ID"] for e in log if e["Event"] == "SparkListenerTaskEnd"}
+    assert len(tasks_by_executor) >= 2, "every task ran on one executor"
