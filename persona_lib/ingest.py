@@ -311,6 +311,16 @@ def to_quarantine(classified: DataFrame, ingested_at) -> DataFrame:
     )
 
 
+def event_table_sizes(events: DataFrame) -> dict:
+    """customers, products, distinct customer-product pairs and events of a purchase_events table."""
+    return events.agg(
+        F.countDistinct("customer_id").alias("customers"),
+        F.countDistinct("product_id").alias("products"),
+        F.countDistinct("customer_id", "product_id").alias("pairs"),
+        F.count(F.lit(1)).alias("events"),
+    ).first().asDict()
+
+
 def products_from_events(events: DataFrame) -> DataFrame:
     """One row per product; its title is the most frequent one (ties: the smallest)."""
     title_counts = events.groupBy("product_id", "product_title").count()
@@ -374,12 +384,7 @@ def ingest(spark: SparkSession, config: AppConfig, cut: str = "default",
     storage.ensure_table(spark, log_ref, contracts.INGEST_LOG)
     storage.append(spark.createDataFrame(log_rows, contracts.INGEST_LOG), log_ref, contracts.INGEST_LOG)
 
-    sizes = events_df.agg(
-        F.countDistinct("customer_id").alias("customers"),
-        F.countDistinct("product_id").alias("products"),
-        F.countDistinct("customer_id", "product_id").alias("pairs"),
-        F.count(F.lit(1)).alias("events"),
-    ).first()
+    sizes = event_table_sizes(events_df)
     totals = {k: sum(c[k] for c in per_file.values())
               for k in ("rows_in", "rows_kept", "rows_quarantined", "rows_forgotten")}
     return {

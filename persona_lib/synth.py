@@ -154,7 +154,7 @@ def _validate(params: SynthConfig) -> None:
 
 def write_synth(spark: SparkSession, config: AppConfig, params: Optional[SynthConfig] = None) -> dict:
     """Generate and write synth purchase_events, products and truth; returns the summary."""
-    from persona_lib.ingest import products_from_events
+    from persona_lib.ingest import event_table_sizes, products_from_events
 
     params = params or config.synth
     events_ref = storage.table_ref(config, "synth_purchase_events")
@@ -164,18 +164,9 @@ def write_synth(spark: SparkSession, config: AppConfig, params: Optional[SynthCo
     events = events_ref.read(spark)
     storage.overwrite(products_from_events(events), products_ref, contracts.PRODUCTS)
     storage.overwrite(planted_truth(spark, params), truth_ref, contracts.SYNTH_TRUTH)
-    sizes = events.agg(
-        F.countDistinct("customer_id").alias("customers"),
-        F.countDistinct("product_id").alias("products"),
-        F.countDistinct("customer_id", "product_id").alias("pairs"),
-        F.count(F.lit(1)).alias("events"),
-    ).first()
     return {
         "seed": params.seed,
         "personas": params.personas,
-        "customers": sizes["customers"],
-        "products": sizes["products"],
-        "pairs": sizes["pairs"],
-        "events": sizes["events"],
+        **event_table_sizes(events),
         "tables": {ref.name: ref.summary(spark) for ref in (events_ref, products_ref, truth_ref)},
     }

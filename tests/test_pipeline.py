@@ -15,7 +15,7 @@ from persona_lib import contracts, publishing, storage, tracking
 from persona_lib.config import REPO_ROOT, load_config
 from persona_lib.forget import forget_customers
 from persona_lib.ingest import ingest
-from persona_lib.labelling import add_overrides
+from persona_lib.labelling import add_overrides, label_customers
 from persona_lib.pipeline import run_pipeline
 from persona_lib.query import predict
 from tests.conftest import TEST_CONF
@@ -154,8 +154,10 @@ def test_forget_removes_every_trace_and_nothing_brings_it_back(spark, small_conf
 
     again = ingest(spark, small_config)
     assert again["forgotten"] > 0
-    run_pipeline(spark, small_config)
-    for key in ("purchase_events", "persona_labels", "customer_personas"):
+    asked = spark.createDataFrame([(customer,)], "customer_id string")
+    events = storage.table_ref(small_config, "purchase_events").read(spark)
+    label_customers(spark, small_config, asked, events, run_id="after-forget")
+    for key in ("purchase_events", "persona_labels"):
         assert storage.table_ref(small_config, key).read(spark).where(F.col("customer_id") == customer).count() == 0
 
 
