@@ -36,9 +36,45 @@ def small_config(tmp_path_factory):
     return config.replace("sampling", budget=0.3, rounds=2)
 
 
+class CrashInRoundTwo(RuntimeError):
+    pass
+
+
 @pytest.fixture(scope="module")
-def first_run(spark, small_config):
-    return run_pipeline(spark, small_config)
+def crashed_then_resumed(spark, small_config):
+    """A run that crashes in round 2's propagation, then the same run started again."""
+    from persona_lib import propagation
+
+    real_propagate = propagation.propagate
+    calls = []
+
+    def crash_on_second_call(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise CrashInRoundTwo("simulated crash")
+        return real_propagate(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(propagation, "propagate", crash_on_second_call)
+        with pytest.raises(CrashInRoundTwo):
+            run_pipeline(spark, small_config)
+    labelled_before_crash = storage.table_ref(small_config, "persona_labels").read(spark).count()
+    return labelled_before_crash, run_pipeline(spark, small_config)
+
+
+@pytest.fixture(scope="module")
+def first_run(crashed_then_resumed):
+    return crashed_then_resumed[1]
+
+
+def test_a_crashed_run_resumes_without_asking_the_llm_again(spark, small_config, crashed_then_resumed):
+    labelled_before_crash, resumed = crashed_then_resumed
+    runs = {r["status"] for r in storage.table_ref(small_config, "runs").read(spark).collect()}
+    assert runs == {"failed", "complete"}
+    assert labelled_before_crash > 0
+    assert resumed["rounds"][0]["llm_calls"] == 0
+    total = storage.table_ref(small_config, "persona_labels").read(spark).count()
+    assert sum(r["llm_calls"] for r in resumed["rounds"]) == total - labelled_before_crash
 
 
 def current(spark, config, key):
