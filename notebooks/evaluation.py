@@ -1,0 +1,154 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Evaluation against the GPLR paper
+#
+# The charts of `personas evaluate` (persona_lib.evaluation), on the paper's OnlineRetail
+# cut: persona accuracy (set-F1 against the recorded labels, on the customers a run did not
+# label) against the labelling budget, beside the authors' released outputs; the
+# recommendation lift of persona conditioning (NDCG@K); segmentation stability over the two
+# halves of the year. The defaults are the full evaluation (many minutes); CI runs one budget
+# and one seed and leaves the recommendation and stability parts off.
+
+# %% tags=["parameters"]
+WORKDIR = "work/notebooks"
+CONF = "conf/local.yaml"
+BUDGETS = [0.05, 0.1, 0.2, 0.3]  # fractions of the customers
+SAMPLERS = ["random", "du"]
+SEEDS = 3
+RUN_RECOMMEND = True  # ALS baseline vs persona re-ranking (a few minutes)
+RUN_STABILITY = True  # needs the paper cut: ingests it into the work dir first
+
+# %%
+import io
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from IPython.display import Image, display
+
+from persona_lib import storage
+from persona_lib.config import load_config
+from persona_lib.evaluation import accuracy, data
+from persona_lib.spark import get_spark
+
+config = load_config(CONF, workdir=WORKDIR)
+spark = get_spark(config)
+
+
+def show(figure):
+    """Display a figure as PNG, whatever backend a library switched matplotlib to (MLflow
+    charts use Agg)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(figure)
+    display(Image(buffer.getvalue()))
+
+# %% [markdown]
+# ## The authors' released outputs
+# Scored exactly as ours: a customer whose output equals its full label counts as labelled.
+
+# %%
+truth = data.user_labels(spark, config)
+published_budgets = [0.05, 0.1, 0.2, 0.3]
+authors = pd.DataFrame([
+    {"budget": budget, "sampler": sampler, **scores}
+    for budget in published_budgets for sampler in ("du", "random")
+    if (scores := accuracy.authors_accuracy(spark, config, budget, truth, sampler)) is not None
+])
+authors[["budget", "sampler", "f1", "precision", "recall", "labelled"]]
+
+# %% [markdown]
+# ## Persona accuracy against the budget
+# `f1_top5` is the paper's fixed top-5; `f1` the learned choice of how many personas each
+# customer gets (walk features and the products' LLM labels); `f1_without_product_labels`
+# the learned choice from the walk alone.
+
+# %%
+result = accuracy.evaluate_accuracy(spark, config, BUDGETS, SAMPLERS, SEEDS)
+ours = pd.DataFrame(result["rows"])
+print(accuracy.format_table(result["rows"]))
+ours[["budget", "sampler", "seeds", "f1", "f1_without_product_labels", "f1_top5", "authors_f1"]]
+
+# %%
+figure, axis = plt.subplots(figsize=(7, 4.5))
+for sampler, rows in ours.groupby("sampler"):
+    rows = rows.sort_values("budget")
+    axis.plot(rows["budget"] * 100, rows["f1"], marker="o", label=f"ours, learned ({sampler})")
+    axis.plot(rows["budget"] * 100, rows["f1_top5"], marker="x", linestyle=":", label=f"ours, top-5 ({sampler})")
+authors_du = authors[authors["sampler"] == "du"].sort_values("budget")
+axis.plot(authors_du["budget"] * 100, authors_du["f1"], marker="s", linestyle="--", label="authors' GPLR (du)")
+axis.set_xlabel("labelling budget (% of customers)")
+axis.set_ylabel("set-F1 on unlabelled customers")
+axis.set_title("Persona accuracy against the budget")
+axis.legend()
+show(figure)
+
+# %% [markdown]
+# The last run's predictions are a Delta table (`evaluation_personas`): personas per customer
+# and where they came from.
+
+# %%
+predictions = storage.table_ref(config, "evaluation_personas").read(spark)
+predictions.groupBy("source").count().toPandas()
+
+# %% [markdown]
+# ## Recommendation lift (NDCG@K)
+# MLlib ALS on the authors' train split, then the same lists re-ranked with persona
+# affinity; NDCG@K on the test split, training items masked.
+
+# %%
+if RUN_RECOMMEND:
+    from persona_lib.evaluation import recommend
+
+    ranking = recommend.evaluate_recommend(spark, config)
+    print(recommend.format_table(ranking))
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for name in ("baseline", "persona"):
+        ks = sorted(ranking["ndcg"][name])
+        axis.plot(ks, [ranking["ndcg"][name][k] for k in ks], marker="o",
+                  label="ALS" if name == "baseline" else f"ALS + personas (weight {ranking['blend_weight']})")
+    axis.set_xscale("log")
+    axis.set_xlabel("K")
+    axis.set_ylabel("NDCG@K")
+    axis.set_title("Recommendation: NDCG@K on the authors' test split")
+    axis.legend()
+    show(figure)
+else:
+    print("RUN_RECOMMEND is off")
+
+# %% [markdown]
+# ## Segmentation stability
+# Customers with more than 10 invoices, split into the two halves of the year: the share
+# whose RFM deciles are unchanged, against the share whose dominant 3 personas are.
+
+# %%
+if RUN_STABILITY:
+    from persona_lib.evaluation import stability
+    from persona_lib.ingest import ingest
+
+    if not storage.table_ref(config, "paper_purchase_events").exists(spark):
+        ingest(spark, config, cut="paper")
+    stable = stability.evaluate_stability(spark, config)
+    print(stability.format_table(stable))
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.bar(["RFM deciles", "dominant 3 personas"], [stable["unchanged_rfm"], stable["unchanged_personas"]],
+             label="ours")
+    axis.scatter(["RFM deciles", "dominant 3 personas"],
+                 [stable["paper_unchanged_rfm"], stable["paper_unchanged_personas"]],
+                 color="black", zorder=3, label="paper")
+    axis.set_ylabel("share unchanged between halves")
+    axis.legend()
+    show(figure)
+else:
+    print("RUN_STABILITY is off")

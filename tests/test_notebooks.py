@@ -1,0 +1,98 @@
+"""The notebooks of notebooks/ executed with nbclient against the local Spark, as CI runs
+them: a cell that raises fails the test. Each notebook runs in its own kernel (its own
+Spark application) with a tmp work dir, on a small slice of the bundled data."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import jupytext
+import pytest
+
+from persona_lib.config import REPO_ROOT
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+TEST_CONF = str(REPO_ROOT / "conf" / "test.yaml")
+
+
+def load_runner():
+    spec = importlib.util.spec_from_file_location("run_notebooks", REPO_ROOT / "scripts" / "run_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+runner = load_runner()
+
+
+def outputs_text(notebook) -> str:
+    """Everything the executed cells printed or displayed, as one string."""
+    parts = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            parts.append(output.get("text", ""))
+            parts.extend(str(v) for k, v in output.get("data", {}).items() if k == "text/plain")
+    return "\n".join(parts)
+
+
+def images(notebook) -> int:
+    return sum("image/png" in output.get("data", {}) for cell in notebook.cells for output in cell.get("outputs", []))
+
+
+@pytest.fixture(scope="module")
+def shared_workdir(tmp_path_factory) -> Path:
+    """The quickstart's work dir; the explorer builds its second run on the quickstart's first."""
+    return tmp_path_factory.mktemp("notebooks") / "work"
+
+
+def test_every_notebook_is_stored_without_outputs_and_takes_a_workdir():
+    stored = sorted(p.name for p in NOTEBOOK_DIR.iterdir() if p.suffix in (".py", ".ipynb"))
+    assert stored == sorted(runner.NOTEBOOKS)
+    for name in runner.NOTEBOOKS:
+        notebook = jupytext.read(NOTEBOOK_DIR / name)
+        assert all(not cell.get("outputs") for cell in notebook.cells), name
+        parameters = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(parameters) == 1, f"{name} needs exactly one cell tagged 'parameters'"
+        assert "WORKDIR =" in parameters[0].source and "CONF =" in parameters[0].source, name
+
+
+def test_the_runner_rejects_a_parameter_the_notebook_does_not_declare():
+    notebook = jupytext.read(NOTEBOOK_DIR / "quickstart.py")
+    with pytest.raises(ValueError, match="NO_SUCH"):
+        runner.with_parameters(notebook, {"NO_SUCH": 1})
+
+
+def test_the_runner_injects_parameters_after_the_parameters_cell():
+    notebook = runner.with_parameters(jupytext.read(NOTEBOOK_DIR / "quickstart.py"), {"DAYS": 3})
+    tagged = next(i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.get("tags", []))
+    assert notebook.cells[tagged + 1].source.endswith("DAYS = 3\n")
+
+
+def test_quickstart_runs_the_pipeline_and_reads_the_tables_with_sql(shared_workdir):
+    notebook = runner.run_notebook(NOTEBOOK_DIR / "quickstart.py",
+                                   {"WORKDIR": str(shared_workdir), "CONF": TEST_CONF, "DAYS": 8, "BUDGET": 0.3})
+    text = outputs_text(notebook)
+    assert "'run_id'" in text and "customers" in text
+    runs = list((shared_workdir / "tables" / "runs" / "_delta_log").glob("*.json"))
+    assert runs, "the quickstart published no run"
+
+
+def test_persona_explorer_shows_distribution_why_and_drift_between_two_runs(shared_workdir):
+    notebook = runner.run_notebook(NOTEBOOK_DIR / "persona_explorer.py",
+                                   {"WORKDIR": str(shared_workdir), "CONF": TEST_CONF, "FIRST_DAYS": 8,
+                                    "MORE_DAYS": 4, "BUDGET": 0.3})
+    text = outputs_text(notebook)
+    assert "customers_in_both" in text and "top_persona_changed" in text
+    assert "labelled co-buyers reached" in text
+    assert images(notebook) == 2  # the distribution and the share per run
+
+
+def test_evaluation_notebook_charts_accuracy_against_the_budget(tmp_path):
+    notebook = runner.run_notebook(NOTEBOOK_DIR / "evaluation.py",
+                                   {"WORKDIR": str(tmp_path / "work"), "CONF": TEST_CONF, "BUDGETS": [0.2],
+                                    "SAMPLERS": ["du"], "SEEDS": 1, "RUN_RECOMMEND": False,
+                                    "RUN_STABILITY": False})
+    text = outputs_text(notebook)
+    assert "authors" in text and "f1_top5" in text
+    assert images(notebook) == 1
