@@ -35,9 +35,13 @@ if [ "$with_vllm" = 1 ]; then
 fi
 
 echo "setup: fetching Spark JARs into .jars/" >&2
-mkdir -p .jars
+# Only Delta's own artifacts: Spark, Hadoop, Jackson and the rest come with pyspark, and a
+# second copy of them on spark.jars would clash. Fetched into a fresh folder, verified, then
+# swapped in, so a re-run never leaves stale JARs behind.
+rm -rf .jars.new && mkdir -p .jars.new
 mvn -q -B -f scripts/jars.pom.xml dependency:copy-dependencies \
-  -DoutputDirectory="$root/.jars" -DincludeScope=runtime -Dmdep.overWriteIfNewer=true >&2 \
+  -DoutputDirectory="$root/.jars.new" -DincludeScope=runtime -DincludeGroupIds=io.delta >&2 \
   || die "Maven could not fetch the JARs listed in scripts/jars.pom.xml (is Maven Central reachable?)."
-.venv/bin/python -m persona_lib.jars verify "$root/.jars" >&2
+.venv/bin/python -m persona_lib.jars verify "$root/.jars.new" >&2
+rm -rf .jars && mv .jars.new .jars
 echo "setup: done. Activate with: source .venv/bin/activate" >&2
