@@ -174,10 +174,6 @@ def test_the_wheel_does_not_require_pyspark_directly():
     assert "pyspark" in metadata["options.extras_require"]["local"].lower()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "delta-spark (an install_requires of the wheel) itself requires pyspark>=4.0.1,<=4.2.0, so "
-    "`pip install personas` on a cluster still pulls PyPI's pyspark over the runtime's; moving "
-    "delta-spark into the [local] extra (the runtime brings Delta) would fix it"))
 def test_the_wheel_does_not_pull_pyspark_transitively():
     from importlib.metadata import requires
 
