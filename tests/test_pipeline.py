@@ -21,7 +21,7 @@ from persona_lib.query import predict
 from tests.conftest import TEST_CONF
 
 LANDING = REPO_ROOT / "data" / "online_retail" / "landing"
-DAYS = 12  # the first 12 landing files: about 230 customers, enough for every path
+DAYS = 8  # the first 8 landing files: about 150 customers, enough for every path
 
 
 @pytest.fixture(scope="module")
