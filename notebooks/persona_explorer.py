@@ -149,9 +149,9 @@ customer_personas = storage.table_ref(config, "customer_personas").sql_name
 before_version = previous["table_versions"]["customer_personas"]
 after_version = latest["table_versions"]["customer_personas"]
 drift = spark.sql(f"""
-    WITH before AS (SELECT customer_id, personas[0] AS top, personas
+    WITH before AS (SELECT customer_id, try_element_at(personas, 1) AS top, personas
                     FROM {customer_personas} VERSION AS OF {before_version}),
-         after AS (SELECT customer_id, personas[0] AS top, personas
+         after AS (SELECT customer_id, try_element_at(personas, 1) AS top, personas
                    FROM {customer_personas} VERSION AS OF {after_version})
     SELECT
       COUNT(*) AS customers_in_both,
