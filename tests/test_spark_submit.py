@@ -87,7 +87,12 @@ def test_the_pipeline_job_exits_0_under_spark_submit(submitted_run):
 
 def test_its_last_line_is_the_run_summary(submitted_run):
     completed, workdir, _ = submitted_run
-    summary = json.loads(completed.stdout.strip().splitlines()[-1])
+    last_line = completed.stdout.strip().splitlines()[-1]
+    try:
+        summary = json.loads(last_line)
+    except json.JSONDecodeError:
+        pytest.fail("the last stdout line is not the JSON summary; stdout ends with:\n"
+                    + "\n".join(completed.stdout.strip().splitlines()[-5:]))
     assert summary["run_id"]
     assert summary["customers"] > 0 and summary["labelled"] > 0 and summary["propagated"] > 0
     assert set(OUTPUT_TABLES) <= set(summary["tables"])

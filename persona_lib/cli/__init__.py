@@ -77,6 +77,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
+        # spark-submit merges the driver's stderr into its stdout (PythonRunner), so nothing may
+        # log after the result line: py4j logs its connection shut-down at INFO on exit.
+        logging.getLogger("py4j").setLevel(logging.WARNING)
         result = args.handler(args)
     except PersonasError as exc:
         print(f"personas: error: {exc}", file=sys.stderr)
