@@ -100,31 +100,27 @@ def log_file_artifact(path: Path, artifact_path: Optional[str] = None) -> None:
 
 def log_bar_chart(values: Mapping[str, float], title: str, xlabel: str, artifact_file: str) -> None:
     """A horizontal bar chart (e.g. the persona distribution) as a PNG artifact."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import mlflow
+    from matplotlib.figure import Figure
 
     labels = list(values)
-    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.3 * len(labels))))
+    # A bare Figure, not pyplot: no process-wide backend switch under a notebook's feet.
+    fig = Figure(figsize=(8, max(2.5, 0.3 * len(labels))))
+    ax = fig.subplots()
     ax.barh(labels[::-1], [values[k] for k in labels][::-1])
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     fig.tight_layout()
     mlflow.log_figure(fig, artifact_file)
-    plt.close(fig)
 
 
 def log_line_chart(series: Mapping[str, list[float]], title: str, xlabel: str, ylabel: str,
                    artifact_file: str, log_y: bool = False) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import mlflow
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     for name, ys in series.items():
         ax.plot(range(1, len(ys) + 1), ys, marker="o", label=name)
     if log_y:
@@ -135,7 +131,6 @@ def log_line_chart(series: Mapping[str, list[float]], title: str, xlabel: str, y
     ax.legend()
     fig.tight_layout()
     mlflow.log_figure(fig, artifact_file)
-    plt.close(fig)
 
 
 def set_tags(tags: Mapping[str, Any]) -> None:
