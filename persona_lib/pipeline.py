@@ -218,11 +218,13 @@ def _round_sample(spark, config, customers, target, round_index, affinities, sam
         affinities=affinities, label_distribution=label_distribution,
         stratify=config.sampling.stratify_by_activity,
     )
+    # Materialised now: the sample is a function of the label store, which labelling is about
+    # to change; evaluated again afterwards it would be the next customers, not these.
     if round_index > 0:
-        return picked, 0
+        return picked.localCheckpoint(), 0
     # Round 1 re-sends answered customers too; unchanged ones are cache hits, not LLM calls.
     recheck = answered.join(overridden, "customer_id", "left_anti")
-    return picked.unionByName(recheck).distinct(), recheck.count()
+    return picked.unionByName(recheck).distinct().localCheckpoint(), recheck.count()
 
 
 def _label_distribution(spark, config) -> dict:

@@ -52,7 +52,8 @@ def label_customers(spark: SparkSession, config: AppConfig, sample: DataFrame, e
     template = prompt_template(taxonomy, labelling.prompt_token_budget)
     backend = make_labeler(name, config, taxonomy, template)
 
-    requested = sample.select("customer_id").distinct()
+    # Materialised: a sample computed from the label store would change under the write below.
+    requested = sample.select("customer_id").distinct().localCheckpoint()
     remembered = without_forgotten(spark, config, requested)
     askable = remembered
     if name != "manual":  # an override wins: nobody asks an LLM about that customer
