@@ -163,3 +163,24 @@ def test_stability_keeps_customers_above_the_invoice_floor_and_their_sorted_domi
     expected = spark.createDataFrame([("a", ["X", "Y", "Z"]), ("c", [])], "customer_id string, dominant array<string>")
     assert_df_equality(stability.dominant(affinity, customers).orderBy("customer_id"), expected,
                        ignore_nullable=True)
+
+
+def test_lift_ranks_a_customers_distinctive_persona_above_the_one_everybody_has(spark):
+    from persona_lib.evaluation import stability
+
+    # Everybody's products mostly name "Common"; only b names "Rare" (2 of its 4).
+    counts = spark.createDataFrame([("a", "Common", 4.0), ("b", "Common", 2.0), ("b", "Rare", 2.0)],
+                                   "customer_id string, persona string, score double")
+    lifted = stability.lift(counts).orderBy("customer_id", "persona")
+    # Overall shares: Common 6/8, Rare 2/8. b: Common 0.5 / 0.75, Rare 0.5 / 0.25.
+    expected = spark.createDataFrame([("a", "Common", 1.0 / 0.75), ("b", "Common", 0.5 / 0.75), ("b", "Rare", 2.0)],
+                                     "customer_id string, persona string, score double")
+    assert_approx_df_equality(lifted, expected, 1e-12, ignore_nullable=True)
+
+
+def test_set_diversity_counts_distinct_sets_and_the_largest_share(spark):
+    from persona_lib.evaluation import stability
+
+    sets = spark.createDataFrame([("a", ["X", "Y"]), ("b", ["X", "Y"]), ("c", ["Z"]), ("d", [])],
+                                 "customer_id string, dominant array<string>")
+    assert stability.set_diversity(sets) == {"distinct_sets": 3, "most_common_set_share": 0.5}

@@ -8,9 +8,20 @@ is the same in both halves is reported (paper: RFM 1.3%, personas 18%), with the
 silhouette of each representation (MLlib KMeans + ClusteringEvaluator, per half, averaged).
 
 Each half's personas are built without the recorded customer answers (they cover the whole
-year): every customer of the half is seeded with the personas its products' LLM labels name
-most often in that half (top 3), and those seeds are propagated on that half's purchase graph
-(``persona_lib.propagation``); the dominant 3 are the top 3 of the resulting affinity.
+year): every customer of the half is seeded with 3 personas from its products' LLM labels in
+that half, those seeds are propagated on that half's purchase graph
+(``persona_lib.propagation``), and the dominant 3 are read off the resulting affinity. Two
+ways to pick the seeds and the dominant 3 are measured side by side:
+
+- ``distinctive`` (the headline): personas by lift, the customer's share of the persona over
+  the whole half's share, so a customer is described by what sets it apart (as an LLM reading
+  its basket does) rather than by what everybody buys; a seed needs at least
+  ``MIN_SUPPORT`` of the customer's products naming it.
+- ``most_named``: the personas named most often (raw counts). On this catalogue three
+  personas dominate the product labels, so most customers get the same set in both halves:
+  "unchanged" then measures a degenerate representation, not a stable one. The number of
+  distinct dominant sets and the share of the most common set are reported for both.
+
 Events come from the paper cut's purchase_events (products keyed by their stripped title,
 as the product labels are): ``personas ingest --cut paper`` first.
 """
@@ -36,6 +47,9 @@ from persona_lib.propagation import propagate
 log = logging.getLogger("personas.evaluation")
 
 DOMINANT = 3
+# A persona named by a single product of the half is noise, not a trait of the customer.
+MIN_SUPPORT = 2
+REPRESENTATIONS = ("distinctive", "most_named")
 DECILES = 10
 SECONDS_PER_DAY = 86400.0
 
@@ -79,16 +93,38 @@ def rfm_deciles(events: DataFrame, customers: DataFrame, as_of) -> DataFrame:
                       decile("monetary", False).alias("m"))
 
 
-def half_personas(spark: SparkSession, config: AppConfig, events: DataFrame, item_labels: DataFrame) -> DataFrame:
-    """(customer_id, persona, score): the half's walk affinity from product-label seeds."""
+def lift(scores: DataFrame) -> DataFrame:
+    """(customer_id, persona, score): the customer's share of the persona divided by the
+    persona's share of all the scores (1 = as much as the average customer)."""
+    per_customer = Window.partitionBy("customer_id")
+    overall = scores.groupBy("persona").agg(F.sum("score").alias("persona_total")) \
+        .withColumn("persona_share", F.col("persona_total") / F.sum("persona_total").over(Window.partitionBy()))
+    shares = scores.where(F.col("score") > 0) \
+        .withColumn("share", F.col("score") / F.sum("score").over(per_customer))
+    # One row per persona in ``overall``: broadcast, the customers' side stays partitioned.
+    return shares.join(F.broadcast(overall.select("persona", "persona_share")), "persona") \
+        .select("customer_id", "persona", (F.col("share") / F.col("persona_share")).alias("score"))
+
+
+def half_personas(spark: SparkSession, config: AppConfig, events: DataFrame, item_labels: DataFrame,
+                  representation: str = "distinctive") -> DataFrame:
+    """(customer_id, persona, score): the half's walk affinity from product-label seeds, as
+    lift over the half's average for ``distinctive``, raw for ``most_named``."""
+    if representation not in REPRESENTATIONS:
+        raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {representation!r}")
     pairs = events.select("customer_id", "product_id").distinct()
     counts = pairs.join(item_labels, "product_id").groupBy("customer_id", "persona").agg(
         F.count(F.lit(1)).cast("double").alias("score"))
-    seeds = metrics.top_k(counts, DOMINANT, "customer_id", "persona").select("customer_id", "persona")
+    if representation == "distinctive":
+        supported = counts.where(F.col("score") >= MIN_SUPPORT)
+        ranked = lift(counts).join(supported.select("customer_id", "persona"), ["customer_id", "persona"], "left_semi")
+    else:
+        ranked = counts
+    seeds = metrics.top_k(ranked, DOMINANT, "customer_id", "persona").select("customer_id", "persona")
     graph = build_graph(edges_from_pairs(pairs))
-    affinity = propagate(spark, graph, seeds, config.propagation).customer_affinity
+    affinity = propagate(spark, graph, seeds, config.propagation).customer_affinity.localCheckpoint(eager=True)
     graph.unpersist()
-    return affinity
+    return lift(affinity) if representation == "distinctive" else affinity
 
 
 def dominant(affinity: DataFrame, customers: DataFrame) -> DataFrame:
@@ -110,6 +146,14 @@ def silhouette(features: DataFrame, columns: list[str], k: int, seed: int = 7) -
     return float(value)
 
 
+def set_diversity(dominant_sets: DataFrame) -> dict:
+    """Distinct dominant sets and the share of customers holding the most common one."""
+    sizes = dominant_sets.groupBy("dominant").count()
+    row = sizes.agg(F.count(F.lit(1)).alias("distinct"), F.max("count").alias("largest"),
+                    F.sum("count").alias("customers")).first()
+    return {"distinct_sets": int(row["distinct"]), "most_common_set_share": row["largest"] / row["customers"]}
+
+
 def evaluate_stability(spark: SparkSession, config: AppConfig) -> dict:
     started = time.monotonic()
     cfg = config.evaluation
@@ -125,46 +169,61 @@ def evaluate_stability(spark: SparkSession, config: AppConfig) -> dict:
     first, second, middle, end = halves(events)
     persona_names = sorted(r["persona"] for r in item_labels.select("persona").distinct().collect())
     share_columns = [f"share_{i}" for i in range(len(persona_names))]
+    k = min(cfg.stability_clusters, max(2, customer_count - 1))
 
-    representations = []
-    silhouettes = {"rfm": [], "personas": []}
+    rfm_halves, silhouettes = [], {name: [] for name in ("rfm", *REPRESENTATIONS)}
+    dominant_halves = {name: [] for name in REPRESENTATIONS}
     for half, as_of in ((first, middle), (second, end)):
         rfm = rfm_deciles(half, customers, as_of).localCheckpoint(eager=True)
-        affinity = half_personas(spark, config, half, item_labels)
-        shares = accuracy.persona_features(
-            customers, persona_names, _products(half), affinity, None) \
-            .groupBy("customer_id").pivot("persona", persona_names).agg(F.first("walk_share")).fillna(0.0) \
-            .toDF("customer_id", *share_columns)  # plain names: persona names hold blanks and dashes
-        representations.append(rfm.select("customer_id", "r", "f", "m").join(dominant(affinity, customers), "customer_id"))
-        k = min(cfg.stability_clusters, max(2, customer_count - 1))
+        rfm_halves.append(rfm.select("customer_id", "r", "f", "m"))
         silhouettes["rfm"].append(silhouette(rfm, ["recency", "frequency", "monetary"], k))
-        silhouettes["personas"].append(silhouette(shares, share_columns, k))
-    a, b = representations
-    joined = a.alias("a").join(b.alias("b"), "customer_id")
-    row = joined.agg(
-        F.avg(((F.col("a.r") == F.col("b.r")) & (F.col("a.f") == F.col("b.f"))
-               & (F.col("a.m") == F.col("b.m"))).cast("double")).alias("rfm"),
-        F.avg((F.col("a.dominant") == F.col("b.dominant")).cast("double")).alias("personas"),
-    ).first()
-    return {
+        for name in REPRESENTATIONS:
+            affinity = half_personas(spark, config, half, item_labels, name)
+            dominant_halves[name].append(dominant(affinity, customers).localCheckpoint(eager=True))
+            shares = accuracy.persona_features(
+                customers, persona_names, _products(half), affinity, None) \
+                .groupBy("customer_id").pivot("persona", persona_names).agg(F.first("walk_share")).fillna(0.0) \
+                .toDF("customer_id", *share_columns)  # plain names: persona names hold blanks and dashes
+            silhouettes[name].append(silhouette(shares, share_columns, k))
+
+    a, b = rfm_halves
+    unchanged_rfm = a.alias("a").join(b.alias("b"), "customer_id").agg(F.avg(
+        ((F.col("a.r") == F.col("b.r")) & (F.col("a.f") == F.col("b.f")) & (F.col("a.m") == F.col("b.m")))
+        .cast("double"))).first()[0]
+    result = {
         "customers": customer_count, "min_invoices": cfg.stability_min_invoices,
-        "unchanged_rfm": float(row["rfm"]), "unchanged_personas": float(row["personas"]),
-        "silhouette_rfm": sum(silhouettes["rfm"]) / 2, "silhouette_personas": sum(silhouettes["personas"]) / 2,
+        "unchanged_rfm": float(unchanged_rfm), "silhouette_rfm": sum(silhouettes["rfm"]) / 2,
         "paper_unchanged_rfm": 0.013, "paper_unchanged_personas": 0.18,
-        "seconds": round(time.monotonic() - started, 1),
     }
+    for name in REPRESENTATIONS:
+        a, b = dominant_halves[name]
+        unchanged = a.alias("a").join(b.alias("b"), "customer_id") \
+            .agg(F.avg((F.col("a.dominant") == F.col("b.dominant")).cast("double"))).first()[0]
+        suffix = "" if name == "distinctive" else f"_{name}"
+        diversity = set_diversity(a)
+        result |= {
+            f"unchanged_personas{suffix}": float(unchanged),
+            f"silhouette_personas{suffix}": sum(silhouettes[name]) / 2,
+            f"distinct_sets{suffix}": diversity["distinct_sets"],
+            f"most_common_set_share{suffix}": diversity["most_common_set_share"],
+        }
+    return result | {"seconds": round(time.monotonic() - started, 1)}
 
 
 def format_table(result: dict) -> str:
-    return "\n".join([
+    lines = [
         f"customers with > {result['min_invoices']} invoices: {result['customers']}",
-        f"{'representation':<18}{'unchanged':>10}{'paper':>8}{'silhouette':>12}",
-        f"{'RFM deciles':<18}{result['unchanged_rfm']:>10.3f}{result['paper_unchanged_rfm']:>8.3f}"
+        f"{'representation':<26}{'unchanged':>10}{'paper':>8}{'silhouette':>12}{'distinct sets':>15}"
+        f"{'largest set':>13}",
+        f"{'RFM deciles':<26}{result['unchanged_rfm']:>10.3f}{result['paper_unchanged_rfm']:>8.3f}"
         f"{result['silhouette_rfm']:>12.3f}",
-        f"{'dominant 3':<18}{result['unchanged_personas']:>10.3f}{result['paper_unchanged_personas']:>8.3f}"
-        f"{result['silhouette_personas']:>12.3f}",
-    ])
-
+    ]
+    for label, suffix in (("dominant 3, distinctive", ""), ("dominant 3, most named", "_most_named")):
+        lines.append(
+            f"{label:<26}{result['unchanged_personas' + suffix]:>10.3f}{result['paper_unchanged_personas']:>8.3f}"
+            f"{result['silhouette_personas' + suffix]:>12.3f}{result['distinct_sets' + suffix]:>15d}"
+            f"{result['most_common_set_share' + suffix]:>13.3f}")
+    return "\n".join(lines)
 
 
 def _products(events: DataFrame) -> DataFrame:
