@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import uuid
 from pathlib import Path
 from dataclasses import dataclass

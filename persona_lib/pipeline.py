@@ -286,18 +286,18 @@ def _label_totals(round_figures: list[dict]) -> dict:
 def _published_figures(spark, config, outputs) -> dict:
     personas = storage.table_ref(config, "customer_personas").read(
         spark, version=outputs["customer_personas"]["version"])
-    by_source = {r["source"]: r["count"] for r in personas.groupBy("source").count().collect()}
+    sources = {"labelled": "llm", "overridden": "override", "propagated": "propagated"}
+    # One pass over the table for every count of the summary.
     counts = personas.agg(
         F.count(F.lit(1)).alias("customers"),
         F.sum(F.col("is_ambiguous").cast("int")).alias("ambiguous"),
         F.sum((F.size("personas") > 0).cast("int")).alias("covered"),
+        *[F.sum((F.col("source") == source).cast("int")).alias(name) for name, source in sources.items()],
     ).first()
     top = (personas.select(F.explode("personas").alias("persona")).groupBy("persona").count()
            .orderBy(F.desc("count"), "persona").limit(10).collect())
     return {
-        "labelled": by_source.get("llm", 0),
-        "overridden": by_source.get("override", 0),
-        "propagated": by_source.get("propagated", 0),
+        **{name: counts[name] or 0 for name in sources},
         "covered": counts["covered"] or 0,
         "ambiguous_share": (counts["ambiguous"] or 0) / max(counts["customers"], 1),
         "top_personas": {r["persona"]: r["count"] for r in top},

@@ -3,7 +3,6 @@ overrides, the query, and forgetting a customer."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -12,25 +11,21 @@ from mlflow import MlflowClient
 from pyspark.sql import functions as F
 
 from persona_lib import contracts, publishing, storage, tracking
-from persona_lib.config import REPO_ROOT, load_config
+from persona_lib.config import load_config
 from persona_lib.forget import forget_customers
 from persona_lib.ingest import ingest
 from persona_lib.labelling import add_overrides, label_customers
 from persona_lib.pipeline import run_pipeline
 from persona_lib.query import predict
 from tests.conftest import TEST_CONF
+from tests.landing_files import copy_landing_slice
 
-LANDING = REPO_ROOT / "data" / "online_retail" / "landing"
-DAYS = 8  # the first 8 landing files: about 150 customers, enough for every path
 
 
 @pytest.fixture(scope="module")
 def small_config(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
-    landing = root / "landing"
-    landing.mkdir()
-    for path in sorted(LANDING.glob("*.csv.gz"))[:DAYS]:
-        shutil.copy(path, landing / path.name)
+    landing = copy_landing_slice(root / "landing")
     config = load_config(TEST_CONF, workdir=str(root / "work"))
     config = config.replace("ingest", landing=str(landing))
     return config.replace("sampling", budget=0.3, rounds=2)

@@ -23,11 +23,10 @@ import yaml
 
 from persona_lib.config import REPO_ROOT, load_config
 from persona_lib.jars import required_jars
+from tests.landing_files import copy_landing_slice
 
 VENV_BIN = Path(sys.executable).parent
 SPARK_SUBMIT = VENV_BIN / "spark-submit"
-LANDING = REPO_ROOT / "data" / "online_retail" / "landing"
-DAYS = 8  # the first 8 landing files: about 150 customers
 MASTER = "local-cluster[2,1,2048]"
 OUTPUT_TABLES = ("persona_affinity", "customer_personas", "product_personas", "persona_labels")
 
@@ -44,10 +43,7 @@ def submit_command(job: str, jars: list[Path], master: str, *job_args: str,
 @pytest.fixture(scope="module")
 def submitted_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("spark-submit")
-    landing = root / "landing"
-    landing.mkdir()
-    for path in sorted(LANDING.glob("*.csv.gz"))[:DAYS]:
-        shutil.copy(path, landing / path.name)
+    landing = copy_landing_slice(root / "landing")
     conf = root / "submit.yaml"
     conf.write_text(yaml.safe_dump({
         "base": str(REPO_ROOT / "conf" / "test.yaml"),

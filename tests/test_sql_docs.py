@@ -4,7 +4,6 @@ through the current_* views; `main.personas.<table>` stands for that run's Delta
 from __future__ import annotations
 
 import re
-import shutil
 
 import pytest
 
@@ -14,10 +13,9 @@ from persona_lib.labelling import add_overrides
 from persona_lib.pipeline import run_pipeline
 from persona_lib.query import rerank_sql
 from tests.conftest import TEST_CONF
+from tests.landing_files import copy_landing_slice
 
 SQL_DOC = REPO_ROOT / "docs" / "sql.md"
-LANDING = REPO_ROOT / "data" / "online_retail" / "landing"
-DAYS = 8
 BLOCK = re.compile(r"```sql\n(.*?)```", re.S)
 CATALOG_NAME = re.compile(r"\bmain\.personas\.([a-z_]+)\b")
 PARAMETER = re.compile(r"(?<![:\w]):([a-z_]+)\b")
@@ -36,10 +34,7 @@ def section_of(sql: str) -> str:
 @pytest.fixture(scope="module")
 def published(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("sql-docs")
-    landing = root / "landing"
-    landing.mkdir()
-    for path in sorted(LANDING.glob("*.csv.gz"))[:DAYS]:
-        shutil.copy(path, landing / path.name)
+    landing = copy_landing_slice(root / "landing")
     config = load_config(TEST_CONF, workdir=str(root / "work")).replace("ingest", landing=str(landing))
     config = config.replace("sampling", budget=0.3, rounds=1)
     from persona_lib.ingest import ingest
