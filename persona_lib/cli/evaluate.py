@@ -38,6 +38,9 @@ def add_parser(subparsers) -> None:
 
     recommend = tasks.add_parser("recommend", help="ALS baseline vs persona re-ranking on the authors' split")
     add_common_options(recommend)
+    recommend.add_argument("--personas", choices=("pipeline", "recorded"), default="pipeline",
+                           help="condition on GPLR's personas (default) or on every customer's recorded "
+                                "GPT-4 label (the ceiling of persona conditioning)")
     recommend.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     recommend.set_defaults(handler=run_recommend)
 
@@ -85,8 +88,8 @@ def run_accuracy(args: argparse.Namespace) -> dict:
 def run_recommend(args: argparse.Namespace) -> dict:
     from persona_lib.evaluation import recommend
 
-    return _run_task(args, "evaluate-recommend", recommend.evaluate_recommend, recommend.format_table,
-                     _log_ranking)
+    evaluate = lambda spark, config: recommend.evaluate_recommend(spark, config, persona_source=args.personas)
+    return _run_task(args, "evaluate-recommend", evaluate, recommend.format_table, _log_ranking)
 
 
 def run_stability(args: argparse.Namespace) -> dict:

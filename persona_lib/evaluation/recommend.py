@@ -145,17 +145,30 @@ def recommend(spark: SparkSession, config: AppConfig, fit_pairs: DataFrame, item
     return ranked.join(F.broadcast(items), "item").select("customer_id", "product_id", "rank", "weight")
 
 
-def evaluate_recommend(spark: SparkSession, config: AppConfig) -> dict:
-    """The baseline and the persona-conditioned recommender on split_test, NDCG@K and F1@K."""
+PERSONA_SOURCES = ("pipeline", "recorded")
+
+
+def evaluate_recommend(spark: SparkSession, config: AppConfig, persona_source: str = "pipeline") -> dict:
+    """The baseline and the persona-conditioned recommender on split_test, NDCG@K and F1@K.
+
+    ``persona_source``: "pipeline" conditions on GPLR's personas at ``recommend_budget``
+    (LLM answers for the labelled, the learned choice for the rest); "recorded" on the
+    recorded GPT-4 label of EVERY customer, the ceiling of what these personas can add.
+    """
+    if persona_source not in PERSONA_SOURCES:
+        raise ValueError(f"persona_source must be one of {PERSONA_SOURCES}, got {persona_source!r}")
     started = time.monotonic()
     cfg = config.evaluation
     ks = sorted(int(k) for k in cfg.ks)
     weights = sorted({0.0, *[float(w) for w in cfg.blend_weights]})
     context = accuracy.prepare(spark, config)
-    run = accuracy.run_gplr(spark, context.graph, context.answers, config, cfg.recommend_budget, "du", 0)
-    predicted, _ = accuracy.learned_predictions(spark, context.graph, run, config, 0, context.items)
-    customer_personas = run.seed_labels.select("customer_id", "persona") \
-        .unionByName(predicted.select("customer_id", "persona")).localCheckpoint(eager=True)
+    if persona_source == "recorded":
+        customer_personas = context.answers.select("customer_id", "persona")
+    else:
+        run = accuracy.run_gplr(spark, context.graph, context.answers, config, cfg.recommend_budget, "du", 0)
+        predicted, _ = accuracy.learned_predictions(spark, context.graph, run, config, 0, context.items)
+        customer_personas = run.seed_labels.select("customer_id", "persona") \
+            .unionByName(predicted.select("customer_id", "persona")).localCheckpoint(eager=True)
     train = context.pairs
     test = data.test_pairs(spark, config)
     items = index_items(train).localCheckpoint(eager=True)
@@ -175,7 +188,7 @@ def evaluate_recommend(spark: SparkSession, config: AppConfig) -> dict:
     return {
         "ndcg": {"baseline": baseline["ndcg"], "persona": persona["ndcg"]},
         "f1": {"baseline": baseline["f1"], "persona": persona["f1"]},
-        "blend_weight": best_weight, "validation_ndcg_at_10": by_weight,
+        "persona_source": persona_source, "blend_weight": best_weight, "validation_ndcg_at_10": by_weight,
         "ndcg_at_10_lift": persona["ndcg"][10] / baseline["ndcg"][10] - 1 if 10 in ks else None,
         "seconds": round(time.monotonic() - started, 1),
     }
@@ -193,7 +206,8 @@ def format_table(result: dict) -> str:
         for name, key in (("ours ALS", "baseline"), ("ours ALS + personas", "persona")):
             lines.append(f"{name:<22}" + "".join(f"{result[metric][key][k]:>8.4f}" for k in ks))
         lines.append("")
-    lines.append(f"blend weight {result['blend_weight']} (validation on train); NDCG@10 lift "
+    lines.append(f"personas: {result.get('persona_source', 'pipeline')}; "
+                 f"blend weight {result['blend_weight']} (validation on train); NDCG@10 lift "
                  f"{(result['ndcg_at_10_lift'] or 0) * 100:+.1f}%")
     return "\n".join(lines)
 

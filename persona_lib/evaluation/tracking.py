@@ -43,6 +43,7 @@ def log_accuracy(rows: list[dict]) -> None:
 
 def log_ranking(result: Mapping[str, Mapping[str, Mapping[int, float]]]) -> None:
     """NDCG@K and F1@K of each variant, and the NDCG@K curves."""
+    tracking.log_params({k: result[k] for k in ("persona_source", "blend_weight") if k in result})
     for metric, variants in result.items():
         if metric not in ("ndcg", "f1"):
             continue
