@@ -31,28 +31,17 @@ RUN_RECOMMEND = True  # ALS baseline vs persona re-ranking (a few minutes)
 RUN_STABILITY = True  # needs the paper cut: ingests it into the work dir first
 
 # %%
-import io
-
 import matplotlib.pyplot as plt
 import pandas as pd
-from IPython.display import Image, display
 
 from persona_lib import storage
 from persona_lib.config import load_config
 from persona_lib.evaluation import accuracy, data
+from persona_lib.notebook import show_figure
 from persona_lib.spark import get_spark
 
 config = load_config(CONF, workdir=WORKDIR)
 spark = get_spark(config)
-
-
-def show(figure):
-    """Display a figure as PNG, whatever backend a library switched matplotlib to (MLflow
-    charts use Agg)."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", bbox_inches="tight")
-    plt.close(figure)
-    display(Image(buffer.getvalue()))
 
 # %% [markdown]
 # ## The authors' released outputs
@@ -92,7 +81,7 @@ axis.set_xlabel("labelling budget (% of customers)")
 axis.set_ylabel("set-F1 on unlabelled customers")
 axis.set_title("Persona accuracy against the budget")
 axis.legend()
-show(figure)
+show_figure(figure)
 
 # %% [markdown]
 # The last run's predictions are a Delta table (`evaluation_personas`): personas per customer
@@ -123,7 +112,7 @@ if RUN_RECOMMEND:
     axis.set_ylabel("NDCG@K")
     axis.set_title("Recommendation: NDCG@K on the authors' test split")
     axis.legend()
-    show(figure)
+    show_figure(figure)
 else:
     print("RUN_RECOMMEND is off")
 
@@ -152,6 +141,6 @@ if RUN_STABILITY:
                  color="black", zorder=3, label="paper")
     axis.set_ylabel("share unchanged between halves")
     axis.legend()
-    show(figure)
+    show_figure(figure)
 else:
     print("RUN_STABILITY is off")

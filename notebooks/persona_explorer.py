@@ -32,16 +32,13 @@ BUDGET = 0.3
 CUSTOMER = None  # a customer id to explain; None: the most confident propagated customer
 
 # %%
-import io
 import json
 import shutil
-
-import matplotlib.pyplot as plt
-from IPython.display import Image, display
 
 from persona_lib import publishing, storage
 from persona_lib.config import load_config
 from persona_lib.ingest import ingest
+from persona_lib.notebook import show_figure
 from persona_lib.pipeline import run_pipeline
 from persona_lib.query import predict
 from persona_lib.spark import get_spark
@@ -50,15 +47,6 @@ config = load_config(CONF, workdir=WORKDIR).replace("sampling", budget=BUDGET)
 spark = get_spark(config)
 landing = config.workdir_path / "landing"
 runs_table = storage.table_ref(config, "runs")
-
-
-def show(figure):
-    """Display a figure as PNG, whatever backend a library switched matplotlib to (MLflow
-    charts use Agg)."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", bbox_inches="tight")
-    plt.close(figure)
-    display(Image(buffer.getvalue()))
 
 
 def complete_runs():
@@ -103,7 +91,7 @@ distribution = spark.sql("""
 axis = distribution.plot.barh(x="persona", y="customers", figsize=(7, 6), legend=False)
 axis.invert_yaxis()
 axis.set_title("Customers per persona (latest run)")
-show(axis.figure)
+show_figure(axis.figure)
 
 # %%
 spark.sql("""
@@ -181,5 +169,5 @@ axis = share.plot.barh(figsize=(7, 6))
 axis.invert_yaxis()
 axis.set_xlabel("share of customers")
 axis.set_title("Persona share: previous vs latest run")
-show(axis.figure)
+show_figure(axis.figure)
 assert int(drift["customers_in_both"][0]) > 0

@@ -21,7 +21,6 @@ from tests.conftest import TEST_CONF
 from tests.landing_files import copy_landing_slice
 
 
-
 @pytest.fixture(scope="module")
 def small_config(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
