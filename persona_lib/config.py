@@ -13,7 +13,9 @@ A config file may name a ``base:`` file (relative to itself) whose values it ove
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -77,6 +79,17 @@ class IngestConfig:
         "POST", "DOT", "M", "BANK CHARGES", "AMAZONFEE", "C2", "PADS", "D", "CRUK", "S", "B",
     )
     timestamp_format: str = "yyyy-MM-dd HH:mm:ss"
+    # A changed file under a name already ingested: "reject" records it as
+    # conflicting_redelivery and writes nothing of it; "replace" swaps that name's rows for
+    # the new content's in one commit per table.
+    on_changed_file: str = "reject"
+    # Events dated outside [min, max] (ISO dates, both inclusive) are quarantined as
+    # out_of_range_value: a year 9999 or 0001 is a broken export, not a purchase.
+    event_date_min: str = "1990-01-01"
+    event_date_max: str = "2099-12-31"
+    # Bounds on |UnitPrice| and |Quantity|; beyond them a line is out_of_range_value.
+    unit_price_max: float = 1_000_000.0
+    quantity_max: int = 1_000_000
     # The GPLR paper's OnlineRetail cut (shared/data/gplr_online_retail/README.md).
     paper_excluded_countries: tuple[str, ...] = (
         "Canada", "Channel Islands", "Cyprus", "Czech Republic", "Denmark", "EIRE",
@@ -279,6 +292,7 @@ def load_config(path: str | os.PathLike[str] | None = None, workdir: str | None 
     config_path = Path(path) if path else DEFAULT_CONFIG_PATH
     raw = _read_with_bases(config_path, seen=())
     config = _build(AppConfig, raw, where=str(config_path))
+    validate(config, where=str(config_path))
     if "base_dir" not in raw:
         config = dataclasses.replace(config, base_dir=str(REPO_ROOT))
     if workdir:
@@ -363,3 +377,100 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return str(value)
     return value
+
+
+# ------------------------------------------------------------------ value checks
+# Everything here runs before Spark starts, so a bad config costs no JVM start and writes
+# nothing (exit code 3).
+
+KNOWN_LABELLERS = ("replay", "vllm", "openai", "manual")
+ON_CHANGED_FILE = ("reject", "replace")
+
+_IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
+_CATALOG_TABLE = re.compile(rf"^{_IDENTIFIER}(\.{_IDENTIFIER}){{1,2}}$")
+_PATH_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=-]*$")
+_URI_PREFIX = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://|dbfs:|/)")
+
+
+def table_name_problem(name: str) -> Optional[str]:
+    """Why ``name`` is not a usable table name (None when it is).
+
+    Three forms: ``catalog.schema.table`` (identifiers only: they reach SQL text), an absolute
+    path or URI, or a relative path under the work dir; paths may not climb out (``..``) nor
+    hold quotes, backticks, whitespace or control characters (they reach SQL as
+    delta.`path`)."""
+    if not name:
+        return "it is empty"
+    if any(ch in name for ch in "`'\";\\") or any(ch.isspace() or ord(ch) < 32 for ch in name):
+        return "it holds a quote, backtick, semicolon, backslash, whitespace or control character"
+    if _URI_PREFIX.match(name):
+        path = re.sub(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://[^/]*|dbfs:)", "", name)
+        if ".." in path.split("/"):
+            return "it climbs out of its folder ('..')"
+        return None
+    if "/" not in name and "." in name:
+        if not _CATALOG_TABLE.match(name):
+            return ("a dotted name is a catalog table and each of its 2 or 3 parts must be an "
+                    "identifier (letters, digits, underscore; not starting with a digit)")
+        return None
+    segments = name.split("/")
+    if any(s in ("", ".", "..") for s in segments):
+        return "a relative table path may not have empty, '.' or '..' segments"
+    bad = [s for s in segments if not _PATH_SEGMENT.match(s)]
+    if bad:
+        return f"path segment {bad[0]!r} is not letters, digits, '_', '-', '.' or '='"
+    return None
+
+
+def validate(config: AppConfig, where: str = "config") -> None:
+    """Checks of values (types are checked while loading); each error names the key."""
+    problems = []
+    for table_key in (f.name for f in dataclasses.fields(TablesConfig)):
+        name = getattr(config.tables, table_key)
+        problem = table_name_problem(name)
+        if problem:
+            problems.append(f"tables.{table_key}: {name!r} is not a valid table name: {problem}")
+    ingest = config.ingest
+    if ingest.on_changed_file not in ON_CHANGED_FILE:
+        problems.append(f"ingest.on_changed_file: {ingest.on_changed_file!r}; expected one of {list(ON_CHANGED_FILE)}")
+    dates = {}
+    for key in ("event_date_min", "event_date_max"):
+        try:
+            dates[key] = dt.date.fromisoformat(getattr(ingest, key))
+        except ValueError:
+            problems.append(f"ingest.{key}: {getattr(ingest, key)!r} is not an ISO date (YYYY-MM-DD)")
+    if len(dates) == 2 and dates["event_date_min"] > dates["event_date_max"]:
+        problems.append("ingest.event_date_min is after ingest.event_date_max")
+    if not ingest.unit_price_max > 0:
+        problems.append(f"ingest.unit_price_max must be positive, got {ingest.unit_price_max}")
+    if ingest.quantity_max <= 0:
+        problems.append(f"ingest.quantity_max must be positive, got {ingest.quantity_max}")
+    problems += _labelling_problems(config)
+    if problems:
+        raise ConfigError(f"{where}: " + "; ".join(problems))
+
+
+def _labelling_problems(config: AppConfig) -> list[str]:
+    problems = []
+    if config.labelling.labeller not in KNOWN_LABELLERS:
+        problems.append(f"labelling.labeller: unknown labeller {config.labelling.labeller!r}; "
+                        f"known: {', '.join(KNOWN_LABELLERS)}")
+    budget = config.sampling.budget
+    if not budget > 0 or budget != budget or budget == float("inf"):
+        problems.append(f"sampling.budget must be positive (a fraction <= 1 or a count), got {budget}")
+    elif budget > 1 and float(budget) != int(budget):
+        problems.append(f"sampling.budget above 1 is a count of customers and must be whole, got {budget}")
+    if config.sampling.rounds < 1:
+        problems.append(f"sampling.rounds must be at least 1, got {config.sampling.rounds}")
+    return problems
+
+
+def validate_for_labelling(config: AppConfig) -> None:
+    """What a labelling command needs, checked before Spark starts: the labeller, the budget
+    (after command-line overrides) and a taxonomy file that loads and validates."""
+    problems = _labelling_problems(config)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    from persona_lib.taxonomy import load_taxonomy  # yaml only, no Spark
+
+    load_taxonomy(config.resolve_path(config.labelling.taxonomy))

@@ -49,6 +49,8 @@ PURCHASE_EVENTS = _schema(
     ("country", StringType(), True),
     ("source_file", StringType(), False),
     ("line_number", LongType(), False),
+    # The landing file content the event came from (its ingest_log row); null for synthetic events.
+    ("content_sha256", StringType(), True),
     ("ingested_at", TimestampType(), False),
 )
 
@@ -64,6 +66,7 @@ PRODUCTS = _schema(
 QUARANTINE = _schema(
     ("source_file", StringType(), False),
     ("line_number", LongType(), False),
+    ("content_sha256", StringType(), False),
     ("reason", StringType(), False),
     ("detail", StringType(), True),
     ("raw_line", StringType(), True),
@@ -81,6 +84,9 @@ QUARANTINE = _schema(
 INGEST_LOG = _schema(
     ("ingest_id", StringType(), False),
     ("source_file", StringType(), False),
+    ("content_sha256", StringType(), False),
+    ("status", StringType(), False),
+    ("detail", StringType(), True),
     ("rows_in", LongType(), False),
     ("rows_kept", LongType(), False),
     ("rows_quarantined", LongType(), False),
@@ -223,13 +229,22 @@ class TableContract:
 
 CONTRACTS: Tuple[TableContract, ...] = (
     TableContract("purchase_events", PURCHASE_EVENTS, ("event_id",), "ingest",
-                  "One kept invoice line; event_id = sha256(source file name, line number)."),
+                  "One kept landing record; event_id = sha256(content_sha256:line_number), the "
+                  "file content's hash and the line the record starts on, never the file name. "
+                  "source_file is the name the content was first ingested under."),
     TableContract("products", PRODUCTS, ("product_id",), "ingest",
                   "One product; title is its most frequent title."),
-    TableContract("quarantine", QUARANTINE, ("source_file", "line_number"), "ingest",
-                  "One rejected landing line with exactly one reason."),
-    TableContract("ingest_log", INGEST_LOG, ("ingest_id", "source_file"), "ingest",
-                  "Per run and file: lines in = kept + quarantined + forgotten."),
+    TableContract("quarantine", QUARANTINE, ("content_sha256", "line_number"), "ingest",
+                  "One rejected landing record with exactly one reason; detail says what is wrong."),
+    TableContract("ingest_log", INGEST_LOG, ("source_file", "content_sha256"), "ingest",
+                  "The file manifest, written last by each ingestion (its commit marker): one row "
+                  "per file name and content. status: ingested (the tables hold its rows; records "
+                  "in = kept + quarantined + forgotten), replaced (a name's earlier content, "
+                  "swapped out under ingest.on_changed_file: replace), conflicting_redelivery (a "
+                  "changed file under an ingested name, refused under reject: nothing written) or "
+                  "failed (unreadable: detail gives the reason). Identical content under any name "
+                  "is skipped and gets no new row. ingest_id and ingested_at: the run that wrote "
+                  "the row."),
     TableContract("synth_truth", SYNTH_TRUTH, ("customer_id",), "synth",
                   "The personas planted in each synthetic customer."),
     TableContract("persona_labels", PERSONA_LABELS, ("customer_id",), "labelling",
@@ -279,13 +294,21 @@ Conventions: `customer_id` is a string holding the integer id ("17850", never "1
 `product_id` is the upper-cased, trimmed StockCode (the paper cut keys products by their
 stripped title); persona names are the taxonomy's exact names; timestamps are UTC.
 
-Quarantine reasons, tested in this order (a line gets the first that applies):
-malformed_line (not 8 CSV fields), unparsable_value (Quantity, UnitPrice, InvoiceDate or a
-non-empty CustomerID that does not parse; the `detail` column names the field),
-missing_customer, cancellation (InvoiceNo starts with "C"), excluded_country (paper cut
-only), non_positive_quantity, non_positive_price, non_product_code (POST, DOT, M, BANK
-CHARGES, AMAZONFEE, C2, PADS, D, CRUK, S, B; default cut only), duplicate_line (identical in
-every field to an earlier line of the same invoice; the first is kept). The paper cut keeps
+Landing files are read as RFC 4180 CSV (quoted fields may hold commas, quotes and line
+breaks; a UTF-8 BOM is dropped); a record is one CSV record, and `line_number` the line it
+starts on (the header is line 1). Quarantine reasons, tested in this order (a record gets
+the first that applies): malformed_line (not valid CSV, not 8 fields, or a field longer
+than the CSV field limit; `detail` says which), unparsable_value (Quantity, UnitPrice,
+InvoiceDate or a non-empty CustomerID that does not parse, or a UnitPrice that is NaN or
+infinite; CustomerID must be digits with an optional ".0", never a float such as "1e4";
+`detail` names the field), out_of_range_value (InvoiceDate outside
+`ingest.event_date_min`..`event_date_max`, or |UnitPrice| or |Quantity| above
+`ingest.unit_price_max` / `ingest.quantity_max`), missing_customer, cancellation (InvoiceNo
+starts with "C"), excluded_country (paper cut only), non_positive_quantity,
+non_positive_price, non_product_code (POST, DOT, M, BANK CHARGES, AMAZONFEE, C2, PADS, D,
+CRUK, S, B; default cut only), duplicate_line (the same purchase, equal in every
+purchase_events column but the keys, as an earlier kept record: earlier in the delivery by
+file name and line, or ingested before; `detail` names it). The paper cut keeps
 non-positive quantities and prices and non-product codes, as the paper did.
 
 The paper cut and the synthetic data use the same contracts in their own tables

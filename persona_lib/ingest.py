@@ -1,13 +1,33 @@
-"""Landing CSV files -> the purchase_events, products and quarantine Delta tables.
+"""Landing CSV files -> the purchase_events, products and quarantine Delta tables, with a
+file manifest (``ingest_log``) that makes ingestion content-addressed and all-or-nothing.
 
-Each landing file is read whole (``binaryFile``: a file is never split, so line numbers are
-exact) and cut into physical lines by a Python worker; Spark SQL then types the fields and
-gives every line exactly one outcome: kept, quarantined with one reason, or dropped because
-its customer was forgotten (tombstones). Nothing is lost: per file, lines in = kept +
-quarantined + forgotten, checked before anything is written.
+Identity. A file is its content: ``content_sha256`` (after gunzip). The manifest holds one
+row per (file name, content) with a status:
 
-``event_id`` = sha256(source file name, line number), so re-reading the same or overlapping
-files adds nothing: events and quarantine rows are MERGEd on their keys.
+- ``ingested``: the content whose rows the tables hold for that name;
+- ``replaced``: a name's earlier content, swapped out under ``ingest.on_changed_file: replace``;
+- ``conflicting_redelivery``: a changed file under a name already ingested, refused under
+  ``reject`` (the default): nothing of it is written;
+- ``failed``: a file that could not be read (corrupt gzip, not UTF-8, empty, wrong header),
+  with the reason. The other files of the delivery are ingested regardless.
+
+Content already ingested (under any name) is skipped without parsing, so a re-run commits
+nothing. ``event_id`` = sha256(content_sha256:line number): a record's key comes from the
+file content and its position in it, never from the file name.
+
+Records. Each landing file is read whole (``binaryFile``) and cut into CSV records by
+``persona_lib.ingest_files`` in a Python worker; Spark SQL then types the fields and gives
+every record exactly one outcome: kept, quarantined with one reason, or dropped because its
+customer was forgotten (tombstones).
+
+Commits. Events, then quarantine, then products, then the manifest rows: the manifest row is
+the commit marker. Each table's rows for a content being ingested are written in one MERGE
+that also removes that content's earlier rows (a half-written earlier attempt), a replaced
+content's rows and rows of content no manifest row accounts for; so the next run repairs a
+run that died between two commits, and running it twice changes nothing. Before the first
+commit the invariants are checked: per file, records in = kept + quarantined + forgotten;
+no record is both kept and quarantined; every event's content has an ``ingested`` manifest
+row once the run commits.
 
 Two cuts share this code: ``default`` (production cleaning) and ``paper``, the GPLR paper's
 OnlineRetail cut (products keyed by stripped title, postage and zero-price lines kept, eight
@@ -16,13 +36,11 @@ countries dropped), which reproduces its 4,297 customers / 3,846 products / 263,
 
 from __future__ import annotations
 
-import csv
-import gzip
 import uuid
-from pathlib import Path
-from dataclasses import dataclass
-from pathlib import PurePosixPath
-from typing import Iterator, Optional
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Iterator, Optional
+from urllib.parse import unquote
 
 import pandas as pd
 from pyspark import StorageLevel
@@ -32,13 +50,15 @@ from pyspark.sql.types import ArrayType, LongType, StringType, StructField, Stru
 from pyspark.sql.window import Window
 
 from persona_lib import contracts, storage
-from persona_lib.config import AppConfig
+from persona_lib.config import AppConfig, IngestConfig
 from persona_lib.errors import InputError
+from persona_lib.ingest_files import CUSTOMER_ID_PATTERN, header_problem, open_content, split_records
 
-# Every rejection reason, in the order they are tested: a line gets the first that applies.
+# Every rejection reason, in the order they are tested: a record gets the first that applies.
 REASONS = (
     "malformed_line",
     "unparsable_value",
+    "out_of_range_value",
     "missing_customer",
     "cancellation",
     "excluded_country",  # paper cut only
@@ -48,6 +68,12 @@ REASONS = (
     "duplicate_line",
 )
 
+# Manifest statuses (ingest_log.status).
+INGESTED = "ingested"
+REPLACED = "replaced"
+CONFLICTING = "conflicting_redelivery"
+FAILED = "failed"
+
 # The landing columns as they are named while still raw strings (Spark's names are case-blind,
 # so "Quantity" would clash with the typed "quantity").
 RAW_COLUMNS = {
@@ -56,13 +82,28 @@ RAW_COLUMNS = {
     "CustomerID": "raw_customer_id", "Country": "raw_country",
 }
 
-LINES_SCHEMA = StructType([
+# What the reader emits: one "file" row per landing file (its identity and whether it could
+# be read) and one "data" row per CSV record after the header of each file it parsed.
+RECORDS_SCHEMA = StructType([
     StructField("source_file", StringType(), False),
+    StructField("content_sha256", StringType(), False),
+    StructField("kind", StringType(), False),  # file | data
+    StructField("file_status", StringType(), True),  # file rows: read | failed | known
+    StructField("file_detail", StringType(), True),
     StructField("line_number", LongType(), False),
-    StructField("kind", StringType(), False),  # data | header | empty | undecodable
     StructField("raw_line", StringType(), True),
     StructField("fields", ArrayType(StringType(), True), True),
+    StructField("parse_error", StringType(), True),
 ])
+
+# The event columns that say what was bought: two kept records equal in all of them are one
+# purchase recorded twice (duplicate_line).
+EVENT_CONTENT_COLUMNS = ("invoice_no", "product_id", "product_title", "quantity", "unit_price",
+                         "event_ts", "customer_id", "country")
+
+
+class IngestInvariantError(RuntimeError):
+    """An invariant failed before commit: a bug, so nothing is written (exit code 1)."""
 
 
 @dataclass(frozen=True)
@@ -94,9 +135,11 @@ def cut_rules(config: AppConfig, cut: str) -> CutRules:
 # --------------------------------------------------------------------------- reading
 
 
-def read_landing_lines(spark: SparkSession, landing: str, file_glob: str) -> DataFrame:
-    """One row per physical line of every landing file, with exact 1-based line numbers."""
-    list_local_files(landing, file_glob)
+def read_landing_records(spark: SparkSession, landing: str, file_glob: str,
+                         known_contents: Iterable[str] = ()) -> DataFrame:
+    """A file row per landing file and a data row per CSV record of the files read.
+
+    Files whose content is in ``known_contents`` are hashed but not parsed (``known``)."""
     try:
         files = (
             spark.read.format("binaryFile")
@@ -107,7 +150,34 @@ def read_landing_lines(spark: SparkSession, landing: str, file_glob: str) -> Dat
         )
     except Exception as exc:  # Spark's AnalysisException names the path; keep that message
         raise InputError(f"cannot read landing folder {landing}: {exc}") from exc
-    return files.mapInPandas(_split_lines, LINES_SCHEMA)
+    known = frozenset(known_contents)
+
+    def parse(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            rows: list[tuple] = []
+            for path, content in zip(batch["path"], batch["content"]):
+                rows.extend(file_rows(unquote(PurePosixPath(str(path)).name), bytes(content), known))
+            yield pd.DataFrame(rows, columns=RECORDS_SCHEMA.fieldNames())
+
+    return files.mapInPandas(parse, RECORDS_SCHEMA)
+
+
+def file_rows(name: str, content: bytes, known_contents: frozenset = frozenset()) -> list[tuple]:
+    """The reader's rows (RECORDS_SCHEMA) for one landing file."""
+    opened = open_content(name, content)
+    sha = opened.content_sha256
+    if opened.problem:
+        return [(name, sha, "file", "failed", opened.problem, 0, None, None, None)]
+    if sha in known_contents:
+        return [(name, sha, "file", "known", None, 0, None, None, None)]
+    records = split_records(opened.text)
+    header = next(records, None)
+    problem = header_problem(header, contracts.RAW_FIELDS)
+    if problem:
+        return [(name, sha, "file", "failed", problem, 0, None, None, None)]
+    rows = [(name, sha, "file", "read", None, 0, None, None, None)]
+    rows.extend((name, sha, "data", None, None, r.line_number, r.raw, r.fields, r.error) for r in records)
+    return rows
 
 
 def list_local_files(landing: str, file_glob: str) -> Optional[list[str]]:
@@ -122,116 +192,119 @@ def list_local_files(landing: str, file_glob: str) -> Optional[list[str]]:
     return sorted(p.name for p in folder.glob(file_glob) if p.is_file())
 
 
-def _split_lines(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    for batch in batches:
-        rows: list[tuple] = []
-        for path, content in zip(batch["path"], batch["content"]):
-            rows.extend(_file_lines(str(path), bytes(content)))
-        yield pd.DataFrame(rows, columns=[f.name for f in LINES_SCHEMA.fields])
+# --------------------------------------------------------------------------- planning
 
 
-def _file_lines(path: str, content: bytes) -> list[tuple]:
-    name = PurePosixPath(path).name
-    if name.endswith(".gz"):
-        try:
-            content = gzip.decompress(content)
-        except (OSError, EOFError) as exc:
-            return [(name, 0, "undecodable", f"not a valid gzip file: {exc}", None)]
-    try:
-        text = content.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return [(name, 0, "undecodable", f"not UTF-8 text: {exc}", None)]
-    lines = text.splitlines()
-    if not lines:
-        return [(name, 0, "empty", None, None)]
-    out = [(name, 1, "header", lines[0], _parse_csv_line(lines[0]))]
-    for index, line in enumerate(lines[1:], start=2):
-        out.append((name, index, "data", line, _parse_csv_line(line)))
-    return out
+@dataclass(frozen=True)
+class FileSeen:
+    name: str
+    content_sha256: str
+    read_status: str  # read | failed | known
+    detail: Optional[str] = None
 
 
-def _parse_csv_line(line: str) -> Optional[list[str]]:
-    try:
-        rows = list(csv.reader([line], strict=True))
-    except csv.Error:
-        return None
-    return rows[0] if rows else []
+@dataclass(frozen=True)
+class FileAction:
+    name: str
+    content_sha256: str
+    action: str  # ingest | skip | conflict | fail
+    detail: Optional[str] = None
+    replaces: Optional[str] = None  # the content this name held before (on_changed_file: replace)
 
 
-def check_files(lines: DataFrame, listed_files: Optional[list[str]] = None) -> list[str]:
-    """The landing files, after checking each one's header; raises naming every bad file.
+def plan_files(seen: Iterable[FileSeen], current: dict[str, str], on_changed_file: str) -> list[FileAction]:
+    """What to do with each file, given ``current`` (name -> its ingested content).
 
-    ``listed_files``: the file names found on local disk, when known. Spark skips zero-byte
-    files, so a name listed but never read is an empty file.
-    """
-    file_rows = lines.where(F.col("kind") != "data").select("source_file", "kind", "raw_line", "fields").collect()
-    seen = {r.source_file for r in file_rows}
-    problems = [f"{name}: the file is empty (expected a header line)"
-                for name in sorted(set(listed_files or ()) - seen)]
-    if not file_rows and not problems:
-        raise InputError("empty input: no landing file matched (check ingest.landing and ingest.file_glob)")
-    for row in sorted(file_rows, key=lambda r: r.source_file):
-        if row.kind == "empty":
-            problems.append(f"{row.source_file}: the file is empty (expected a header line)")
-        elif row.kind == "undecodable":
-            problems.append(f"{row.source_file}: {row.raw_line}")
-        elif tuple(f.strip() for f in (row.fields or [])) != contracts.RAW_FIELDS:
-            problems.append(
-                f"{row.source_file}: wrong columns {list(row.fields or [])}; "
-                f"expected {list(contracts.RAW_FIELDS)}"
-            )
-    if problems:
-        raise InputError("bad landing file(s):\n  " + "\n  ".join(problems))
-    return sorted(r.source_file for r in file_rows)
+    Content already ingested under any name, or earlier in this delivery, is skipped; a
+    changed file under an ingested name is a conflict or replaces it; unreadable files fail."""
+    ingested_by_content = {sha: name for name, sha in current.items()}
+    claimed: dict[str, str] = {}
+    plan = []
+    for file in sorted(seen, key=lambda f: f.name):
+        sha = file.content_sha256
+        if file.read_status == "failed":
+            plan.append(FileAction(file.name, sha, "fail", file.detail))
+        elif sha in ingested_by_content:
+            plan.append(FileAction(file.name, sha, "skip", f"same content as {ingested_by_content[sha]}, already ingested"))
+        elif sha in claimed:
+            plan.append(FileAction(file.name, sha, "skip", f"same content as {claimed[sha]} in this delivery"))
+        elif file.name in current and on_changed_file != "replace":
+            plan.append(FileAction(
+                file.name, sha, "conflict",
+                f"content differs from the ingested {current[file.name][:12]}; ingest.on_changed_file is "
+                f"'reject' (set 'replace' to replace the earlier rows, or deliver it under a new name)"))
+        else:
+            claimed[sha] = file.name
+            plan.append(FileAction(file.name, sha, "ingest", replaces=current.get(file.name)))
+    return plan
 
 
 # --------------------------------------------------------------------------- classifying
 
 
-def classify_lines(lines: DataFrame, rules: CutRules, non_product_codes: tuple[str, ...],
-                   timestamp_format: str) -> DataFrame:
-    """Type every data line and give it one ``reason`` (null = kept)."""
-    data = lines.where(F.col("kind") == "data")
+def classify_lines(records: DataFrame, rules: CutRules, settings: IngestConfig,
+                   earlier_events: Optional[DataFrame] = None) -> DataFrame:
+    """Type every data record and give it one ``reason`` (null = kept).
+
+    ``earlier_events``: events committed before, against which a kept record is a
+    duplicate_line too."""
+    data = records.where(F.col("kind") == "data")
     n_fields = F.coalesce(F.size("fields"), F.lit(-1))
+    well_formed = F.col("parse_error").isNull() & (n_fields == len(contracts.RAW_FIELDS))
     raw = data.select(
-        "source_file", "line_number", "raw_line", "fields",
-        (n_fields == len(contracts.RAW_FIELDS)).alias("well_formed"),
-        *[F.when(n_fields == len(contracts.RAW_FIELDS), F.col("fields")[i]).alias(RAW_COLUMNS[name])
+        "source_file", "content_sha256", "line_number", "raw_line", "parse_error", n_fields.alias("_n_fields"),
+        well_formed.alias("well_formed"),
+        *[F.when(well_formed, F.col("fields")[i]).alias(RAW_COLUMNS[name])
           for i, name in enumerate(contracts.RAW_FIELDS)],
     )
     blank = lambda c: F.coalesce(F.trim(F.col(c)), F.lit("")) == ""  # noqa: E731
-    customer_decimal = F.expr("try_cast(trim(raw_customer_id) AS DECIMAL(20, 4))")
     typed = raw.select(
         "*",
         F.expr("try_cast(trim(raw_quantity) AS INT)").alias("quantity"),
         F.expr("try_cast(trim(raw_unit_price) AS DOUBLE)").alias("unit_price"),
-        F.expr(f"try_to_timestamp(trim(raw_invoice_date), '{timestamp_format}')").alias("event_ts"),
-        customer_decimal.alias("_customer_decimal"),
+        F.expr(f"try_to_timestamp(trim(raw_invoice_date), '{settings.timestamp_format}')").alias("event_ts"),
+        # Ids stay text: digits with an optional ".0", which is dropped ("17850.0" -> "17850").
+        F.regexp_replace(F.regexp_extract(F.trim(F.col("raw_customer_id")), CUSTOMER_ID_PATTERN, 1),
+                         r"^0+(?=[0-9])", "").alias("_customer_digits"),
         F.upper(F.trim(F.col("raw_stock_code"))).alias("stock_code"),
         F.regexp_replace(F.col("raw_description"), r"^\s+|\s+$", "").alias("title"),
     )
-    customer_unparsable = ~blank("raw_customer_id") & (
-        F.col("_customer_decimal").isNull()
-        | (F.col("_customer_decimal") != F.floor(F.col("_customer_decimal")))
-        | (F.col("_customer_decimal") < 0)
-    )
+    customer_unparsable = ~blank("raw_customer_id") & (F.col("_customer_digits") == "")
+    price_not_finite = F.isnan("unit_price") | (F.abs("unit_price") == float("inf"))
     title_missing = F.coalesce(F.col("title"), F.lit("")) == ""
     product_unkeyable = title_missing if rules.product_key == "title" else blank("raw_stock_code")
     unparsable = (
-        F.col("quantity").isNull() | F.col("unit_price").isNull() | F.col("event_ts").isNull()
+        F.col("quantity").isNull() | F.col("unit_price").isNull() | price_not_finite | F.col("event_ts").isNull()
         | blank("raw_invoice_no") | product_unkeyable | customer_unparsable
     )
     unparsable_detail = F.concat_ws(", ", F.array_compact(F.array(
         F.when(F.col("quantity").isNull(), F.lit("Quantity")),
         F.when(F.col("unit_price").isNull(), F.lit("UnitPrice")),
+        F.when(price_not_finite, F.lit("UnitPrice (not a finite number)")),
         F.when(F.col("event_ts").isNull(), F.lit("InvoiceDate")),
         F.when(blank("raw_invoice_no"), F.lit("InvoiceNo")),
         F.when(product_unkeyable, F.lit("Description" if rules.product_key == "title" else "StockCode")),
-        F.when(customer_unparsable, F.lit("CustomerID")),
+        F.when(customer_unparsable, F.lit("CustomerID (digits with an optional .0)")),
+    )))
+    event_date = F.to_date("event_ts")
+    date_out = (event_date < F.lit(settings.event_date_min).cast("date")) | \
+        (event_date > F.lit(settings.event_date_max).cast("date"))
+    price_out = F.abs("unit_price") > F.lit(settings.unit_price_max)
+    quantity_out = F.abs("quantity") > F.lit(settings.quantity_max)
+    out_of_range = date_out | price_out | quantity_out
+    out_of_range_detail = F.concat_ws("; ", F.array_compact(F.array(
+        F.when(date_out, F.concat(F.lit("InvoiceDate "), F.trim("raw_invoice_date"),
+                                  F.lit(f" outside ingest.event_date_min..event_date_max "
+                                        f"[{settings.event_date_min}, {settings.event_date_max}]"))),
+        F.when(price_out, F.concat(F.lit("UnitPrice "), F.trim("raw_unit_price"),
+                                   F.lit(f" beyond ingest.unit_price_max {settings.unit_price_max:g}"))),
+        F.when(quantity_out, F.concat(F.lit("Quantity "), F.trim("raw_quantity"),
+                                      F.lit(f" beyond ingest.quantity_max {settings.quantity_max}"))),
     )))
     reason = (
         F.when(~F.col("well_formed"), F.lit("malformed_line"))
         .when(unparsable, F.lit("unparsable_value"))
+        .when(out_of_range, F.lit("out_of_range_value"))
         .when(blank("raw_customer_id"), F.lit("missing_customer"))
         .when(F.upper(F.trim(F.col("raw_invoice_no"))).startswith("C"), F.lit("cancellation"))
     )
@@ -242,24 +315,57 @@ def classify_lines(lines: DataFrame, rules: CutRules, non_product_codes: tuple[s
     if rules.drop_non_positive_price:
         reason = reason.when(F.col("unit_price") <= 0, F.lit("non_positive_price"))
     if rules.drop_non_product_codes:
-        reason = reason.when(F.col("stock_code").isin(*non_product_codes), F.lit("non_product_code"))
+        reason = reason.when(F.col("stock_code").isin(*settings.non_product_codes), F.lit("non_product_code"))
     detail = (
-        F.when(~F.col("well_formed"), F.concat(F.lit("expected 8 fields, found "),
-                                               n_fields.cast("string")))
+        F.when(F.col("parse_error").isNotNull(), F.col("parse_error"))
+        .when(~F.col("well_formed"), F.concat(F.lit(f"expected {len(contracts.RAW_FIELDS)} fields, found "),
+                                              F.col("_n_fields").cast("string")))
         .when(unparsable, F.concat(F.lit("unparsable: "), unparsable_detail))
+        .when(out_of_range, out_of_range_detail)
     )
-    classified = typed.select("*", reason.alias("reason"), detail.alias("detail")).drop("fields")
-    # A line identical in every field to an earlier line of the same invoice (the invoice
-    # number is one of the fields) is a duplicate; the first occurrence is kept.
-    first_seen = Window.partitionBy(*RAW_COLUMNS.values()).orderBy("source_file", "line_number")
-    duplicate = F.when(F.col("reason").isNull() & (F.row_number().over(first_seen) > 1), F.lit("duplicate_line"))
-    customer_id = F.col("_customer_decimal").cast("bigint").cast("string")
+    ok_customer = F.col("well_formed") & (F.col("_customer_digits") != "")
     product_id = F.col("title") if rules.product_key == "title" else F.col("stock_code")
-    return classified.select(
-        *[c for c in classified.columns if c != "reason"],
-        F.coalesce(F.col("reason"), duplicate).alias("reason"),
-        F.when(F.col("well_formed") & ~blank("raw_customer_id") & ~customer_unparsable, customer_id).alias("customer_id"),
+    classified = typed.select(
+        "*", reason.alias("reason"), detail.alias("detail"),
+        F.when(ok_customer, F.col("_customer_digits")).alias("customer_id"),
         product_id.alias("product_id"),
+    ).drop("_customer_digits", "_n_fields")
+    event_columns = classified.select("*", *_event_content())
+    return mark_duplicates(event_columns.withColumn("_event_key", event_key(event_columns)), earlier_events)
+
+
+def _event_content() -> list:
+    """The event columns of a classified record, named as in purchase_events."""
+    return [F.col("title").alias("product_title"), F.trim(F.col("raw_invoice_no")).alias("invoice_no"),
+            F.trim(F.col("raw_country")).alias("country")]
+
+
+def event_key(events: DataFrame):
+    """What a purchase is, as one value: equal keys are the same purchase recorded twice."""
+    return F.sha2(F.to_json(F.struct(*[F.col(c) for c in EVENT_CONTENT_COLUMNS])), 256)
+
+
+def mark_duplicates(classified: DataFrame, earlier_events: Optional[DataFrame]) -> DataFrame:
+    """A record that would be kept but is the same purchase as an earlier kept one (earlier in
+    this delivery by file name and line, or committed before) is a duplicate_line."""
+    candidate = F.col("reason").isNull()
+    order = Window.partitionBy(candidate, F.col("_event_key")).orderBy("source_file", "line_number")
+    first = F.first(F.concat_ws(":", "source_file", F.col("line_number").cast("string"))).over(order)
+    marked = classified.select("*", F.row_number().over(order).alias("_seen"), first.alias("_first"))
+    if earlier_events is not None:
+        earlier = (earlier_events.select(event_key(earlier_events).alias("_event_key"),
+                                         F.concat_ws(":", "source_file", F.col("line_number").cast("string"))
+                                         .alias("_earlier_at"))
+                   .groupBy("_event_key").agg(F.min("_earlier_at").alias("_earlier")))
+        marked = marked.join(earlier, "_event_key", "left")
+    else:
+        marked = marked.withColumn("_earlier", F.lit(None).cast("string"))
+    duplicate = candidate & (F.col("_earlier").isNotNull() | (F.col("_seen") > 1))
+    return marked.select(
+        *[c for c in classified.columns if c not in ("reason", "detail", "_event_key")],
+        F.when(duplicate, F.lit("duplicate_line")).otherwise(F.col("reason")).alias("reason"),
+        F.when(duplicate, F.concat(F.lit("the same purchase as "), F.coalesce("_earlier", "_first")))
+        .otherwise(F.col("detail")).alias("detail"),
     )
 
 
@@ -279,25 +385,31 @@ def drop_forgotten(classified: DataFrame, tombstones: Optional[DataFrame]) -> Da
 def to_events(classified: DataFrame, ingested_at) -> DataFrame:
     kept = classified.where(F.col("reason").isNull() & ~F.col("forgotten"))
     return kept.select(
-        F.sha2(F.concat_ws(":", "source_file", F.col("line_number").cast("string")), 256).alias("event_id"),
+        record_id().alias("event_id"),
         "customer_id",
         "product_id",
-        F.col("title").alias("product_title"),
-        F.trim(F.col("raw_invoice_no")).alias("invoice_no"),
+        "product_title",
+        "invoice_no",
         "quantity",
         "unit_price",
         "event_ts",
-        F.trim(F.col("raw_country")).alias("country"),
+        "country",
         "source_file",
         "line_number",
+        "content_sha256",
         F.lit(ingested_at).cast("timestamp").alias("ingested_at"),
     )
+
+
+def record_id():
+    """A record's key: the content of its file and its line there, never the file's name."""
+    return F.sha2(F.concat_ws(":", "content_sha256", F.col("line_number").cast("string")), 256)
 
 
 def to_quarantine(classified: DataFrame, ingested_at) -> DataFrame:
     rejected = classified.where(F.col("reason").isNotNull() & ~F.col("forgotten"))
     return rejected.select(
-        "source_file", "line_number", "reason", "detail", "raw_line",
+        "source_file", "line_number", "content_sha256", "reason", "detail", "raw_line",
         F.col("raw_invoice_no").alias("invoice_no"),
         F.col("raw_stock_code").alias("stock_code"),
         F.col("raw_description").alias("description"),
@@ -340,56 +452,104 @@ def products_from_events(events: DataFrame) -> DataFrame:
 # --------------------------------------------------------------------------- the job
 
 
+@dataclass
+class _Manifest:
+    """The manifest as this run found it: every (name, content) row and its status."""
+
+    rows: dict[tuple[str, str], dict] = field(default_factory=dict)
+
+    @property
+    def current(self) -> dict[str, str]:
+        """name -> the content ingested under it."""
+        return {name: sha for (name, sha), row in self.rows.items() if row["status"] == INGESTED}
+
+
+def _read_manifest(spark: SparkSession, ref: storage.TableRef) -> _Manifest:
+    if not ref.exists(spark):
+        return _Manifest()
+    # One row per file delivery: this grows with files, never with customers.
+    rows = ref.read(spark).collect()
+    return _Manifest({(r["source_file"], r["content_sha256"]): r.asDict() for r in rows})
+
+
+def _distinct_contents(spark: SparkSession, ref: storage.TableRef) -> set[str]:
+    if not ref.exists(spark):
+        return set()
+    return {r[0] for r in ref.read(spark).select("content_sha256").distinct().collect() if r[0] is not None}
+
+
 def ingest(spark: SparkSession, config: AppConfig, cut: str = "default",
            landing: Optional[str] = None) -> dict:
-    """Run one ingestion; returns the summary the CLI prints (counts of this run, table sizes after)."""
+    """Run one ingestion; returns the summary the CLI prints (counts of this run, table sizes after).
+
+    Files that cannot be read or that conflict are listed in ``files_failed``; the others
+    are ingested and committed regardless (the CLI then exits 3)."""
     rules = cut_rules(config, cut)
-    landing_path = landing or str(config.resolve_path(config.ingest.landing))
+    settings = config.ingest
+    landing_path = landing or str(config.resolve_path(settings.landing))
     ingested_at = pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s").to_pydatetime()
     ingest_id = uuid.uuid4().hex
-
-    lines = read_landing_lines(spark, landing_path, config.ingest.file_glob)
-    lines = lines.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        files = check_files(lines, list_local_files(landing_path, config.ingest.file_glob))
-        tombstones_ref = storage.table_ref(config, "tombstones")
-        tombstones = tombstones_ref.read(spark) if tombstones_ref.exists(spark) else None
-        classified = drop_forgotten(
-            classify_lines(lines, rules, config.ingest.non_product_codes, config.ingest.timestamp_format),
-            tombstones,
-        ).persist(StorageLevel.MEMORY_AND_DISK)
-        try:
-            per_file = _per_file_counts(lines, classified)
-            reasons = {r["reason"]: r["count"] for r in
-                       classified.where(F.col("reason").isNotNull() & ~F.col("forgotten"))
-                       .groupBy("reason").count().collect()}
-            events_ref = storage.table_ref(config, rules.events_table)
-            quarantine_ref = storage.table_ref(config, rules.quarantine_table)
-            storage.merge_insert_new(spark, to_events(classified, ingested_at), events_ref,
-                                     contracts.PURCHASE_EVENTS, ["event_id"])
-            storage.merge_insert_new(spark, to_quarantine(classified, ingested_at), quarantine_ref,
-                                     contracts.QUARANTINE, ["source_file", "line_number"])
-        finally:
-            classified.unpersist()
-    finally:
-        lines.unpersist()
-
+    events_ref = storage.table_ref(config, rules.events_table)
+    quarantine_ref = storage.table_ref(config, rules.quarantine_table)
     products_ref = storage.table_ref(config, rules.products_table)
-    events_df = events_ref.read(spark)
-    storage.merge_upsert(spark, products_from_events(events_df), products_ref, contracts.PRODUCTS, ["product_id"])
     log_ref = storage.table_ref(config, rules.log_table)
-    log_rows = [(ingest_id, f, c["rows_in"], c["rows_kept"], c["rows_quarantined"], c["rows_forgotten"], ingested_at)
-                for f, c in sorted(per_file.items())]
-    storage.ensure_table(spark, log_ref, contracts.INGEST_LOG)
-    storage.append(spark.createDataFrame(log_rows, contracts.INGEST_LOG), log_ref, contracts.INGEST_LOG)
 
-    sizes = event_table_sizes(events_df)
+    listed = list_local_files(landing_path, settings.file_glob)
+    manifest = _read_manifest(spark, log_ref)
+    current = manifest.current
+    records = read_landing_records(spark, landing_path, settings.file_glob, set(current.values()))
+    records = records.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        seen = [FileSeen(r["source_file"], r["content_sha256"], r["file_status"], r["file_detail"])
+                for r in records.where(F.col("kind") == "file")
+                .select("source_file", "content_sha256", "file_status", "file_detail").collect()]
+        # Spark's binaryFile skips zero-byte files: a name listed on disk but never read is one.
+        empty_sha = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        seen += [FileSeen(name, empty_sha, "failed", "the file is empty (expected a header line)")
+                 for name in sorted(set(listed or ()) - {f.name for f in seen})]
+        if not seen:
+            raise InputError(f"empty input: no landing file matched {settings.file_glob!r} in {landing_path} "
+                             "(check ingest.landing and ingest.file_glob)")
+        plan = plan_files(seen, current, settings.on_changed_file)
+        to_ingest = [a for a in plan if a.action == "ingest"]
+        stale = {a.replaces for a in to_ingest if a.replaces}
+        committed = (set(current.values()) - stale) | {a.content_sha256 for a in to_ingest}
+        # Rows whose content no manifest row will account for: a run that died before its
+        # manifest commit, or a replaced content. They go in the same commits.
+        orphans = (_distinct_contents(spark, events_ref) | _distinct_contents(spark, quarantine_ref)) - committed
+        rewrite = {a.content_sha256 for a in to_ingest} | stale | orphans
+
+        per_file: dict[tuple[str, str], dict] = {}
+        reasons: dict[str, int] = {}
+        if rewrite:
+            per_file, reasons = _write_contents(spark, config, rules, records, to_ingest, rewrite, committed,
+                                                events_ref, quarantine_ref, ingested_at)
+    finally:
+        records.unpersist()
+
+    events_df = events_ref.read(spark) if events_ref.exists(spark) else None
+    if events_df is not None:
+        # A no-op when nothing changed (only changed rows go into the MERGE); after a run that
+        # died between the events and the products commits, it brings products up to date.
+        storage.merge_upsert(spark, products_from_events(events_df), products_ref, contracts.PRODUCTS,
+                             ["product_id"])
+    _write_manifest(spark, log_ref, manifest, plan, per_file, ingest_id, ingested_at)
+
+    sizes = event_table_sizes(events_df) if events_df is not None else \
+        {"customers": 0, "products": 0, "pairs": 0, "events": 0}
     totals = {k: sum(c[k] for c in per_file.values())
               for k in ("rows_in", "rows_kept", "rows_quarantined", "rows_forgotten")}
+    failed = [{"file": a.name, "status": FAILED if a.action == "fail" else CONFLICTING, "detail": a.detail}
+              for a in plan if a.action in ("fail", "conflict")]
     return {
         "cut": rules.name,
         "landing": landing_path,
-        "files": len(files),
+        "files": len(plan),
+        "files_ingested": len(to_ingest),
+        "files_replaced": sum(1 for a in to_ingest if a.replaces),
+        "files_skipped": sum(1 for a in plan if a.action == "skip"),
+        "files_failed": failed,
+        "orphan_contents_removed": len(orphans),
         "customers": sizes["customers"],
         "products": sizes["products"],
         "pairs": sizes["pairs"],
@@ -400,27 +560,142 @@ def ingest(spark: SparkSession, config: AppConfig, cut: str = "default",
                         or rules.excluded_countries},
         "forgotten": totals["rows_forgotten"],
         "balanced": True,
-        "tables": {ref.name: ref.summary(spark) for ref in (events_ref, products_ref, quarantine_ref, log_ref)},
+        "tables": {ref.name: ref.summary(spark) for ref in (events_ref, products_ref, quarantine_ref, log_ref)
+                   if ref.exists(spark)},
     }
 
 
-def _per_file_counts(lines: DataFrame, classified: DataFrame) -> dict[str, dict[str, int]]:
-    """Per file: lines in and their outcomes; raises if any file does not balance."""
-    lines_in = {r["source_file"]: r["count"] for r in
-                lines.where(F.col("kind") == "data").groupBy("source_file").count().collect()}
-    outcomes = classified.groupBy("source_file").agg(
+def _write_contents(spark, config, rules, records, to_ingest, rewrite, committed,
+                    events_ref, quarantine_ref, ingested_at):
+    """Classify the files to ingest, check the invariants, then commit events and quarantine.
+
+    Each table gets one MERGE: insert the new rows, and delete the rows of every content in
+    ``rewrite`` (what is being ingested, replaced or orphaned) that are not among them."""
+    chosen = spark.createDataFrame([(a.name, a.content_sha256) for a in to_ingest],
+                                   "source_file string, content_sha256 string")
+    data = records.where(F.col("kind") == "data").join(F.broadcast(chosen), ["source_file", "content_sha256"],
+                                                       "left_semi")
+    earlier_contents = sorted(committed - {a.content_sha256 for a in to_ingest})
+    earlier = None
+    if earlier_contents and events_ref.exists(spark):
+        earlier = events_ref.read(spark).where(F.col("content_sha256").isin(*earlier_contents))
+    tombstones_ref = storage.table_ref(config, "tombstones")
+    tombstones = tombstones_ref.read(spark) if tombstones_ref.exists(spark) else None
+    classified = drop_forgotten(classify_lines(data, rules, config.ingest, earlier), tombstones) \
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        per_file = _per_file_counts(data, classified, to_ingest)
+        events = to_events(classified, ingested_at)
+        quarantine = to_quarantine(classified, ingested_at)
+        _check_record_outcomes(events, quarantine)
+        _check_manifest_coverage(events, to_ingest)
+        reasons = {r["reason"]: r["count"] for r in
+                   classified.where(F.col("reason").isNotNull() & ~F.col("forgotten"))
+                   .groupBy("reason").count().collect()}
+        delete_when = F.col("t.content_sha256").isin(*sorted(rewrite))
+        _merge_contents(spark, events, events_ref, contracts.PURCHASE_EVENTS, ["event_id"], delete_when)
+        _merge_contents(spark, quarantine, quarantine_ref, contracts.QUARANTINE,
+                        ["content_sha256", "line_number"], delete_when)
+    finally:
+        classified.unpersist()
+    return per_file, reasons
+
+
+def _merge_contents(spark, rows: DataFrame, ref: storage.TableRef, schema, keys, delete_when) -> None:
+    storage.ensure_table(spark, ref, schema)
+    condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+    (
+        ref.delta(spark).alias("t")
+        .merge(storage.conform(rows, schema, ref.name).alias("s"), condition)
+        .whenNotMatchedInsertAll()
+        .whenNotMatchedBySourceDelete(delete_when)
+        .execute()
+    )
+
+
+def _write_manifest(spark, ref, manifest: _Manifest, plan: list[FileAction], per_file, ingest_id,
+                    ingested_at) -> None:
+    """The commit marker, written last: a row per file ingested, replaced, conflicting or
+    failed; a row already there with the same status is not written again."""
+    rows = []
+
+    def add(name, sha, status, detail, counts=None, keep_from=None):
+        counts = counts or {"rows_in": 0, "rows_kept": 0, "rows_quarantined": 0, "rows_forgotten": 0}
+        old = manifest.rows.get((name, sha))
+        if old is not None and old["status"] == status:
+            return
+        if keep_from is not None:
+            counts = {k: keep_from[k] for k in counts}
+        rows.append((ingest_id, name, sha, status, detail, counts["rows_in"], counts["rows_kept"],
+                     counts["rows_quarantined"], counts["rows_forgotten"], ingested_at))
+
+    for action in plan:
+        if action.action == "ingest":
+            add(action.name, action.content_sha256, INGESTED, None, per_file[(action.name, action.content_sha256)])
+            if action.replaces:
+                add(action.name, action.replaces, REPLACED, f"replaced by {action.content_sha256} in ingest {ingest_id}",
+                    keep_from=manifest.rows[(action.name, action.replaces)])
+        elif action.action == "conflict":
+            add(action.name, action.content_sha256, CONFLICTING, action.detail)
+        elif action.action == "fail":
+            add(action.name, action.content_sha256, FAILED, action.detail)
+    if not rows:
+        return
+    storage.ensure_table(spark, ref, contracts.INGEST_LOG)
+    source = spark.createDataFrame(rows, contracts.INGEST_LOG)
+    (
+        ref.delta(spark).alias("t")
+        .merge(source.alias("s"), "t.source_file = s.source_file AND t.content_sha256 = s.content_sha256")
+        .whenMatchedUpdateAll()
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+
+
+def _per_file_counts(data: DataFrame, classified: DataFrame, to_ingest: list[FileAction]) -> dict:
+    """Per file: records in and their outcomes; raises if any file does not balance."""
+    lines_in = {(r["source_file"], r["content_sha256"]): r["count"] for r in
+                data.groupBy("source_file", "content_sha256").count().collect()}
+    outcomes = classified.groupBy("source_file", "content_sha256").agg(
+        F.count(F.lit(1)).alias("outcomes"),
         F.sum(F.when(F.col("reason").isNull() & ~F.col("forgotten"), 1).otherwise(0)).alias("kept"),
         F.sum(F.when(F.col("reason").isNotNull() & ~F.col("forgotten"), 1).otherwise(0)).alias("quarantined"),
         F.sum(F.when(F.col("forgotten"), 1).otherwise(0)).alias("forgotten"),
     ).collect()
-    counts = {f: {"rows_in": n, "rows_kept": 0, "rows_quarantined": 0, "rows_forgotten": 0}
-              for f, n in lines_in.items()}
+    # A header-only file has no records and still gets its manifest row.
+    counts = {(a.name, a.content_sha256): {"rows_in": int(lines_in.get((a.name, a.content_sha256), 0)),
+                                           "rows_kept": 0, "rows_quarantined": 0, "rows_forgotten": 0,
+                                           "outcomes": 0} for a in to_ingest}
     for row in outcomes:
-        entry = counts[row["source_file"]]
-        entry.update(rows_kept=int(row["kept"]), rows_quarantined=int(row["quarantined"]),
-                     rows_forgotten=int(row["forgotten"]))
-    unbalanced = [f for f, c in counts.items()
-                  if c["rows_in"] != c["rows_kept"] + c["rows_quarantined"] + c["rows_forgotten"]]
+        counts[(row["source_file"], row["content_sha256"])].update(
+            rows_kept=int(row["kept"]), rows_quarantined=int(row["quarantined"]),
+            rows_forgotten=int(row["forgotten"]), outcomes=int(row["outcomes"]))
+    unbalanced = [f"{name} ({c['rows_in']} in, {c['rows_kept']} kept, {c['rows_quarantined']} quarantined, "
+                  f"{c['rows_forgotten']} forgotten, {c['outcomes']} outcomes)"
+                  for (name, _), c in sorted(counts.items())
+                  if not c["rows_in"] == c["outcomes"] == c["rows_kept"] + c["rows_quarantined"] + c["rows_forgotten"]]
     if unbalanced:
-        raise RuntimeError(f"lines lost in ingestion (in != kept + quarantined + forgotten) for {unbalanced[:5]}")
+        raise IngestInvariantError("records lost or doubled in ingestion (in != kept + quarantined + forgotten), "
+                                   f"nothing written: {unbalanced[:5]}")
+    for c in counts.values():
+        del c["outcomes"]
     return counts
+
+
+def _check_record_outcomes(events: DataFrame, quarantine: DataFrame) -> None:
+    """No record is both kept and quarantined, and none is kept or quarantined twice."""
+    keys = (events.select("content_sha256", "line_number", F.lit("kept").alias("outcome"))
+            .unionByName(quarantine.select("content_sha256", "line_number", F.lit("quarantined").alias("outcome"))))
+    clashes = (keys.groupBy("content_sha256", "line_number").count().where(F.col("count") > 1)
+               .select(F.concat_ws(":", "content_sha256", F.col("line_number").cast("string"))).limit(5).collect())
+    if clashes:
+        raise IngestInvariantError(f"records with more than one outcome, nothing written: {[r[0] for r in clashes]}")
+
+
+def _check_manifest_coverage(events: DataFrame, to_ingest: list[FileAction]) -> None:
+    """Every event written comes from a content that gets its ``ingested`` manifest row in
+    this run (rows of any other content not in the manifest are deleted by the same MERGE)."""
+    written = {r[0] for r in events.select("content_sha256").distinct().collect()}
+    missing = written - {a.content_sha256 for a in to_ingest}
+    if missing:
+        raise IngestInvariantError(f"events of content(s) without a manifest row, nothing written: {sorted(missing)[:5]}")

@@ -118,6 +118,7 @@ def generate_events(spark: SparkSession, params: SynthConfig, ingested_at=None) 
         F.lit("Synthland").alias("country"),
         F.lit(source).alias("source_file"),
         F.col("event_index").alias("line_number"),
+        F.lit(None).cast("string").alias("content_sha256"),
         ingested.alias("ingested_at"),
     )
 

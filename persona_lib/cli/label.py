@@ -35,6 +35,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> dict:
 
     from persona_lib import storage
+    from persona_lib.config import validate_for_labelling
     from persona_lib.errors import InputError
     from persona_lib.labelling import label_customers
     from persona_lib.labelling.backends import read_or_empty
@@ -45,6 +46,8 @@ def run(args: argparse.Namespace) -> dict:
     labeller = args.labeller or config.labelling.labeller
     budget = args.budget if args.budget is not None else config.sampling.budget
     seed = args.seed if args.seed is not None else config.sampling.seed
+    # Taxonomy, labeller and budget are checked before the JVM starts: exit 3 in a second.
+    validate_for_labelling(config.replace("labelling", labeller=labeller).replace("sampling", budget=budget))
     spark = get_spark(config)
     events_ref = storage.table_ref(config, "purchase_events")
     if not events_ref.exists(spark):

@@ -28,6 +28,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from persona_lib.config import validate_for_labelling
     from persona_lib.pipeline import run_pipeline
     from persona_lib.spark import get_spark
 
@@ -40,6 +41,8 @@ def run(args: argparse.Namespace) -> dict:
         config = config.replace("labelling", labeller=args.labeller)
     if args.epsilon is not None:
         config = config.replace("propagation", epsilon=args.epsilon)
+    # Taxonomy, labeller and budget are checked before the JVM starts: exit 3 in a second.
+    validate_for_labelling(config)
     spark = get_spark(config)
     summary = run_pipeline(spark, config, progress=log.info)
     log.info("run %s: %d customers, %d labelled, %d propagated, ambiguous share %.3f",
