@@ -70,9 +70,11 @@ def open_content(name: str, content: bytes) -> FileContent:
     try:
         text = content.decode("utf-8")
     except UnicodeDecodeError as exc:
+        line_number = content.count(b"\n", 0, exc.start) + 1
         return FileContent(digest, None,
-                           f"not UTF-8 text: byte 0x{content[exc.start]:02x} at offset {exc.start} "
-                           f"({exc.reason}); export the file as UTF-8")
+                           f"not UTF-8 text: byte 0x{content[exc.start]:02x} on line {line_number} "
+                           f"(offset {exc.start}: {exc.reason}); "
+                           "export the file as UTF-8")
     if text.startswith("\ufeff"):
         text = text[1:]
     if not text.strip():

@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 from persona_lib import storage
 from persona_lib.errors import InputError
 from persona_lib.ingest import ingest
-from tests.landing_files import write_landing_file
+from tests.landing_files import HEADER, write_landing_file
 
 GOOD = "536365,85123a ,WHITE HANGING HEART T-LIGHT HOLDER ,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom"
 
@@ -56,7 +56,9 @@ def test_kept_line_is_normalised_to_the_contract(spark, config, tmp_path):
     ingest(spark, config, landing=str(landing))
 
     events = storage.table_ref(config, "purchase_events").read(spark)
-    expected_id = hashlib.sha256(b"day1.csv.gz:2").hexdigest()
+    # The key comes from the file's content (hashed after gunzip) and the record's line, not its name.
+    content_sha256 = hashlib.sha256(f"{HEADER}\n{GOOD}\n".encode()).hexdigest()
+    expected_id = hashlib.sha256(f"{content_sha256}:2".encode()).hexdigest()
     actual = events.select("event_id", "customer_id", "product_id", "product_title", "quantity",
                            "unit_price", F.date_format("event_ts", "yyyy-MM-dd HH:mm:ss").alias("ts"))
     expected = spark.createDataFrame(
@@ -76,7 +78,8 @@ def test_reingesting_overlapping_files_adds_only_the_new_file(spark, config, tmp
 
     events = storage.table_ref(config, "purchase_events").read(spark)
     assert sorted(r.source_file for r in events.select("source_file").collect()) == ["day1.csv", "day2.csv"]
-    assert summary["rows_in"] == 2 and summary["pairs"] == 1
+    # day1.csv's content is already ingested: skipped, not read again.
+    assert (summary["files_skipped"], summary["rows_in"], summary["pairs"]) == (1, 1, 1)
 
 
 def test_forgotten_customer_is_not_ingested_anywhere(spark, config, tmp_path):
@@ -103,18 +106,35 @@ def test_forgotten_customer_is_not_ingested_anywhere(spark, config, tmp_path):
     [
         (lambda d: None, "landing folder not found"),
         (lambda d: d.mkdir(), "no landing file matched"),
-        (lambda d: write_landing_file(d, "bad.csv", [GOOD], header="Invoice,Code,Qty"), "bad.csv: wrong columns"),
-        (lambda d: (d.mkdir(), (d / "empty.csv").write_text("")), "empty.csv: the file is empty"),
-        (lambda d: (d.mkdir(), (d / "broken.csv.gz").write_bytes(b"not gzip")), "broken.csv.gz: not a valid gzip"),
     ],
-    ids=["missing-folder", "empty-folder", "wrong-columns", "empty-file", "bad-gzip"],
+    ids=["missing-folder", "empty-folder"],
 )
-def test_bad_input_fails_naming_the_file_and_the_problem(spark, config, tmp_path, make_files, message):
+def test_a_missing_or_empty_landing_folder_fails_naming_it(spark, config, tmp_path, make_files, message):
     landing = tmp_path / "landing"
     make_files(landing)
     with pytest.raises(InputError, match=message):
         ingest(spark, config, landing=str(landing))
     assert not storage.table_ref(config, "purchase_events").exists(spark)
+
+
+@pytest.mark.parametrize(
+    "make_files, name, message",
+    [
+        (lambda d: write_landing_file(d, "bad.csv", [GOOD], header="Invoice,Code,Qty"), "bad.csv", "wrong columns"),
+        (lambda d: (d.mkdir(), (d / "empty.csv").write_text("")), "empty.csv", "the file is empty"),
+        (lambda d: (d.mkdir(), (d / "broken.csv.gz").write_bytes(b"not gzip")), "broken.csv.gz", "not a valid gzip"),
+    ],
+    ids=["wrong-columns", "empty-file", "bad-gzip"],
+)
+def test_a_bad_file_is_recorded_as_failed_naming_the_problem(spark, config, tmp_path, make_files, name, message):
+    landing = tmp_path / "landing"
+    make_files(landing)
+    summary = ingest(spark, config, landing=str(landing))
+    assert [(f["file"], f["status"]) for f in summary["files_failed"]] == [(name, "failed")]
+    assert message in summary["files_failed"][0]["detail"]
+    assert not storage.table_ref(config, "purchase_events").exists(spark)
+    log = storage.table_ref(config, "ingest_log").read(spark).collect()
+    assert [(r.source_file, r.status) for r in log] == [(name, "failed")] and message in log[0].detail
 
 
 def test_paper_cut_keys_products_by_title_and_drops_listed_countries(spark, config, tmp_path):
@@ -153,7 +173,8 @@ def first_ingest(spark, real_config):
 @pytest.mark.slow
 def test_real_data_quarantine_counts_per_reason(first_ingest):
     assert first_ingest["quarantined"] == {
-        "malformed_line": 0, "unparsable_value": 0, "missing_customer": 135080, "cancellation": 8905,
+        "malformed_line": 0, "unparsable_value": 0, "out_of_range_value": 0, "missing_customer": 135080,
+        "cancellation": 8905,
         "non_positive_quantity": 0, "non_positive_price": 40, "non_product_code": 1547, "duplicate_line": 5187,
     }
     assert (first_ingest["customers"], first_ingest["products"], first_ingest["pairs"]) == (4334, 3659, 266221)
@@ -173,11 +194,13 @@ def test_real_data_lines_in_equal_kept_plus_quarantined_per_file(spark, real_con
 
 @pytest.mark.slow
 def test_real_data_second_ingest_changes_nothing(spark, real_config, first_ingest):
-    tables = ("purchase_events", "products", "quarantine")
+    tables = ("purchase_events", "products", "quarantine", "ingest_log")
     versions = {t: storage.table_ref(real_config, t).version(spark) for t in tables}
     second = ingest(spark, real_config)
-    counts = ("customers", "products", "pairs", "events", "rows_in", "rows_kept", "quarantined")
-    assert {k: second[k] for k in counts} == {k: first_ingest[k] for k in counts}
+    sizes = ("customers", "products", "pairs", "events")
+    assert {k: second[k] for k in sizes} == {k: first_ingest[k] for k in sizes}
+    # Every file's content is already ingested: all skipped, nothing read, nothing committed.
+    assert (second["files_skipped"], second["files_ingested"], second["rows_in"]) == (305, 0, 0)
     assert {t: storage.table_ref(real_config, t).version(spark) for t in tables} == versions
 
 

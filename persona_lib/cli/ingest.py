@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from persona_lib.cli import add_common_options, load_app_config
+from persona_lib.cli import add_common_options, emit, load_app_config
+from persona_lib.errors import InputError
 
 log = logging.getLogger("personas.ingest")
 
@@ -13,8 +14,12 @@ log = logging.getLogger("personas.ingest")
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "ingest", help="read landing CSVs into Delta, quarantining bad lines with a reason",
-        description="Read the landing CSV files, validate every line, MERGE the kept ones into "
-                    "purchase_events (idempotent on event_id) and the rest into quarantine.",
+        description="Read the landing CSV files, validate every record, write the kept ones to "
+                    "purchase_events and the rest to quarantine, and record each file (by content "
+                    "hash) in the ingest_log manifest. Content already ingested under any name is "
+                    "skipped; a changed file under an ingested name follows ingest.on_changed_file. "
+                    "A file that cannot be read is recorded with its reason while the others are "
+                    "ingested; the command then exits 3 after printing its summary.",
     )
     add_common_options(parser)
     parser.add_argument("--cut", choices=("default", "paper"), default="default",
@@ -32,5 +37,13 @@ def run(args: argparse.Namespace) -> dict:
     spark = get_spark(config)
     log.info("ingesting %s cut from %s", args.cut, args.landing or config.ingest.landing)
     summary = ingest(spark, config, cut=args.cut, landing=args.landing)
-    log.info("kept %d of %d lines; quarantined %s", summary["rows_kept"], summary["rows_in"], summary["quarantined"])
+    log.info("%d file(s) ingested, %d skipped (content already ingested); kept %d of %d records; "
+             "quarantined %s", summary["files_ingested"], summary["files_skipped"], summary["rows_kept"],
+             summary["rows_in"], summary["quarantined"])
+    if summary["files_failed"]:
+        # The good files are committed; the summary still goes out, then exit code 3 says
+        # that some input was not taken.
+        emit(summary)
+        names = "; ".join(f"{f['file']}: {f['status']}: {f['detail']}" for f in summary["files_failed"])
+        raise InputError(f"{len(summary['files_failed'])} file(s) not ingested: {names}")
     return summary
