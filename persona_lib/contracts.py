@@ -306,9 +306,10 @@ infinite; CustomerID must be digits with an optional ".0", never a float such as
 `ingest.unit_price_max` / `ingest.quantity_max`), missing_customer, cancellation (InvoiceNo
 starts with "C"), excluded_country (paper cut only), non_positive_quantity,
 non_positive_price, non_product_code (POST, DOT, M, BANK CHARGES, AMAZONFEE, C2, PADS, D,
-CRUK, S, B; default cut only), duplicate_line (the same purchase, equal in every
-purchase_events column but the keys, as an earlier kept record: earlier in the delivery by
-file name and line, or ingested before; `detail` names it). The paper cut keeps
+CRUK, S, B; default cut only), duplicate_line (identical in every field to an earlier
+kept record of the same delivery, by file name then line, or the same purchase, equal in
+every purchase_events column but the keys, as an event ingested by an earlier run; `detail`
+names the first). The paper cut keeps
 non-positive quantities and prices and non-product codes, as the paper did.
 
 The paper cut and the synthetic data use the same contracts in their own tables

@@ -346,10 +346,13 @@ def event_key(events: DataFrame):
 
 
 def mark_duplicates(classified: DataFrame, earlier_events: Optional[DataFrame]) -> DataFrame:
-    """A record that would be kept but is the same purchase as an earlier kept one (earlier in
-    this delivery by file name and line, or committed before) is a duplicate_line."""
+    """A record that would be kept is a duplicate_line when it is identical in every raw field
+    to an earlier kept one of this delivery (by file name, then line), or when it is the same
+    purchase (``event_key``) as an event committed by an earlier run."""
     candidate = F.col("reason").isNull()
-    order = Window.partitionBy(candidate, F.col("_event_key")).orderBy("source_file", "line_number")
+    # Raw fields within a delivery: the paper cut keys products by title, and two stock codes
+    # sharing a title in one invoice line-up are two purchases, not one.
+    order = Window.partitionBy(candidate, *RAW_COLUMNS.values()).orderBy("source_file", "line_number")
     first = F.first(F.concat_ws(":", "source_file", F.col("line_number").cast("string"))).over(order)
     marked = classified.select("*", F.row_number().over(order).alias("_seen"), first.alias("_first"))
     if earlier_events is not None:
