@@ -16,7 +16,7 @@ def add_parser(subparsers) -> None:
         description="Read the landing CSV files, validate every line, MERGE the kept ones into "
                     "purchase_events (idempotent on event_id) and the rest into quarantine.",
     )
-    add_common_options(parser)
+    add_common_options(parser, writer=True)
     parser.add_argument("--cut", choices=("default", "paper"), default="default",
                         help="'paper' reproduces the GPLR paper's OnlineRetail cut into its own tables")
     parser.add_argument("--landing", default=None, metavar="DIR",
