@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import MapType, StructType
+from pyspark.sql.types import ArrayType, MapType, StructType
 
 from persona_lib.config import AppConfig
 from persona_lib.errors import InputError
@@ -103,14 +103,17 @@ STATS_COLUMNS_PROPERTY = "delta.dataSkippingStatsColumns"
 RAW_LINE_STATS_COLUMNS = ("source_file", "line_number", "reason", "ingested_at")
 
 
-def id_safe_properties(column_names: Sequence[str]) -> dict:
+def id_safe_properties(schema: StructType) -> dict:
     """The table properties that keep customer ids out of Delta's log statistics."""
+    column_names = schema.fieldNames()
     if not any(name in ID_BEARING_COLUMNS for name in column_names):
         return {}
+    # Delta refuses the property naming a column it cannot keep statistics of (arrays, maps).
+    statable = [f.name for f in schema.fields if not isinstance(f.dataType, (ArrayType, MapType, StructType))]
     if "raw_line" in column_names:
-        kept = [name for name in column_names if name in RAW_LINE_STATS_COLUMNS]
+        kept = [name for name in statable if name in RAW_LINE_STATS_COLUMNS]
     else:
-        kept = [name for name in column_names if name not in ID_BEARING_COLUMNS]
+        kept = [name for name in statable if name not in ID_BEARING_COLUMNS]
     return {STATS_COLUMNS_PROPERTY: ",".join(kept)}
 
 
@@ -118,7 +121,7 @@ def protect_ids(spark: SparkSession, ref: TableRef) -> bool:
     """Set the id-safe statistics property on an existing table (tables created before it was
     introduced); returns whether it had to be set. Files written before keep their stats in
     the log until log cleanup (README "Deletion")."""
-    wanted = id_safe_properties(ref.read(spark).columns)
+    wanted = id_safe_properties(ref.read(spark).schema)
     if not wanted:
         return False
     properties = ref.delta(spark).detail().select("properties").first()["properties"] or {}
@@ -135,7 +138,7 @@ def ensure_table(spark: SparkSession, ref: TableRef, schema: StructType,
     id-safe statistics property when it holds customer ids)."""
     if ref.exists(spark):
         return
-    properties = {**id_safe_properties(schema.fieldNames()), **(properties or {})}
+    properties = {**id_safe_properties(schema), **(properties or {})}
     builder = DeltaTable.createIfNotExists(spark)
     builder = builder.tableName(ref.location) if ref.is_catalog else builder.location(ref.location)
     builder = builder.addColumns(schema)
@@ -153,7 +156,7 @@ def overwrite(df: DataFrame, ref: TableRef, schema: StructType, partition_by: Se
         .option("overwriteSchema", "true")
     )
     # "delta."-options become table properties when the write creates the table.
-    for key, value in id_safe_properties(schema.fieldNames()).items():
+    for key, value in id_safe_properties(schema).items():
         writer = writer.option(key, value)
     if partition_by:
         writer = writer.partitionBy(*partition_by)
@@ -165,7 +168,7 @@ def overwrite(df: DataFrame, ref: TableRef, schema: StructType, partition_by: Se
 
 def append(df: DataFrame, ref: TableRef, schema: StructType) -> None:
     writer = conform(df, schema, ref.name).write.format("delta").mode("append")
-    for key, value in id_safe_properties(schema.fieldNames()).items():
+    for key, value in id_safe_properties(schema).items():
         writer = writer.option(key, value)
     if ref.is_catalog:
         writer.saveAsTable(ref.location)
