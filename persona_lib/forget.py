@@ -137,6 +137,10 @@ def forget_customers(spark: SparkSession, config: AppConfig, raw_ids: Iterable[s
     if not ids:
         raise InputError("forget: give at least one --customer ID")
     key = tombstone_key(config)
+    from persona_lib.publishing import abandon_stale_runs
+
+    # The caller holds the writer lock (the CLI takes it), so a 'running' row is a killed job.
+    abandon_stale_runs(spark, config)
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     tombstones = storage.table_ref(config, "tombstones")
     rows = spark.createDataFrame([(customer_hash(i, key), now) for i in ids], contracts.TOMBSTONES)
