@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType, MapType, StructType
+from pyspark.sql.types import DateType, MapType, NumericType, StringType, StructType, TimestampNTZType, TimestampType
 
 from persona_lib.config import AppConfig
 from persona_lib.errors import InputError
@@ -98,6 +98,8 @@ ID_BEARING_COLUMNS = ("customer_id", "raw_line", "raw_response", "response", "de
 STATS_COLUMNS_PROPERTY = "delta.dataSkippingStatsColumns"
 
 
+# The types Delta keeps min/max statistics of (it refuses the property naming any other).
+_STATABLE_TYPES = (StringType, NumericType, DateType, TimestampType, TimestampNTZType)
 # A table holding raw landing lines (quarantine): every text column of a malformed line may
 # hold any field, the id included, so only these keep statistics.
 RAW_LINE_STATS_COLUMNS = ("source_file", "line_number", "reason", "ingested_at")
@@ -108,8 +110,7 @@ def id_safe_properties(schema: StructType) -> dict:
     column_names = schema.fieldNames()
     if not any(name in ID_BEARING_COLUMNS for name in column_names):
         return {}
-    # Delta refuses the property naming a column it cannot keep statistics of (arrays, maps).
-    statable = [f.name for f in schema.fields if not isinstance(f.dataType, (ArrayType, MapType, StructType))]
+    statable = [f.name for f in schema.fields if isinstance(f.dataType, _STATABLE_TYPES)]
     if "raw_line" in column_names:
         kept = [name for name in statable if name in RAW_LINE_STATS_COLUMNS]
     else:
