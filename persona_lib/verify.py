@@ -38,8 +38,9 @@ SHOWN = 5
 # A number in a file that may be an id: not part of a longer word or number (hex run ids,
 # decimals), optionally followed by ".0".
 _FILE_ID_TOKEN = re.compile(r"(?<![0-9A-Za-z_.])([0-9]+)(?:\.0+)?(?![0-9A-Za-z_])")
-# Delta log fields that hold numbers, never ids (sizes, times, row counts as text).
-_NUMERIC_LOG_KEYS = {"operationMetrics", "size", "modificationTime", "timestamp", "numRecords", "version",
+# JSON fields that hold numbers or product codes, never customer ids (Delta log sizes, times,
+# row counts as text; the why records' products).
+_NOT_ID_KEYS = {"product_id", "title", "operationMetrics", "size", "modificationTime", "timestamp", "numRecords", "version",
                      "readVersion", "nullCount", "deletionTimestamp", "inCommitTimestamp", "sizeInBytes",
                      "numFiles", "numMetadata", "numProtocol", "tableSizeBytes", "histogramOpt"}
 
@@ -172,8 +173,8 @@ def _is_table_data_file(path: Path) -> bool:
 
 
 def _tokens_of(path: Path) -> set[str]:
-    if "_delta_log" in path.parts and path.suffix == ".json":
-        texts: Iterable[str] = _log_strings(path)
+    if path.suffix == ".json":
+        texts: Iterable[str] = _json_strings(path)
     elif "_delta_log" in path.parts and path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -186,18 +187,23 @@ def _tokens_of(path: Path) -> set[str]:
     return tokens
 
 
-def _log_strings(path: Path) -> Iterator[str]:
-    """The text values of a Delta log file (statistics parsed too), numeric fields left out."""
+def _json_strings(path: Path) -> Iterator[str]:
+    """The text values of a JSON (or JSON lines) file, nested JSON text parsed too, without
+    the fields that hold numbers or product codes, never ids: a product code equal to an id
+    is not the customer. Statistics (minValues, maxValues) count only for id-bearing columns."""
     def walk(value):
         if isinstance(value, dict):
             for k, v in value.items():
-                if k not in _NUMERIC_LOG_KEYS:
-                    yield from walk(v)
+                if k in _NOT_ID_KEYS:
+                    continue
+                if k in ("minValues", "maxValues") and isinstance(v, dict):
+                    v = {c: x for c, x in v.items() if c in storage.ID_BEARING_COLUMNS}
+                yield from walk(v)
         elif isinstance(value, list):
             for v in value:
                 yield from walk(v)
         elif isinstance(value, str):
-            if value.startswith("{"):
+            if value[:1] in ("{", "["):
                 try:
                     yield from walk(json.loads(value))
                     return
@@ -205,7 +211,13 @@ def _log_strings(path: Path) -> Iterator[str]:
                     pass
             yield value
 
-    for line in path.read_text(errors="replace").splitlines():
+    text = path.read_text(errors="replace")
+    try:
+        yield from walk(json.loads(text))
+        return
+    except ValueError:
+        pass
+    for line in text.splitlines():
         try:
             yield from walk(json.loads(line))
         except ValueError:
