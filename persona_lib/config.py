@@ -215,6 +215,25 @@ class QueryConfig:
 class ForgetConfig:
     vacuum_retention_hours: int = 168
     disable_retention_check: bool = False
+    # Tombstones are HMAC-SHA256(key, customer_id); the key is read from this environment
+    # variable (a secret), never from a config file in production.
+    tombstone_key_env: str = "PERSONAS_TOMBSTONE_KEY"
+    # Used only when that variable is unset: a public key for the bundled demo and the tests
+    # (conf/local.yaml, conf/test.yaml). Empty in production configs, so a missing secret
+    # is an error instead of a silently weak key.
+    demo_key: str = ""
+
+
+@dataclass(frozen=True)
+class LockConfig:
+    """The writer lock: one writing job per work dir (README "Guarantees")."""
+
+    # A lease not renewed for this long is stale and may be taken over (a killed job).
+    lease_s: float = 120.0
+    # How often the holder renews its lease.
+    heartbeat_s: float = 15.0
+    # How often a job started with --wait looks again.
+    poll_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -262,6 +281,7 @@ class AppConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
     forget: ForgetConfig = field(default_factory=ForgetConfig)
+    lock: LockConfig = field(default_factory=LockConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     # Where relative paths in this config resolve (the repository root by default).
     base_dir: str = str(REPO_ROOT)

@@ -203,7 +203,8 @@ RUNS = _schema(
 )
 
 TOMBSTONES = _schema(
-    # Only a salted-free SHA-256 of the id is kept, so the tombstone itself is not a trace.
+    # HMAC-SHA256 of the id under the secret tombstone key (persona_lib.forget.customer_hash):
+    # without the key it cannot be tested against guessed ids, so it is not itself a trace.
     ("customer_hash", StringType(), False),
     ("forgotten_at", TimestampType(), False),
 )
@@ -273,9 +274,14 @@ CONTRACTS: Tuple[TableContract, ...] = (
     TableContract("product_personas", PRODUCT_PERSONAS, ("product_id", "persona"), "publishing",
                   "Per product and persona: affinity score."),
     TableContract("runs", RUNS, ("run_id",), "publishing",
-                  "Written last by every run: its status and the version of every output table."),
+                  "Written last by every run: its status and the version of every output table. "
+                  "status: running, complete (readers pin only these), failed, abandoned (the job "
+                  "was killed; marked by the next job), purged (an earlier run whose versions held "
+                  "customers deleted since by `personas forget`)."),
     TableContract("tombstones", TOMBSTONES, ("customer_hash",), "forget",
-                  "Forgotten customers (hashed); ingestion and labellers honour it."),
+                  "Forgotten customers: customer_hash = HMAC-SHA256(tombstone key, customer_id), "
+                  "the key read from the variable named by forget.tombstone_key_env; ingestion and "
+                  "labellers honour it."),
     TableContract("evaluation_personas", EVALUATION_PERSONAS, ("customer_id",), "evaluate",
                   "An accuracy evaluation's last run: LLM answers (source llm) or predicted personas."),
 )
@@ -314,6 +320,11 @@ non-positive quantities and prices and non-product codes, as the paper did.
 
 The paper cut and the synthetic data use the same contracts in their own tables
 (`paper_*`, `synth_*`).
+
+Tables with a `customer_id` column are created with `delta.dataSkippingStatsColumns` naming
+only their id-free columns (`persona_lib.storage.id_safe_properties`): Delta's log keeps no
+statistic of `customer_id`, raw lines, LLM answers, details or why, so no id outlives a
+deletion in the transaction log (README "Deletion").
 """
 
 

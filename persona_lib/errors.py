@@ -1,7 +1,8 @@
 """Exceptions that carry the process exit code a scheduler can act on.
 
 Exit codes (documented in README): 0 success, 2 usage, 3 bad input or config,
-4 a missing dependency (Java, Maven, JARs, a model), 1 anything else.
+4 a missing dependency (Java, Maven, JARs, a model), 5 another job holds the writer lock
+(or a concurrent writer won a Delta commit), 1 anything else.
 """
 
 
@@ -29,3 +30,9 @@ class DependencyError(PersonasError):
     """A dependency (Java, Maven, the Spark JARs, a model) is missing."""
 
     exit_code = 4
+
+
+class LockHeldError(PersonasError):
+    """Another job writes this work dir now: retry later, or pass --wait."""
+
+    exit_code = 5

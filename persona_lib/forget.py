@@ -1,29 +1,46 @@
-"""Deletion of customers: every trace, in one job.
+"""Deletion of customers: every trace, in one job (README "Deletion" and "Guarantees").
 
-1. Their ids are recorded in the tombstones table as SHA-256 hashes (the tombstone is not
-   itself a trace); ingestion and every labeller skip tombstoned customers, so re-ingesting
-   the landing files or replaying recorded answers cannot bring them back.
-2. Their rows are deleted from every table keyed by customer (events, quarantine, labels,
-   overrides, recorded answers, affinities, published tables, the paper and synthetic cuts).
+1. Their ids are recorded in the tombstones table as keyed hashes, HMAC-SHA256 with a secret
+   key read from the environment variable named by ``forget.tombstone_key_env`` (a missing
+   key stops the job with exit code 3). Without the key a tombstone cannot be tested against
+   a guessed id, so the tombstone is not itself a trace. Ingestion and every labeller skip
+   tombstoned customers, so re-ingesting the landing files or replaying recorded answers
+   cannot bring them back.
+2. Their rows are deleted from every table of the config that has a ``customer_id`` column
+   (events, quarantine, labels, overrides, recorded answers, affinities, published tables,
+   the paper and synthetic cuts, the evaluation tables). Each delete is a MERGE against a
+   temporary set of the ids, so the Delta log records the join condition, never an id.
+   Quarantine rows match by their CustomerID field and, when that field is not an id (a
+   malformed line), by any number in the raw line.
 3. The products and neighbours they influenced are recomputed: the remaining labels are
-   propagated again and published as a new run (``pipeline.republish``).
-4. The deleted rows are purged from storage: ``REORG TABLE ... APPLY (PURGE)`` where
-   deletion vectors are on, then ``VACUUM`` with the configured retention; checkpoints are
-   removed. Under the production retention (7 days) time travel to versions older than the
-   deletion keeps working until VACUUM runs past the retention window; after it, no data
-   file holds the customer. Delta's transaction log keeps column statistics (min/max) of
-   removed files until log cleanup (delta.logRetentionDuration, 30 days by default).
+   propagated again and published as a new run (``pipeline.republish``). With
+   ``recompute=False`` a new run row is still published, pointing at the outputs as they are
+   after the deletion. Either way every earlier complete run is marked ``purged``: its
+   versions hold the forgotten customers and VACUUM removes their files.
+4. MLflow artifacts of the local store that mention an id are deleted.
+5. The deleted rows are purged from storage: ``REORG TABLE ... APPLY (PURGE)`` where deletion
+   vectors are on, then ``VACUUM`` with the configured retention; checkpoints are removed.
+   Under the production retention (7 days) time travel to versions older than the deletion
+   keeps working until VACUUM runs past the retention window; after it, no data file holds
+   the customer. Tables holding ids keep no column statistics of id-bearing columns
+   (``storage.id_safe_properties``), so the transaction log does not quote them either;
+   log entries written before that property was set keep their statistics until log cleanup
+   (delta.logRetentionDuration, 30 days by default).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import hmac
 import logging
+import os
+import re
 import shutil
 from datetime import datetime, timezone
-from typing import Iterable
+from typing import Iterable, Optional
 
-from pyspark.sql import Column, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from persona_lib import contracts, storage
@@ -32,36 +49,86 @@ from persona_lib.errors import InputError
 
 log = logging.getLogger("personas.forget")
 
-# Tables whose customer_id column holds the clean id ("17850").
-CLEAN_ID_TABLES = (
-    "purchase_events", "paper_purchase_events", "synth_purchase_events", "synth_truth",
-    "persona_labels", "persona_overrides", "recorded_answers", "customer_affinity",
-    "persona_affinity", "customer_personas",
-)
-# Tables holding the raw CustomerID text of the landing line ("17850.0").
-RAW_ID_TABLES = ("quarantine", "paper_quarantine")
+# Quarantine reasons of lines whose CustomerID field could not be read as an id: for those,
+# any number of the raw line may be the id (a line with a missing id is not one of them).
+UNREADABLE_ID_REASONS = ("malformed_line", "unparsable_value")
+UNREADABLE_ID_REASONS_SQL = "(" + ", ".join(f"'{r}'" for r in UNREADABLE_ID_REASONS) + ")"
+_ID_TEXT = re.compile(r"^\s*([0-9]+)(?:\.0+)?\s*$")
+# A number in a raw landing line: digits, optionally ".0", not part of a longer number.
+RAW_ID_TOKEN_SQL = "(?<![0-9])([0-9]+)(?:[.]0+)?(?![0-9.])"
+_RAW_ID_TOKEN = re.compile(r"(?<![0-9])([0-9]+)(?:\.0+)?(?![0-9.])")
+# How SQL reads a raw CustomerID field ("17850.0") as the tables' id ("17850"); null when it
+# is not an id. Through DECIMAL(38, 0): exact for any length, never through a float.
+_CLEAN_SQL = ("CASE WHEN trim({c}) RLIKE '^[0-9]+([.]0+)?$' THEN "
+              "CAST(CAST(regexp_extract(trim({c}), '^([0-9]+)', 1) AS DECIMAL(38, 0)) AS STRING) END")
 
 
 def clean_customer_id(raw: str) -> str:
-    """"17850.0" -> "17850": the id as the tables hold it."""
-    text = str(raw).strip()
-    try:
-        number = float(text)
-    except ValueError as exc:
-        raise InputError(f"forget: {raw!r} is not a customer id (expected an integer like 17850)") from exc
-    if not number.is_integer() or number < 0:
-        raise InputError(f"forget: {raw!r} is not a customer id (expected an integer like 17850)")
-    return str(int(number))
+    """"17850.0" -> "17850": the id as the tables hold it (digits, never through a float)."""
+    match = _ID_TEXT.match(str(raw))
+    if not match:
+        raise InputError(f"forget: {raw!r} is not a customer id (expected digits like 17850 or 17850.0)")
+    return str(int(match.group(1)))
 
 
-def customer_hash(customer_id: str) -> str:
-    return hashlib.sha256(customer_id.encode("utf-8")).hexdigest()
+def customer_hash(customer_id: str, key: bytes) -> str:
+    """A tombstone: HMAC-SHA256 of the clean id under the tombstone key, as hex."""
+    return hmac.new(key, customer_id.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def _raw_id_matches(column: str, ids: list[str]) -> Column:
-    as_number = F.expr(f"try_cast(trim({column}) AS DECIMAL(20, 4))")
-    return as_number.isNotNull() & as_number.cast("bigint").cast("string").isin(*ids) \
-        & (as_number == F.floor(as_number))
+def tombstone_key(config: AppConfig) -> bytes:
+    """The tombstone key: the environment variable ``forget.tombstone_key_env``, else the
+    config's public ``forget.demo_key`` (demo and test configs only); InputError if neither."""
+    name = config.forget.tombstone_key_env
+    value = os.environ.get(name, "")
+    if value:
+        return value.encode("utf-8")
+    if config.forget.demo_key:
+        log.warning("tombstone key: $%s is unset, using the config's public demo key (forget.demo_key); "
+                    "set the variable from a secret outside the demo", name)
+        return config.forget.demo_key.encode("utf-8")
+    raise InputError(f"the tombstone key is not set: export {name}=<secret> (forget.tombstone_key_env "
+                     "names the variable); tombstones are HMAC-SHA256 of the id under this key, and "
+                     "the same key must be used by every job of this work dir")
+
+
+def customer_hash_column(customer_id: Column, key: bytes) -> Column:
+    """``customer_hash`` as a Spark column: HMAC-SHA256 (RFC 2104) from SQL's sha2, so a join
+    against the tombstones runs in the JVM without a Python worker."""
+    block = 64
+    if len(key) > block:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(block, b"\0")
+    inner_pad = bytearray(b ^ 0x36 for b in key)
+    outer_pad = bytearray(b ^ 0x5C for b in key)
+    inner = F.sha2(F.concat(F.lit(inner_pad), F.encode(customer_id, "UTF-8")), 256)
+    return F.sha2(F.concat(F.lit(outer_pad), F.unhex(inner)), 256)
+
+
+def raw_id_tokens(raw_line: Column) -> Column:
+    """Every number of a raw landing line that could be a customer id, as the tables write it."""
+    return F.transform(F.regexp_extract_all(F.coalesce(raw_line, F.lit("")), F.lit(RAW_ID_TOKEN_SQL), 1),
+                       lambda token: F.regexp_replace(token, "^0+(?=[0-9])", ""))
+
+
+def id_tables(spark: SparkSession, config: AppConfig) -> list[storage.TableRef]:
+    """Every existing table of the config that holds customer ids."""
+    refs = []
+    for field in dataclasses.fields(config.tables):
+        ref = storage.table_ref(config, field.name)
+        if ref.exists(spark) and "customer_id" in ref.read(spark).columns:
+            refs.append(ref)
+    return refs
+
+
+def _match_condition(columns: list[str]) -> str:
+    if "raw_line" not in columns:
+        return "t.customer_id = s.customer_id"
+    clean = _CLEAN_SQL.format(c="t.customer_id")
+    tokens = (f"transform(regexp_extract_all(coalesce(t.raw_line, ''), '{RAW_ID_TOKEN_SQL}', 1), "
+              "x -> regexp_replace(x, '^0+(?=[0-9])', ''))")
+    return (f"({clean} = s.customer_id) OR ({clean} IS NULL AND t.reason IN {UNREADABLE_ID_REASONS_SQL} "
+            f"AND array_contains({tokens}, s.customer_id))")
 
 
 def forget_customers(spark: SparkSession, config: AppConfig, raw_ids: Iterable[str],
@@ -69,37 +136,128 @@ def forget_customers(spark: SparkSession, config: AppConfig, raw_ids: Iterable[s
     ids = sorted({clean_customer_id(r) for r in raw_ids})
     if not ids:
         raise InputError("forget: give at least one --customer ID")
+    key = tombstone_key(config)
+    from persona_lib.publishing import abandon_stale_runs
+
+    # The caller holds the writer lock (the CLI takes it), so a 'running' row is a killed job.
+    abandon_stale_runs(spark, config)
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     tombstones = storage.table_ref(config, "tombstones")
-    rows = spark.createDataFrame([(customer_hash(i), now) for i in ids], contracts.TOMBSTONES)
+    rows = spark.createDataFrame([(customer_hash(i, key), now) for i in ids], contracts.TOMBSTONES)
     storage.merge_insert_new(spark, rows, tombstones, contracts.TOMBSTONES, ["customer_hash"])
 
+    # The ids travel as a DataFrame the MERGE joins, so the commit records only the condition.
+    forgotten = spark.createDataFrame([(i,) for i in ids], "customer_id string").cache()
     removed: dict[str, int] = {}
     touched = []
-    for key in CLEAN_ID_TABLES + RAW_ID_TABLES:
-        ref = storage.table_ref(config, key)
-        if not ref.exists(spark):
-            continue
-        condition = _raw_id_matches("customer_id", ids) if key in RAW_ID_TABLES else F.col("customer_id").isin(*ids)
-        count = ref.read(spark).where(condition).count()
-        if count:
-            ref.delta(spark).delete(condition)
-        removed[key] = count
-        touched.append(ref)
+    try:
+        for ref in id_tables(spark, config):
+            storage.protect_ids(spark, ref)
+            condition = _match_condition(ref.read(spark).columns)
+            count = ref.read(spark).alias("t").join(forgotten.alias("s"), F.expr(condition), "left_semi").count()
+            if count:
+                (ref.delta(spark).alias("t").merge(forgotten.alias("s"), condition)
+                 .whenMatchedDelete().execute())
+            removed[ref.name] = count
+            touched.append(ref)
+    finally:
+        forgotten.unpersist()
 
     refreshed = None
-    if recompute and storage.table_ref(config, "persona_labels").exists(spark) \
-            and storage.table_ref(config, "runs").exists(spark):
+    runs_ref = storage.table_ref(config, "runs")
+    if recompute and storage.table_ref(config, "persona_labels").exists(spark) and runs_ref.exists(spark):
         from persona_lib.pipeline import republish
 
-        refreshed = republish(spark, config, reason="forget")
+        refreshed = republish(spark, config, reason="forget")["run_id"]
         touched += [storage.table_ref(config, k) for k in
                     ("customer_affinity", "product_affinity", "persona_affinity", "customer_personas",
                      "product_personas")]
-    purged = purge(spark, config, {ref.location: ref for ref in touched}.values())
+    elif runs_ref.exists(spark):
+        refreshed = publish_without_recompute(spark, config)
+    superseded = mark_superseded_runs(spark, config, keep=refreshed)
+    artifacts = purge_mlflow_artifacts(config, ids)
+    purged = purge(spark, config, {ref.location: ref for ref in touched if ref.exists(spark)}.values())
     _remove_checkpoints(config)
     return {"removed": removed, "forgotten": len(ids), "purged_tables": purged,
-            "republished_run": refreshed["run_id"] if refreshed else None}
+            "republished_run": refreshed, "recomputed": bool(recompute and refreshed),
+            "runs_purged": superseded, "mlflow_artifacts_removed": artifacts}
+
+
+def publish_without_recompute(spark: SparkSession, config: AppConfig) -> Optional[str]:
+    """A complete run pointing at the output tables as they are after the deletion (no
+    propagation): readers move off the versions VACUUM is about to remove."""
+    from persona_lib import publishing, tracking
+    from persona_lib.query import run_alias
+
+    previous = publishing.latest_complete_run(spark, config)
+    if previous is None:
+        return None
+    started_at = datetime.now(timezone.utc).replace(tzinfo=None)
+    versions = {}
+    for key in previous["table_versions"]:
+        ref = storage.table_ref(config, key)
+        if ref.exists(spark):
+            versions[key] = ref.version(spark)
+    with tracking.run(config, run_name="personas-forget", tags={"personas.reason": "forget",
+                                                                 "personas.recomputed": "false"}) as active:
+        run_id = active.info.run_id
+        tracking.set_tags({f"output.{k}.version": v for k, v in versions.items()})
+        _alias_previous_cold_start_model(config, run_alias(previous["run_id"]), run_alias(run_id))
+    publishing.record_run(spark, config, run_id, "complete", started_at,
+                          datetime.now(timezone.utc).replace(tzinfo=None), versions,
+                          {"reason": "forget", "recomputed": False, "based_on": previous["run_id"]})
+    return run_id
+
+
+def _alias_previous_cold_start_model(config: AppConfig, previous_alias: str, alias: str) -> None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        version = client.get_model_version_by_alias(config.tracking.registered_model, previous_alias)
+    except MlflowException:
+        log.warning("no cold-start model under alias %s: the new run has none either", previous_alias)
+        return
+    client.set_registered_model_alias(config.tracking.registered_model, alias, version.version)
+
+
+def mark_superseded_runs(spark: SparkSession, config: AppConfig, keep: Optional[str]) -> int:
+    """Mark every complete run but ``keep`` as ``purged``: its table versions still hold the
+    forgotten customers and are being vacuumed, so no reader may pin them any more."""
+    ref = storage.table_ref(config, "runs")
+    if not ref.exists(spark):
+        return 0
+    stale = (F.col("status") == "complete") & (F.col("run_id") != F.lit(keep or ""))
+    count = ref.read(spark).where(stale).count()
+    if count:
+        ref.delta(spark).update(condition=stale, set={"status": F.lit("purged")})
+    return count
+
+
+def purge_mlflow_artifacts(config: AppConfig, ids: list[str]) -> int:
+    """Delete the local MLflow artifacts that mention a forgotten id; returns how many.
+
+    The pipeline's artifacts carry no customer id by design (the why sample drops the id), so
+    this finds nothing unless an artifact quoted one (an LLM answer, a hand-logged file).
+    With a remote tracking server (``tracking.tracking_uri``), the artifacts are not on this
+    file system; the id-free design is what holds there.
+    """
+    root = config.workdir_path / "mlartifacts"
+    if config.tracking.tracking_uri or not root.is_dir():
+        return 0
+    wanted = set(ids)
+    removed = 0
+    for path in root.rglob("*"):
+        if not path.is_file():
+            continue
+        text = path.read_bytes().decode("utf-8", errors="ignore")
+        if any(m.group(1).lstrip("0") in wanted for m in _RAW_ID_TOKEN.finditer(text)):
+            path.unlink()
+            removed += 1
+    if removed:
+        log.warning("deleted %d MLflow artifact file(s) that mentioned a forgotten customer", removed)
+    return removed
 
 
 def purge(spark: SparkSession, config: AppConfig, refs) -> list[str]:
@@ -127,3 +285,11 @@ def _remove_checkpoints(config: AppConfig) -> None:
     if folder.is_dir():
         for child in folder.iterdir():
             shutil.rmtree(child, ignore_errors=True)
+
+
+def tombstoned(df: DataFrame, tombstones: DataFrame, key: bytes, id_column: str = "customer_id") -> DataFrame:
+    """The rows of ``df`` whose ``id_column`` is tombstoned (a semi join on the keyed hash)."""
+    hashes = tombstones.select(F.col("customer_hash").alias("_tombstone_hash")).distinct()
+    with_hash = df.withColumn("_customer_hash", customer_hash_column(F.col(id_column), key))
+    return (with_hash.join(F.broadcast(hashes), with_hash["_customer_hash"] == hashes["_tombstone_hash"], "left_semi")
+            .drop("_customer_hash"))

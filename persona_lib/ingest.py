@@ -52,6 +52,7 @@ from pyspark.sql.window import Window
 from persona_lib import contracts, storage
 from persona_lib.config import AppConfig, IngestConfig
 from persona_lib.errors import InputError
+from persona_lib.forget import tombstone_key
 from persona_lib.ingest_files import CUSTOMER_ID_PATTERN, header_problem, open_content, split_records
 
 # Every rejection reason, in the order they are tested: a record gets the first that applies.
@@ -372,16 +373,35 @@ def mark_duplicates(classified: DataFrame, earlier_events: Optional[DataFrame]) 
     )
 
 
-def drop_forgotten(classified: DataFrame, tombstones: Optional[DataFrame]) -> DataFrame:
-    """Mark lines of forgotten customers: they go to no table, not even quarantine."""
+def drop_forgotten(classified: DataFrame, tombstones: Optional[DataFrame], key: Optional[bytes] = None) -> DataFrame:
+    """Mark lines of forgotten customers: they go to no table, not even quarantine.
+
+    A line is forgotten when the keyed hash of its customer id is a tombstone, or, for a line
+    whose CustomerID could not be read (malformed, unparsable), when any number of its raw
+    text is. ``key`` is ``persona_lib.forget.tombstone_key(config)``.
+    """
     if tombstones is None:
         return classified.withColumn("forgotten", F.lit(False))
-    hashes = tombstones.select(F.col("customer_hash").alias("_forgotten_hash"), F.lit(True).alias("_hit")).distinct()
-    with_hash = classified.withColumn("_customer_hash", F.sha2(F.col("customer_id"), 256))
+    from persona_lib.forget import UNREADABLE_ID_REASONS, customer_hash_column, raw_id_tokens
+
+    if key is None:
+        raise ValueError("drop_forgotten needs the tombstone key (persona_lib.forget.tombstone_key)")
+    hashes = tombstones.select(F.col("customer_hash").alias("_forgotten_hash")).distinct()
+    by_id = classified.withColumn("_customer_hash", customer_hash_column(F.col("customer_id"), key))
+    by_id = (by_id.join(F.broadcast(hashes.withColumn("_hit", F.lit(True))),
+                        by_id["_customer_hash"] == F.col("_forgotten_hash"), "left")
+             .drop("_customer_hash", "_forgotten_hash"))
+    by_raw_line = (
+        classified.where(F.col("customer_id").isNull() & F.col("reason").isin(*UNREADABLE_ID_REASONS))
+        .select("source_file", "line_number", F.explode(raw_id_tokens(F.col("raw_line"))).alias("_token"))
+        .withColumn("_token_hash", customer_hash_column(F.col("_token"), key))
+        .join(F.broadcast(hashes), F.col("_token_hash") == F.col("_forgotten_hash"), "left_semi")
+        .select("source_file", "line_number", F.lit(True).alias("_raw_hit")).distinct()
+    )
     return (
-        with_hash.join(F.broadcast(hashes), with_hash["_customer_hash"] == hashes["_forgotten_hash"], "left")
-        .withColumn("forgotten", F.coalesce(F.col("_hit"), F.lit(False)))
-        .drop("_customer_hash", "_forgotten_hash", "_hit")
+        by_id.join(F.broadcast(by_raw_line), ["source_file", "line_number"], "left")
+        .withColumn("forgotten", F.coalesce(F.col("_hit"), F.col("_raw_hit"), F.lit(False)))
+        .drop("_hit", "_raw_hit")
     )
 
 
@@ -584,7 +604,8 @@ def _write_contents(spark, config, rules, records, to_ingest, rewrite, committed
         earlier = events_ref.read(spark).where(F.col("content_sha256").isin(*earlier_contents))
     tombstones_ref = storage.table_ref(config, "tombstones")
     tombstones = tombstones_ref.read(spark) if tombstones_ref.exists(spark) else None
-    classified = drop_forgotten(classify_lines(data, rules, config.ingest, earlier), tombstones) \
+    classified = drop_forgotten(classify_lines(data, rules, config.ingest, earlier), tombstones,
+                                tombstone_key(config) if tombstones is not None else None) \
         .persist(StorageLevel.MEMORY_AND_DISK)
     try:
         per_file = _per_file_counts(data, classified, to_ingest)

@@ -70,6 +70,8 @@ def run_pipeline(spark: SparkSession, config: AppConfig,
         with timer("ingest"):
             ingest_summary = ingest(spark, config)
 
+    # The caller holds the writer lock (the CLI takes it), so a 'running' row is a killed job.
+    publishing.abandon_stale_runs(spark, config)
     with tracking.run(config, run_name="personas-pipeline", tags=tracking.environment_tags()) as active:
         run_id = active.info.run_id
         publishing.record_run(spark, config, run_id, "running", started_at, None, {})
@@ -392,6 +394,7 @@ def republish(spark: SparkSession, config: AppConfig, reason: str,
     say = progress or log.info
     started_at = _now()
     events = storage.table_ref(config, "purchase_events").read(spark)
+    publishing.abandon_stale_runs(spark, config)
     with tracking.run(config, run_name=f"personas-{reason}", tags={"personas.reason": reason}) as active:
         run_id = active.info.run_id
         publishing.record_run(spark, config, run_id, "running", started_at, None, {})

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Optional
 
 from pyspark.sql import DataFrame, SparkSession
@@ -239,6 +240,37 @@ def record_run(spark: SparkSession, config: AppConfig, run_id: str, status: str,
         contracts.RUNS,
     )
     storage.merge_upsert(spark, row, ref, contracts.RUNS, ["run_id"])
+
+
+def abandon_stale_runs(spark: SparkSession, config: AppConfig) -> list[str]:
+    """Mark every ``running`` row ``abandoned``: called by a job that holds the writer lock, so
+    no other job can be running and such a row is a job that was killed (its MLflow run is
+    marked KILLED too). Returns the abandoned run ids."""
+    import logging
+
+    ref = storage.table_ref(config, "runs")
+    if not ref.exists(spark):
+        return []
+    stale = [r["run_id"] for r in ref.read(spark).where(F.col("status") == "running").select("run_id").collect()]
+    if not stale:
+        return []
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    ref.delta(spark).update(condition=F.col("status") == "running",
+                            set={"status": F.lit("abandoned"), "finished_at": F.lit(now)})
+    logging.getLogger("personas.publishing").warning(
+        "marked %d run(s) left 'running' by a killed job as abandoned: %s", len(stale), stale)
+    try:
+        from mlflow import MlflowClient
+
+        from persona_lib import tracking
+
+        tracking.configure(config)
+        client = MlflowClient()
+        for run_id in stale:
+            client.set_terminated(run_id, status="KILLED")
+    except Exception as exc:  # noqa: BLE001 - the runs table is the record; MLflow's is a courtesy
+        logging.getLogger("personas.publishing").warning("could not mark the MLflow runs KILLED: %s", exc)
+    return stale
 
 
 def latest_complete_run(spark: SparkSession, config: AppConfig) -> Optional[dict]:

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import MapType, StructType
+from pyspark.sql.types import DateType, MapType, NumericType, StringType, StructType, TimestampNTZType, TimestampType
 
 from persona_lib.config import AppConfig
 from persona_lib.errors import InputError
@@ -89,11 +89,57 @@ def conform(df: DataFrame, schema: StructType, table: str) -> DataFrame:
     return df.select([column(f) for f in schema.fields])
 
 
+# Columns that hold a customer id, or free text that may quote one (a raw landing line, an
+# LLM's answer, a quarantine detail). Delta keeps min/max statistics of every column in its
+# transaction log, where a deleted customer's id would outlive the deletion, so these columns
+# are left out of the statistics (delta.dataSkippingStatsColumns lists the columns that keep
+# them). Nothing reads these columns by range, so data skipping loses nothing that matters.
+ID_BEARING_COLUMNS = ("customer_id", "raw_line", "raw_response", "response", "detail", "why")
+STATS_COLUMNS_PROPERTY = "delta.dataSkippingStatsColumns"
+
+
+# The types Delta keeps min/max statistics of (it refuses the property naming any other).
+_STATABLE_TYPES = (StringType, NumericType, DateType, TimestampType, TimestampNTZType)
+# A table holding raw landing lines (quarantine): every text column of a malformed line may
+# hold any field, the id included, so only these keep statistics.
+RAW_LINE_STATS_COLUMNS = ("source_file", "line_number", "reason", "ingested_at")
+
+
+def id_safe_properties(schema: StructType) -> dict:
+    """The table properties that keep customer ids out of Delta's log statistics."""
+    column_names = schema.fieldNames()
+    if not any(name in ID_BEARING_COLUMNS for name in column_names):
+        return {}
+    statable = [f.name for f in schema.fields if isinstance(f.dataType, _STATABLE_TYPES)]
+    if "raw_line" in column_names:
+        kept = [name for name in statable if name in RAW_LINE_STATS_COLUMNS]
+    else:
+        kept = [name for name in statable if name not in ID_BEARING_COLUMNS]
+    return {STATS_COLUMNS_PROPERTY: ",".join(kept)}
+
+
+def protect_ids(spark: SparkSession, ref: TableRef) -> bool:
+    """Set the id-safe statistics property on an existing table (tables created before it was
+    introduced); returns whether it had to be set. Files written before keep their stats in
+    the log until log cleanup (README "Deletion")."""
+    wanted = id_safe_properties(ref.read(spark).schema)
+    if not wanted:
+        return False
+    properties = ref.delta(spark).detail().select("properties").first()["properties"] or {}
+    if properties.get(STATS_COLUMNS_PROPERTY) == wanted[STATS_COLUMNS_PROPERTY]:
+        return False
+    spark.sql(f"ALTER TABLE {ref.sql_name} SET TBLPROPERTIES "
+              f"('{STATS_COLUMNS_PROPERTY}' = '{wanted[STATS_COLUMNS_PROPERTY]}')")
+    return True
+
+
 def ensure_table(spark: SparkSession, ref: TableRef, schema: StructType,
                  partition_by: Sequence[str] = (), properties: Optional[dict] = None) -> None:
-    """Create the table empty with its contract schema if it does not exist yet."""
+    """Create the table empty with its contract schema if it does not exist yet (with the
+    id-safe statistics property when it holds customer ids)."""
     if ref.exists(spark):
         return
+    properties = {**id_safe_properties(schema), **(properties or {})}
     builder = DeltaTable.createIfNotExists(spark)
     builder = builder.tableName(ref.location) if ref.is_catalog else builder.location(ref.location)
     builder = builder.addColumns(schema)
@@ -110,6 +156,9 @@ def overwrite(df: DataFrame, ref: TableRef, schema: StructType, partition_by: Se
         conform(df, schema, ref.name).write.format("delta").mode("overwrite")
         .option("overwriteSchema", "true")
     )
+    # "delta."-options become table properties when the write creates the table.
+    for key, value in id_safe_properties(schema).items():
+        writer = writer.option(key, value)
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     if ref.is_catalog:
@@ -120,6 +169,8 @@ def overwrite(df: DataFrame, ref: TableRef, schema: StructType, partition_by: Se
 
 def append(df: DataFrame, ref: TableRef, schema: StructType) -> None:
     writer = conform(df, schema, ref.name).write.format("delta").mode("append")
+    for key, value in id_safe_properties(schema).items():
+        writer = writer.option(key, value)
     if ref.is_catalog:
         writer.saveAsTable(ref.location)
     else:

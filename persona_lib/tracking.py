@@ -35,13 +35,36 @@ def configure(config: AppConfig) -> str:
     uri = tracking_uri(config)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    experiment = mlflow.get_experiment_by_name(config.tracking.experiment)
-    if experiment is not None:
-        return experiment.experiment_id
-    artifact_location = None
-    if not config.tracking.tracking_uri:
-        artifact_location = (config.workdir_path / "mlartifacts").as_uri()
-    return mlflow.create_experiment(config.tracking.experiment, artifact_location=artifact_location)
+    with _store_init_lock(config):
+        # The first call creates the sqlite store and runs its migrations: two processes doing
+        # that at once kill one of them (alembic CommandError), so it happens under a lock.
+        experiment = mlflow.get_experiment_by_name(config.tracking.experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        artifact_location = None
+        if not config.tracking.tracking_uri:
+            artifact_location = (config.workdir_path / "mlartifacts").as_uri()
+        return mlflow.create_experiment(config.tracking.experiment, artifact_location=artifact_location)
+
+
+@contextlib.contextmanager
+def _store_init_lock(config: AppConfig) -> Iterator[None]:
+    """An OS file lock around the local sqlite store's creation (no-op for a tracking server).
+
+    Writers already hold the work dir's writer lock; this also covers readers (``personas
+    query`` opens the model registry) started on a fresh work dir next to a writer.
+    """
+    if config.tracking.tracking_uri:
+        yield
+        return
+    import fcntl
+
+    with open(config.workdir_path / "mlflow.db.init-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

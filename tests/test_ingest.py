@@ -10,6 +10,7 @@ from pyspark.sql import functions as F
 
 from persona_lib import storage
 from persona_lib.errors import InputError
+from persona_lib.forget import customer_hash, tombstone_key
 from persona_lib.ingest import ingest
 from tests.landing_files import HEADER, write_landing_file
 
@@ -89,7 +90,7 @@ def test_forgotten_customer_is_not_ingested_anywhere(spark, config, tmp_path):
         "536366,22633,HAND WARMER,6,2010-12-01 08:28:00,1.85,13047.0,United Kingdom",
     ])
     tombstones = storage.table_ref(config, "tombstones")
-    rows = spark.createDataFrame([(hashlib.sha256(b"17850").hexdigest(),)], "customer_hash string") \
+    rows = spark.createDataFrame([(customer_hash("17850", tombstone_key(config)),)], "customer_hash string") \
         .withColumn("forgotten_at", F.current_timestamp())
     from persona_lib import contracts
     storage.overwrite(rows, tombstones, contracts.TOMBSTONES)

@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 
 from persona_lib import contracts, storage
 from persona_lib.errors import InputError, PersonasError
+from persona_lib.forget import customer_hash, tombstone_key
 from persona_lib.labelling import add_overrides, label_customers, labels_for_propagation
 
 EVENTS_SCHEMA = "customer_id string, product_id string, product_title string, quantity int, event_ts timestamp"
@@ -64,8 +65,8 @@ def test_replay_labels_with_the_recorded_answers_and_reuses_them_until_history_c
 
 
 def test_forgotten_and_overridden_customers_are_never_asked(spark, config):
-    tombstones = spark.createDataFrame([("12347",)], "customer_id string").select(
-        F.sha2("customer_id", 256).alias("customer_hash"), F.current_timestamp().alias("forgotten_at"))
+    tombstones = spark.createDataFrame([(customer_hash("12347", tombstone_key(config)),)], "customer_hash string") \
+        .withColumn("forgotten_at", F.current_timestamp())
     storage.overwrite(tombstones, storage.table_ref(config, "tombstones"), contracts.TOMBSTONES)
     add_overrides(spark, config, [{"customer_id": "12346", "personas": ["gardening lover"],
                                    "author": "ana", "reason": "store visit"}])

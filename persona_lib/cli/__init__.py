@@ -2,7 +2,11 @@
 
 Contract: logs and progress go to stderr, the result to stdout, whose last line is one JSON
 object (or array, for ``query``). Exit codes: 0 success, 2 usage, 3 bad input or config,
-4 a missing dependency (Java, Maven, JARs, a model), 1 anything else.
+4 a missing dependency (Java, Maven, JARs, a model), 5 another job holds the writer lock (or
+won a concurrent Delta commit), 1 anything else.
+
+Commands that write (``add_common_options(parser, writer=True)``) run under the work dir's
+writer lock (``persona_lib.lock``), taken before Spark or MLflow start.
 
 Each subcommand lives in its own module here and exposes ``add_parser(subparsers)``, which
 registers the parser and sets ``handler(args) -> result``.
@@ -20,7 +24,14 @@ from typing import Any, Optional, Sequence
 
 from persona_lib.errors import PersonasError, UsageError
 
-SUBCOMMANDS = ("ingest", "synth", "label", "propagate", "run", "query", "forget", "evaluate", "bench")
+SUBCOMMANDS = ("ingest", "synth", "label", "propagate", "run", "query", "forget", "evaluate", "bench", "verify")
+
+# Delta's optimistic-concurrency conflicts: another writer committed first.
+_CONCURRENT_WRITE_ERRORS = (
+    "ConcurrentAppendException", "ConcurrentDeleteReadException", "ConcurrentDeleteDeleteException",
+    "ConcurrentTransactionException", "MetadataChangedException", "ProtocolChangedException",
+    "ConcurrentWriteException",
+)
 
 log = logging.getLogger("personas")
 
@@ -46,13 +57,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_common_options(parser: argparse.ArgumentParser) -> None:
+def add_common_options(parser: argparse.ArgumentParser, writer: bool = False) -> None:
     parser.add_argument("--conf", default=None, metavar="FILE",
                         help="configuration YAML (default: conf/local.yaml)")
     parser.add_argument("--workdir", default=None, metavar="DIR",
                         help="where local state (Delta tables, MLflow store, checkpoints) goes; "
                              "overrides the config's workdir (default ./work)")
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors on stderr")
+    if writer:
+        parser.add_argument("--wait", action="store_true",
+                            help="if another job holds the work dir's writer lock, wait for it "
+                                 "(default: exit at once with code 5)")
+        parser.set_defaults(writer=True)
+
+
+class Outcome:
+    """A handler's result with an exit code other than 0 (``personas verify`` finding violations)."""
+
+    def __init__(self, result: Any, exit_code: int) -> None:
+        self.result = result
+        self.exit_code = exit_code
 
 
 def load_app_config(args: argparse.Namespace):
@@ -80,7 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # spark-submit merges the driver's stderr into its stdout (PythonRunner), so nothing may
         # log after the result line: py4j logs its connection shut-down at INFO on exit.
         logging.getLogger("py4j").setLevel(logging.WARNING)
-        result = args.handler(args)
+        result = _run_handler(args)
     except PersonasError as exc:
         print(f"personas: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -90,9 +114,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     except Exception as exc:  # noqa: BLE001 - the last resort: a trace for the bug report
+        conflict = _concurrent_write_error(exc)
+        if conflict:
+            print(f"personas: error: another job committed to the same Delta table first ({conflict}); "
+                  "nothing of this job's failed commit was written. Run it again (with --wait if a "
+                  "job is still running).", file=sys.stderr)
+            return 5
         traceback.print_exc(file=sys.stderr)
         print(f"personas: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    if isinstance(result, Outcome):
+        if result.result is not None:
+            emit(result.result)
+        return result.exit_code
     if result is not None:
         emit(result)
     return 0
+
+
+def _run_handler(args: argparse.Namespace) -> Any:
+    if not getattr(args, "writer", False):
+        return args.handler(args)
+    from persona_lib.lock import writer_lock
+
+    with writer_lock(load_app_config(args), args.command, wait=args.wait):
+        return args.handler(args)
+
+
+def _concurrent_write_error(exc: BaseException) -> Optional[str]:
+    """The name of the Delta conflict behind ``exc`` (also when py4j wraps it), else None."""
+    seen = set()
+    current: Optional[BaseException] = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = f"{type(current).__name__}: {current}"
+        for name in _CONCURRENT_WRITE_ERRORS:
+            if name in text:
+                return name
+        current = current.__cause__ or current.__context__
+    return None

@@ -23,7 +23,7 @@ def add_parser(subparsers) -> None:
     tasks.required = True
 
     accuracy = tasks.add_parser("accuracy", help="set-F1 of predicted personas at each budget and sampler")
-    add_common_options(accuracy)
+    add_common_options(accuracy, writer=True)
     accuracy.add_argument("--budget", type=float, default=None, metavar="F",
                           help="one budget, a fraction (default: evaluation.budgets)")
     accuracy.add_argument("--sampler", choices=("random", "du"), default=None,
@@ -37,7 +37,7 @@ def add_parser(subparsers) -> None:
     accuracy.set_defaults(handler=run_accuracy)
 
     recommend = tasks.add_parser("recommend", help="ALS baseline vs persona re-ranking on the authors' split")
-    add_common_options(recommend)
+    add_common_options(recommend, writer=True)
     recommend.add_argument("--personas", choices=("pipeline", "recorded"), default="pipeline",
                            help="condition on GPLR's personas (default) or on every customer's recorded "
                                 "GPT-4 label (the ceiling of persona conditioning)")
@@ -45,7 +45,7 @@ def add_parser(subparsers) -> None:
     recommend.set_defaults(handler=run_recommend)
 
     stability = tasks.add_parser("stability", help="RFM deciles vs dominant personas over two halves")
-    add_common_options(stability)
+    add_common_options(stability, writer=True)
     stability.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     stability.set_defaults(handler=run_stability)
 

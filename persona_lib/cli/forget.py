@@ -15,21 +15,27 @@ def add_parser(subparsers) -> None:
         "forget", help="delete customers everywhere (tables, labels, affinities, files) and tombstone them",
         description="Remove the customers from events, quarantine, labels, overrides, recorded answers, "
                     "affinities and published tables; recompute what they influenced; purge the files "
-                    "(REORG PURGE + VACUUM at the configured retention); record hashed tombstones so "
-                    "ingestion and labelling never bring them back.",
+                    "(REORG PURGE + VACUUM at the configured retention); record tombstones (HMAC-SHA256 "
+                    "under the key in $PERSONAS_TOMBSTONE_KEY, see forget.tombstone_key_env) so ingestion and "
+                    "labelling never bring them back. Every earlier run is marked purged.",
     )
-    add_common_options(parser)
+    add_common_options(parser, writer=True)
     parser.add_argument("--customer", nargs="+", required=True, metavar="ID", help="customer id(s) to forget")
     parser.add_argument("--no-recompute", action="store_true",
-                        help="skip re-propagating and republishing (faster; outputs keep stale aggregates)")
+                        help="skip re-propagating (faster): a run is still published, pointing at the outputs "
+                             "without the customers, whose other rows keep stale aggregates")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> dict:
-    from persona_lib.forget import forget_customers
+    from persona_lib.forget import clean_customer_id, forget_customers, tombstone_key
     from persona_lib.spark import get_spark
 
     config = load_app_config(args)
+    # Bad ids and a missing key are exit 3 before Spark starts.
+    for raw in args.customer:
+        clean_customer_id(raw)
+    tombstone_key(config)
     spark = get_spark(config)
     result = forget_customers(spark, config, args.customer, recompute=not args.no_recompute)
     log.info("forgot %d customer(s); rows removed: %s", result["forgotten"], result["removed"])

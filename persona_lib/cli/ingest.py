@@ -21,7 +21,7 @@ def add_parser(subparsers) -> None:
                     "A file that cannot be read is recorded with its reason while the others are "
                     "ingested; the command then exits 3 after printing its summary.",
     )
-    add_common_options(parser)
+    add_common_options(parser, writer=True)
     parser.add_argument("--cut", choices=("default", "paper"), default="default",
                         help="'paper' reproduces the GPLR paper's OnlineRetail cut into its own tables")
     parser.add_argument("--landing", default=None, metavar="DIR",

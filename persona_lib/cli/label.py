@@ -21,7 +21,7 @@ def add_parser(subparsers) -> None:
                     "persona_labels. Customers whose history, prompt and taxonomy are "
                     "unchanged since their stored label are not asked again.",
     )
-    add_common_options(parser)
+    add_common_options(parser, writer=True)
     parser.add_argument("--labeller", choices=("replay", "vllm", "openai", "manual"), default=None,
                         help="backend (default: labelling.labeller from the config)")
     parser.add_argument("--budget", type=float, default=None, metavar="F",

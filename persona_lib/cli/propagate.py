@@ -21,7 +21,7 @@ def add_parser(subparsers) -> None:
         description="Build the customer-product graph, seed it with the persona labels and write "
                     "every customer's and product's persona affinity, within epsilon of exact.",
     )
-    add_common_options(parser)
+    add_common_options(parser, writer=True)
     parser.add_argument("--events", choices=EVENT_TABLES, default="purchase_events",
                         help="the purchase events table the graph is built from")
     parser.add_argument("--pairs", default=None, metavar="TABLE_OR_CSV",

@@ -17,7 +17,7 @@ def add_parser(subparsers) -> None:
                     "persona tables; one MLflow run records it. Resumable: labels already in the "
                     "store are never requested again.",
     )
-    add_common_options(parser)
+    add_common_options(parser, writer=True)
     parser.add_argument("--budget", type=float, default=None,
                         help="labelling budget: a fraction of customers (<= 1) or a count (default from config)")
     parser.add_argument("--rounds", type=int, default=None, help="number of rounds T (default from config)")

@@ -9,7 +9,7 @@ failed (worth retrying), or it is a no_answer from another backend.
 
 An override (persona_overrides) always wins: a customer with one is never sent to an LLM,
 and ``labels_for_propagation`` uses the override in place of the LLM's label ("override as
-training"). Forgotten customers (tombstones: sha2(customer_id, 256)) are never labelled and
+training"). Forgotten customers (tombstones: HMAC-SHA256 of the id, ``persona_lib.forget``) are never labelled and
 never read back.
 """
 
@@ -51,8 +51,10 @@ def without_forgotten(spark: SparkSession, config: AppConfig, df: DataFrame) -> 
     tombstones = storage.table_ref(config, "tombstones")
     if not tombstones.exists(spark):
         return df
+    from persona_lib.forget import customer_hash_column, tombstone_key
+
     hashes = tombstones.read(spark).select("customer_hash")
-    return (df.withColumn("customer_hash", F.sha2(F.col("customer_id"), 256))
+    return (df.withColumn("customer_hash", customer_hash_column(F.col("customer_id"), tombstone_key(config)))
             .join(hashes, "customer_hash", "left_anti").drop("customer_hash"))
 
 

@@ -4,7 +4,8 @@ Statuses:
 - ``ok``: valid JSON naming 1..k distinct personas of the list, exactly as spelt there;
 - ``repaired``: usable after a fix, said in ``detail``: a name mapped from a case, spacing,
   plural or spelling variant, an unknown name dropped, a duplicate dropped, names beyond k
-  cut, "Unrepresentable" next to real personas dropped, JSON found inside extra text;
+  cut, "Unrepresentable" next to real personas dropped, JSON found inside extra text, keys
+  other than "personas" dropped;
 - ``unrepresentable``: the answer is exactly ["Unrepresentable"];
 - ``no_answer``: the backend had none (replay without a record, manual without assignment);
 - ``failed``: nothing usable; ``detail`` gives the reason (bad JSON, no persona of the list,
@@ -111,6 +112,11 @@ def _names_in(raw: str, notes: list[str]) -> Optional[list[Any]]:
         notes.append("JSON found inside extra text")
     if isinstance(value, dict):
         if "personas" in value:
+            # The schema allows no other key: one is text the answer was not asked for (an
+            # injected "note", say), dropped and said, never an ok answer.
+            extra = sorted(str(k) for k in value if k != "personas")
+            if extra:
+                notes.append(f"dropped extra key(s) {', '.join(repr(k[:40]) for k in extra[:5])}"[:DETAIL_QUOTE_CHARS])
             value = value["personas"]
         elif len(value) == 1:
             value = next(iter(value.values()))
