@@ -30,9 +30,9 @@ the labelled customers subject to |share at or above it - labelled share| <= the
 gap (the gap-minimising threshold when none meets it). Published = the personas at or above
 their thresholds, at least the most probable one for a customer with evidence.
 
-Certificate: the walk scores are certified within epsilon (propagation's bound). Every walk
-feature is monotone in the scores, so the box [s - eps, s + eps] of the scores gives an
-interval for each walk feature, and the linear stacker gives [probability_low,
+Certificate: the walk scores are certified within epsilon (propagation's bound), and RevAff
+never overestimates, so each exact score lies in [s, s + eps]. Every walk feature is
+monotone in the scores, so that box gives an interval for each walk feature, and the linear stacker gives [probability_low,
 probability_high] by taking each feature's end that its slope favours. A decision is
 uncertain when its threshold lies inside that interval.
 
@@ -145,17 +145,19 @@ def walk_features(grid: DataFrame, affinity: DataFrame, unit: float, epsilon: fl
     """grid (customer_id, persona, ...) + the walk features and their epsilon intervals.
 
     ``affinity``: (customer_id, persona, score); a missing row is score 0. Interval ends
-    (suffix _low/_high) bound each feature over every score within epsilon of the estimate.
+    (suffix _low/_high) bound each feature over every exact score the certificate allows.
+    RevAff's estimate never exceeds the exact affinity (all values are non-negative and the
+    entries below theta are dropped, never added), so the exact score lies in [s, s + eps].
     """
     eps = float(epsilon)
     scored = grid.join(affinity.select("customer_id", "persona", "score"), ["customer_id", "persona"], "left") \
         .withColumn("score", F.coalesce(F.col("score"), F.lit(0.0)))
     customer = Window.partitionBy("customer_id")
     by_score = Window.partitionBy("customer_id").orderBy(F.desc("score"), F.asc("persona"))
-    low = F.greatest(F.col("score") - eps, F.lit(0.0))
+    low = F.col("score")
     high = F.col("score") + eps
     total = F.sum("score").over(customer)
-    total_low = F.sum(F.greatest(F.col("score") - eps, F.lit(0.0))).over(customer)
+    total_low = total
     frame = scored.select(
         "*", total.alias("_total"), total_low.alias("_total_low"),
         F.row_number().over(by_score).alias("_rank"),
@@ -176,13 +178,13 @@ def walk_features(grid: DataFrame, affinity: DataFrame, unit: float, epsilon: fl
         (1.0 / F.col("_rank")).alias("walk_reciprocal_rank"),
     )
     if eps > 0:
-        # Rank bounds: personas surely above m (s_n - eps > s_m + eps) and possibly above it.
+        # Rank bounds: personas surely above m (s_n > s_m + eps) and possibly above it.
         pairs = frame.select("customer_id", F.col("persona").alias("_other"), F.col("score").alias("_s"))
         bounds = (frame.select("customer_id", "persona", "score").join(pairs, "customer_id")
                   .where(F.col("_other") != F.col("persona"))
                   .groupBy("customer_id", "persona").agg(
-                      F.sum((F.col("_s") - eps > F.col("score") + eps).cast("int")).alias("_surely"),
-                      F.sum((F.col("_s") + eps >= F.col("score") - eps).cast("int")).alias("_possibly")))
+                      F.sum((F.col("_s") > F.col("score") + eps).cast("int")).alias("_surely"),
+                      F.sum((F.col("_s") + eps >= F.col("score")).cast("int")).alias("_possibly")))
         frame = frame.join(bounds, ["customer_id", "persona"], "left").select(
             "*", (1.0 / (1 + F.coalesce(F.col("_possibly"), F.lit(0)))).alias("walk_reciprocal_rank_low"),
             (1.0 / (1 + F.coalesce(F.col("_surely"), F.lit(0)))).alias("walk_reciprocal_rank_high"),

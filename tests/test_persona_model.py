@@ -34,11 +34,11 @@ def test_walk_features_and_their_epsilon_intervals(spark):
     actual = persona_model.walk_features(grid, affinity, 1.0, 0.05, 2).select(
         "persona", "walk_share", "walk_share_low", "walk_share_high", "walk_reciprocal_rank",
         "walk_reciprocal_rank_low", "walk_reciprocal_rank_high", "walk_log_score_low")
-    # A: share .75; lowest .25 / (.25 + .1 + .05); highest .35 / (.35 + .05). B's rank 2 is
-    # certain (.3 - .05 > .1 + .05); A is surely first.
+    # RevAff never overestimates: exact scores lie in [s, s + .05]. A: share .75, lowest
+    # .3 / (.3 + .1 + .05), highest .35 / (.35 + .1). B's rank 2 is certain (.3 > .1 + .05).
     expected = spark.createDataFrame(
-        [("A", 0.75, 0.25 / 0.40, 0.35 / 0.40, 1.0, 1.0, 1.0, math.log1p(0.25)),
-         ("B", 0.25, 0.05 / 0.40, 0.15 / 0.40, 0.5, 0.5, 0.5, math.log1p(0.05))],
+        [("A", 0.75, 0.30 / 0.45, 0.35 / 0.45, 1.0, 1.0, 1.0, math.log1p(0.3)),
+         ("B", 0.25, 0.10 / 0.45, 0.15 / 0.45, 0.5, 0.5, 0.5, math.log1p(0.1))],
         "persona string, walk_share double, walk_share_low double, walk_share_high double, "
         "walk_reciprocal_rank double, walk_reciprocal_rank_low double, walk_reciprocal_rank_high double, "
         "walk_log_score_low double")
