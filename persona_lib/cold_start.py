@@ -5,8 +5,16 @@ paper's one-step walk gives its affinity directly from the published product aff
 Psi[u, m] = (1/|S|) x sum over v in S of product_affinity[v, m]. No retraining, and the same
 scale as the tables' scores. Products never seen are ignored (and reported).
 
-The model is an MLflow pyfunc built from product_personas, logged with every pipeline run and
-registered with an alias per run (and ``current`` for the newest), so serving can pin a run.
+When the run's persona model is logged with it (``persona_model`` artifact, every pipeline
+run), the pyfunc scores the shopper with that model instead (persona_model.score_basket, numpy
+only): ``probability`` is then the same calibrated probability as persona_affinity's, ``score``
+the one-step walk affinity, ``rank`` by probability, and the added columns ``threshold`` and
+``published`` say whether the persona would be in the shopper's published set. Without it
+(older runs) probability is the walk score normalised over the personas.
+
+The model is an MLflow pyfunc logged with every pipeline run and registered with an alias per
+run (and ``current`` for the newest), so serving can pin a run. Loading it needs mlflow,
+pandas and numpy, no Spark.
 """
 
 from __future__ import annotations
@@ -24,7 +32,9 @@ except ImportError:  # pragma: no cover
     PythonModel = object  # type: ignore[assignment,misc]
 
 ARTIFACT_KEY = "product_personas"
+MODEL_ARTIFACT_KEY = "persona_model"
 OUTPUT_COLUMNS = ["row", "persona", "score", "probability", "rank", "matched_products"]
+MODEL_OUTPUT_COLUMNS = OUTPUT_COLUMNS + ["threshold", "published"]
 
 
 def score_products(product_scores: dict[str, dict[str, float]], products: list[str],
@@ -50,14 +60,23 @@ class ColdStartPersonaModel(PythonModel):
     def load_context(self, context) -> None:
         path = context.artifacts[ARTIFACT_KEY]
         self._scores = json.loads(Path(path).read_text())
+        model_path = context.artifacts.get(MODEL_ARTIFACT_KEY)
+        self._model = json.loads(Path(model_path).read_text()) if model_path else None
 
     def predict(self, context, model_input: pd.DataFrame, params: Optional[dict] = None) -> pd.DataFrame:
+        from persona_lib.persona_scoring import score_basket
+
         limit = (params or {}).get("limit")
         rows = []
         for index, products in enumerate(model_input["products"]):
-            for entry in score_products(self._scores, list(products or []), limit):
+            if self._model is not None:
+                entries = score_basket(self._model, list(products or []))
+                entries = entries[:limit] if limit else entries
+            else:
+                entries = score_products(self._scores, list(products or []), limit)
+            for entry in entries:
                 rows.append({"row": index, **entry})
-        return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
+        return pd.DataFrame(rows, columns=MODEL_OUTPUT_COLUMNS if self._model is not None else OUTPUT_COLUMNS)
 
 
 def product_scores_json(product_personas) -> str:
@@ -72,22 +91,33 @@ def product_scores_json(product_personas) -> str:
     return json.dumps(scores)
 
 
-def log_and_register(product_personas, registered_model: str, run_alias: str) -> str:
-    """Log the model in the active MLflow run, register it, alias it; returns the model URI."""
+def log_and_register(product_personas, registered_model: str, run_alias: str,
+                     persona_model: Optional[dict] = None) -> str:
+    """Log the model in the active MLflow run, register it, alias it; returns the model URI.
+
+    ``persona_model``: the run's fitted persona model (PersonaModel.artifact()), which the
+    pyfunc then scores with; also logged as ``persona_model/persona_model.json``.
+    """
     import mlflow
     from mlflow import MlflowClient
 
     folder = Path(tempfile.mkdtemp(prefix="personas-cold-start-"))
     artifact = folder / "product_personas.json"
     artifact.write_text(product_scores_json(product_personas))
+    artifacts = {ARTIFACT_KEY: str(artifact)}
+    if persona_model is not None:
+        model_file = folder / "persona_model.json"
+        model_file.write_text(json.dumps(persona_model))
+        artifacts[MODEL_ARTIFACT_KEY] = str(model_file)
+        mlflow.log_artifact(str(model_file), artifact_path="persona_model")
     example = pd.DataFrame({"products": [["85123A", "71053"]]})
     info = mlflow.pyfunc.log_model(
         name="cold_start",
         python_model=ColdStartPersonaModel(),
-        artifacts={ARTIFACT_KEY: str(artifact)},
+        artifacts=artifacts,
         input_example=example,
         registered_model_name=registered_model,
-        pip_requirements=["mlflow", "pandas"],
+        pip_requirements=["mlflow", "pandas", "numpy"],
     )
     client = MlflowClient()
     version = info.registered_model_version

@@ -198,6 +198,24 @@ class PublishingConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """The persona model (persona_lib.persona_model) fitted on the labelled customers every run."""
+
+    # Folds of the labelled customers: each fold's features come from the other folds only.
+    cv_folds: int = 5
+    # Inverse L2 strength of the purchase-profile logistic (per labelled customer and persona).
+    profile_c: float = 3.0
+    # L2 strength (mean loss) of the stacking logistic over the features.
+    stack_reg: float = 1e-3
+    # Each persona's threshold maximises its F1 on the out-of-fold customers subject to
+    # |published share - labelled share| <= this.
+    max_prevalence_gap: float = 0.03
+    # Fewer distinct products than this is thin evidence: the customer is flagged ambiguous.
+    min_products: int = 2
+    max_iter: int = 100
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     # Null: sqlite under the work dir, so it works offline.
     tracking_uri: Optional[str] = None
@@ -278,6 +296,7 @@ class AppConfig:
     labelling: LabellingConfig = field(default_factory=LabellingConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     publishing: PublishingConfig = field(default_factory=PublishingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
     forget: ForgetConfig = field(default_factory=ForgetConfig)

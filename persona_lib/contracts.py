@@ -268,9 +268,20 @@ CONTRACTS: Tuple[TableContract, ...] = (
     TableContract("propagation_runs", PROPAGATION_RUNS, ("propagation_id",), "propagation",
                   "Convergence figures of each propagation."),
     TableContract("persona_affinity", PERSONA_AFFINITY, ("customer_id", "persona"), "publishing",
-                  "Per customer and persona: probability, raw score, rank, source."),
+                  "Per customer and persona: probability, raw score, rank, source. For propagated customers "
+                  "`probability` is the persona model's calibrated probability that the LLM would name the "
+                  "persona (multi-label: a customer's probabilities do not sum to 1), `rank` orders them "
+                  "(1 = most probable) and `score` is the raw walk affinity, certified within epsilon (0 "
+                  "where the walk did not reach). Labelled and overridden customers: their labels, "
+                  "probability 1."),
     TableContract("customer_personas", CUSTOMER_PERSONAS, ("customer_id",), "publishing",
-                  "Per customer: persona names, source, confidence, ambiguity and why."),
+                  "Per customer: persona names, source, confidence, ambiguity and why. Propagated: `personas` "
+                  "are those at or above their persona's threshold (at least the most probable one when a "
+                  "labelled customer was reached), `confidence` their mean calibrated probability, "
+                  "`is_ambiguous` true when the epsilon certificate cannot settle a decision or the "
+                  "evidence is thin; `why.products` weights are shares of the top persona's evidence, "
+                  "`why.labelled_neighbours` counts distinct labelled co-buyers (HyperLogLog), "
+                  "`why.llm_evidence` holds a labelled customer's validated personas."),
     TableContract("product_personas", PRODUCT_PERSONAS, ("product_id", "persona"), "publishing",
                   "Per product and persona: affinity score."),
     TableContract("runs", RUNS, ("run_id",), "publishing",

@@ -131,6 +131,11 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
             tracking.log_metrics(figures, step=round_index + 1)
             round_figures.append(figures)
 
+    say("fitting the persona model")
+    with timer("model"):
+        model, persona_scores = _fit_persona_model(spark, config, graph, edges, float(result.stats["epsilon"]))
+    say(f"persona model: {model.figures}")
+    tracking.log_metrics({f"model_{k}": v for k, v in model.figures.items()})
     say("publishing persona tables")
     with timer("publish"):
         inputs = publishing.PublishInputs(
@@ -143,6 +148,7 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
             overrides=_current_overrides(spark, config),
             products=storage.table_ref(config, "products").read(spark).select("product_id", "title"),
             epsilon=float(result.stats["epsilon"]),
+            persona_scores=persona_scores,
         )
         computed_at = _now()
         outputs = publishing.publish(spark, config, inputs, computed_at)
@@ -151,7 +157,7 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
 
     published = _published_figures(spark, config, outputs)
     with timer("track"):
-        _log_run_artifacts(spark, config, run_id, published, round_figures, outputs)
+        _log_run_artifacts(spark, config, run_id, published, round_figures, outputs, model)
     metrics = {
         "customers": n_customers,
         "labelled": published["labelled"],
@@ -237,6 +243,24 @@ def _label_distribution(spark, config) -> dict:
     return {r["persona"]: r["count"] / total for r in rows}
 
 
+def _product_labels(spark, config) -> Optional[DataFrame]:
+    """(product_id, persona) of the product-labelling stage, None when it has not run."""
+    return None
+
+
+def _fit_persona_model(spark, config, graph, edges, epsilon: float):
+    """The run's persona model (fitted on the label store) and its scores of every customer."""
+    from persona_lib import persona_model
+
+    inputs = persona_model.ModelInputs(
+        graph=graph, edges=edges.select("customer_id", "product_id").distinct(),
+        labels=persona_model.training_labels(spark, config),
+        customer_affinity=storage.table_ref(config, "customer_affinity").read(spark),
+        product_affinity=storage.table_ref(config, "product_affinity").read(spark),
+        epsilon=epsilon, product_labels=_product_labels(spark, config))
+    return persona_model.fit_and_score(spark, config, inputs)
+
+
 def _llm_labels(spark, config) -> DataFrame:
     ref = storage.table_ref(config, "persona_labels")
     return ref.read(spark).where(F.col("status").isin(*LABELLED_STATUSES)).select(
@@ -306,7 +330,7 @@ def _published_figures(spark, config, outputs) -> dict:
     }
 
 
-def _log_run_artifacts(spark, config, run_id, published, round_figures, outputs) -> None:
+def _log_run_artifacts(spark, config, run_id, published, round_figures, outputs, model) -> None:
     from persona_lib import cold_start
     from persona_lib.query import run_alias
 
@@ -328,7 +352,8 @@ def _log_run_artifacts(spark, config, run_id, published, round_figures, outputs)
     tracking.log_json_artifact(sample, "samples/why_records.json")
     product_personas = storage.table_ref(config, "product_personas").read(
         spark, version=outputs["product_personas"]["version"])
-    cold_start.log_and_register(product_personas, config.tracking.registered_model, run_alias(run_id))
+    cold_start.log_and_register(product_personas, config.tracking.registered_model, run_alias(run_id),
+                                persona_model=model.artifact())
 
 
 def _log_prompt_template(config) -> None:
@@ -405,18 +430,20 @@ def republish(spark: SparkSession, config: AppConfig, reason: str,
         result = propagation.propagate(spark, graph, labelling.labels_for_propagation(spark, config), config)
         propagation.write_propagation(spark, config, result, propagation_id=f"{run_id}-{reason}")
         say(f"{reason}: re-propagated in {result.stats['supersteps']} supersteps")
+        model, persona_scores = _fit_persona_model(spark, config, graph, edges, float(result.stats["epsilon"]))
         inputs = publishing.PublishInputs(
             run_id=run_id, customers=customers, edges=edges.select("customer_id", "product_id"),
             customer_affinity=storage.table_ref(config, "customer_affinity").read(spark),
             product_affinity=storage.table_ref(config, "product_affinity").read(spark),
             llm_labels=_llm_labels(spark, config), overrides=_current_overrides(spark, config),
             products=storage.table_ref(config, "products").read(spark).select("product_id", "title"),
-            epsilon=float(result.stats["epsilon"]),
+            epsilon=float(result.stats["epsilon"]), persona_scores=persona_scores,
         )
         outputs = publishing.publish(spark, config, inputs, _now())
         product_personas = storage.table_ref(config, "product_personas").read(
             spark, version=outputs["product_personas"]["version"])
-        cold_start.log_and_register(product_personas, config.tracking.registered_model, run_alias(run_id))
+        cold_start.log_and_register(product_personas, config.tracking.registered_model, run_alias(run_id),
+                                    persona_model=model.artifact())
         publishing.record_run(spark, config, run_id, "complete", started_at, _now(),
                               {name: t["version"] for name, t in outputs.items()}, {"reason": reason})
         graph.unpersist()

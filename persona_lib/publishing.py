@@ -1,18 +1,24 @@
-"""The persona tables users read, built from the propagation's raw affinities and the labels.
+"""The persona tables users read, built from the persona model's scores and the labels.
 
-- persona_affinity: per customer and persona with a non-zero score: probability (scores
-  normalised per customer), raw score, rank, source (llm, override, propagated).
+- persona_affinity: per customer and persona: probability, raw walk score, rank, source.
+  For propagated customers the probability is the persona model's calibrated probability
+  that the LLM would name the persona (persona_lib.persona_model): multi-label, so a
+  customer's probabilities do not sum to 1; rank orders them (1 = most probable); score is
+  the raw walk affinity, certified within epsilon (0 where the walk did not reach).
   Labelled and overridden customers keep their labels: their rows are their labelled
-  personas in the given order, probability 1/k each.
-- customer_personas: per customer: personas (top-k propagated, or the labels), source,
-  confidence, is_ambiguous and why (top contributing products with weights, labelled
-  co-buyers reached, the LLM's answer for labelled customers).
+  personas in the given order, probability 1 (the label is known).
+- customer_personas: per customer: personas (the model's decided set: every persona at or
+  above its threshold, at least the most probable one; or the labels), source, confidence
+  (the mean calibrated probability of the published personas: their expected precision),
+  is_ambiguous and why (products with their share of the top persona's evidence, distinct
+  labelled co-buyers, and for labelled customers their validated personas).
 - product_personas: per product and persona: the half-walk affinity.
 
-Ambiguity: the bound only certifies that each score is within epsilon of exact, so two
-personas whose scores differ by at most 2 x epsilon may be in either order: such a
-customer, or one whose evidence mass (sum of scores) is below the configured floor, is
-ambiguous, and downstream ranking does not condition on it.
+Ambiguity ("the published set is not certain"): a propagated customer is ambiguous when
+(a) the epsilon certificate lets some persona's probability fall on either side of its
+threshold (persona_model propagates the +/- epsilon score box through the model), or
+(b) its evidence is thin: no labelled customer reached (no labelled co-buyer) or fewer than
+``model.min_products`` distinct products. Downstream ranking does not condition on it.
 
 A run publishes atomically through the ``runs`` table, written last with the version of
 every output table: readers (the current_* views, ``persona_lib.query``) read those
@@ -21,6 +27,7 @@ versions, so they never see half a run; earlier runs stay readable by time trave
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -46,53 +53,43 @@ class PublishInputs:
     edges: DataFrame  # customer_id, product_id (the graph's distinct pairs)
     customer_affinity: DataFrame  # customer_id, persona, score
     product_affinity: DataFrame  # product_id, persona, score
-    llm_labels: DataFrame  # customer_id, personas (array, in the LLM's order), raw_response
+    llm_labels: DataFrame  # customer_id, personas (array, in the LLM's order)
     overrides: DataFrame  # customer_id, personas (array)
     products: DataFrame  # product_id, title
     epsilon: float
+    # persona_model.score: customer_id, persona, score, probability, probability_low,
+    # probability_high, threshold, products
+    persona_scores: DataFrame = None  # type: ignore[assignment]
 
 
 def label_rows(llm_labels: DataFrame, overrides: DataFrame) -> DataFrame:
-    """(customer_id, personas, source, evidence): an override wins over the LLM's answer."""
-    override_rows = overrides.select("customer_id", "personas", F.lit("override").alias("source"),
-                                     F.lit(None).cast("string").alias("evidence"))
+    """(customer_id, personas, source): an override wins over the LLM's answer."""
+    override_rows = overrides.select("customer_id", "personas", F.lit("override").alias("source"))
     llm_rows = (
         llm_labels.join(overrides.select("customer_id"), "customer_id", "left_anti")
-        .select("customer_id", "personas", F.lit("llm").alias("source"),
-                F.col("raw_response").alias("evidence"))
+        .select("customer_id", "personas", F.lit("llm").alias("source"))
     )
     return override_rows.unionByName(llm_rows)
 
 
-def ranked_affinity(customer_affinity: DataFrame) -> DataFrame:
-    """Non-zero scores with probability (normalised per customer) and rank (1 = best)."""
-    per_customer = Window.partitionBy("customer_id")
-    by_score = Window.partitionBy("customer_id").orderBy(F.desc("score"), F.asc("persona"))
-    positive = customer_affinity.where(F.col("score") > 0)
-    return positive.select(
-        "customer_id", "persona", "score",
-        (F.col("score") / F.sum("score").over(per_customer)).alias("probability"),
-        F.row_number().over(by_score).cast("int").alias("rank"),
-    )
-
-
 def build_persona_affinity(inputs: PublishInputs, labels: DataFrame, computed_at) -> DataFrame:
+    by_probability = Window.partitionBy("customer_id").orderBy(F.desc("probability"), F.asc("persona"))
     propagated = (
-        ranked_affinity(inputs.customer_affinity)
-        .join(labels.select("customer_id"), "customer_id", "left_anti")
-        .withColumn("source", F.lit("propagated"))
+        inputs.persona_scores.join(labels.select("customer_id"), "customer_id", "left_anti")
+        .select("customer_id", "persona", "probability", "score",
+                F.row_number().over(by_probability).cast("int").alias("rank"),
+                F.lit("propagated").alias("source"))
     )
     labelled = labels.select(
         "customer_id", "source",
         F.posexplode("personas").alias("position", "persona"),
-        F.size("personas").alias("n_labels"),
     )
     labelled = (
         labelled.join(inputs.customer_affinity, ["customer_id", "persona"], "left")
         .select(
             "customer_id", "persona",
+            F.lit(1.0).alias("probability"),
             F.coalesce(F.col("score"), F.lit(0.0)).alias("score"),
-            (F.lit(1.0) / F.col("n_labels")).alias("probability"),
             (F.col("position") + 1).cast("int").alias("rank"),
             "source",
         )
@@ -107,18 +104,21 @@ def why_products(inputs: PublishInputs, top_persona: DataFrame, limit: int) -> D
     """(customer_id, products): the products that contribute most to the customer's top persona.
 
     A product v of customer u contributes (1/d(u)) x product_affinity[v, m] to u's one-step
-    walk score for persona m, which is what the weight reports.
+    walk score for persona m; the weight is its share of the sum over u's products, so a
+    customer's weights of one persona sum to 1 over all its contributing products.
     """
-    degree = inputs.edges.groupBy("customer_id").agg(F.count(F.lit(1)).alias("degree"))
     contributions = (
         inputs.edges.join(top_persona, "customer_id")
         .join(inputs.product_affinity, ["product_id", "persona"])
-        .join(degree, "customer_id")
-        .select("customer_id", "product_id", (F.col("score") / F.col("degree")).alias("weight"))
+        .where(F.col("score") > 0)
+        .select("customer_id", "product_id", "score")
     )
-    best = Window.partitionBy("customer_id").orderBy(F.desc("weight"), F.asc("product_id"))
+    per_customer = Window.partitionBy("customer_id")
+    best = Window.partitionBy("customer_id").orderBy(F.desc("score"), F.asc("product_id"))
     top = (
-        contributions.withColumn("_rank", F.row_number().over(best)).where(F.col("_rank") <= limit)
+        contributions.select("*", (F.col("score") / F.sum("score").over(per_customer)).alias("weight"),
+                             F.row_number().over(best).alias("_rank"))
+        .where(F.col("_rank") <= limit)
         .join(inputs.products.select("product_id", "title"), "product_id", "left")
     )
     return top.groupBy("customer_id").agg(
@@ -131,66 +131,69 @@ def why_products(inputs: PublishInputs, top_persona: DataFrame, limit: int) -> D
 
 
 def labelled_neighbours(inputs: PublishInputs, labels: DataFrame) -> DataFrame:
-    """(customer_id, labelled_neighbours): labelled co-buyers reached, counted per shared product.
+    """(customer_id, labelled_neighbours): DISTINCT labelled co-buyers, the customer excluded.
 
-    Counting per shared product (not distinct) keeps this one join over the edges instead of
-    a customer x customer self-join that grows with the square of product popularity.
+    Per product, a HyperLogLog sketch of its labelled buyers; per customer, the union of its
+    products' sketches. That is one join over the edges, never a customer x customer
+    self-join (which grows with the square of product popularity). The estimate is exact for
+    small counts and within about 1.6% (lgConfigK 12) beyond.
     """
-    labelled_buyers = (
-        inputs.edges.join(labels.select("customer_id"), "customer_id")
-        .groupBy("product_id").agg(F.count(F.lit(1)).alias("labelled_buyers"))
+    sketches = (
+        inputs.edges.join(labels.select("customer_id"), "customer_id", "left_semi")
+        .groupBy("product_id").agg(F.hll_sketch_agg("customer_id", 12).alias("_sketch"))
     )
     self_labelled = labels.select("customer_id", F.lit(1).alias("_self"))
     return (
-        inputs.edges.join(labelled_buyers, "product_id")
+        inputs.edges.join(sketches, "product_id")
+        .groupBy("customer_id").agg(F.hll_sketch_estimate(F.hll_union_agg("_sketch")).alias("_reached"))
         .join(self_labelled, "customer_id", "left")
-        .groupBy("customer_id")
-        .agg(F.sum(F.col("labelled_buyers") - F.coalesce(F.col("_self"), F.lit(0))).cast("long")
-             .alias("labelled_neighbours"))
+        .select("customer_id", F.greatest(F.col("_reached") - F.coalesce(F.col("_self"), F.lit(0)), F.lit(0))
+                .cast("long").alias("labelled_neighbours"))
     )
 
 
-def build_customer_personas(inputs: PublishInputs, labels: DataFrame, ranked: DataFrame,
-                            top_k: int, evidence_floor: float, why_limit: int, computed_at) -> DataFrame:
-    margin = 2.0 * inputs.epsilon
-    per_customer = ranked.groupBy("customer_id").agg(
-        F.transform(
-            F.slice(F.array_sort(F.collect_list(F.struct("rank", "persona", "probability"))), 1, top_k),
-            lambda s: s["persona"],
-        ).alias("top_personas"),
-        F.max(F.when(F.col("rank") == 1, F.col("score"))).alias("score_1"),
-        F.max(F.when(F.col("rank") == 2, F.col("score"))).alias("score_2"),
-        F.sum(F.when(F.col("rank") <= top_k, F.col("probability"))).alias("covered"),
-        F.sum("score").alias("evidence_mass"),
-    )
-    top_persona = ranked.where(F.col("rank") == 1).select("customer_id", "persona")
-    why = why_products(inputs, top_persona, why_limit)
+def ambiguity(uncertain, labelled_neighbours, products, min_products: int):
+    """The is_ambiguous rule of a propagated customer: the certificate or thin evidence."""
+    thin = (F.coalesce(labelled_neighbours, F.lit(0)) <= 0) | (F.coalesce(products, F.lit(0)) < F.lit(min_products))
+    return F.coalesce(uncertain, F.lit(True)) | thin
+
+
+def build_customer_personas(spark: SparkSession, inputs: PublishInputs, labels: DataFrame, min_products: int,
+                            why_limit: int, computed_at) -> DataFrame:
+    from persona_lib import persona_model
+
+    decided = persona_model.decide(inputs.persona_scores)
+    sizes = inputs.edges.groupBy("customer_id").agg(F.count(F.lit(1)).alias("_products"))
     neighbours = labelled_neighbours(inputs, labels)
+    top_persona = (decided.select("customer_id", F.element_at("personas", 1).alias("persona"))
+                   .where(F.col("persona").isNotNull()))
+    why = why_products(inputs, top_persona, why_limit)
     everyone = inputs.customers.select("customer_id").distinct()
     joined = (
-        everyone.join(per_customer, "customer_id", "left")
-        .join(labels, "customer_id", "left")
+        everyone.join(decided, "customer_id", "left")
+        .join(labels.withColumnRenamed("personas", "labelled_personas"), "customer_id", "left")
+        .join(sizes, "customer_id", "left")
         .join(why, "customer_id", "left")
         .join(neighbours, "customer_id", "left")
     )
     is_labelled = F.col("source").isNotNull()
-    propagated_ambiguous = (
-        F.col("score_1").isNull()
-        | (F.col("score_1") - F.coalesce(F.col("score_2"), F.lit(0.0)) <= F.lit(margin))
-        | (F.col("evidence_mass") < F.lit(evidence_floor))
-    )
+    has_evidence = F.coalesce(F.col("labelled_neighbours"), F.lit(0)) > 0
     empty_products = F.array().cast("array<struct<product_id:string,title:string,weight:double>>")
+    no_personas = F.array().cast("array<string>")
     return joined.select(
         "customer_id",
-        F.when(is_labelled, F.col("personas"))
-        .otherwise(F.coalesce(F.col("top_personas"), F.array().cast("array<string>"))).alias("personas"),
+        F.when(is_labelled, F.col("labelled_personas"))
+        .when(has_evidence, F.coalesce(F.col("personas"), no_personas)).otherwise(no_personas).alias("personas"),
         F.coalesce(F.col("source"), F.lit("propagated")).alias("source"),
-        F.when(is_labelled, F.lit(1.0)).otherwise(F.coalesce(F.col("covered"), F.lit(0.0))).alias("confidence"),
-        F.when(is_labelled, F.lit(False)).otherwise(propagated_ambiguous).alias("is_ambiguous"),
+        F.when(is_labelled, F.lit(1.0)).when(has_evidence, F.col("confidence")).otherwise(F.lit(None))
+        .cast("double").alias("confidence"),
+        F.when(is_labelled, F.lit(False))
+        .otherwise(ambiguity(F.col("uncertain"), F.col("labelled_neighbours"), F.col("_products"), min_products))
+        .alias("is_ambiguous"),
         F.struct(
             F.coalesce(F.col("products"), empty_products).alias("products"),
             F.coalesce(F.col("labelled_neighbours"), F.lit(0)).cast("long").alias("labelled_neighbours"),
-            F.substring(F.col("evidence"), 1, 2000).alias("llm_evidence"),
+            F.when(is_labelled, F.array_join(F.col("labelled_personas"), ", ")).alias("llm_evidence"),
         ).alias("why"),
         F.lit(inputs.run_id).alias("run_id"),
         F.lit(computed_at).cast("timestamp").alias("computed_at"),
@@ -204,15 +207,17 @@ def build_product_personas(inputs: PublishInputs) -> DataFrame:
 
 def publish(spark: SparkSession, config: AppConfig, inputs: PublishInputs, computed_at) -> dict:
     """Write the three output tables (one overwrite commit each); returns their versions."""
+    if inputs.persona_scores is None:
+        raise ValueError("publish needs the persona model's scores (PublishInputs.persona_scores)")
     labels = label_rows(inputs.llm_labels, inputs.overrides).cache()
-    ranked = ranked_affinity(inputs.customer_affinity).cache()
+    scores = inputs.persona_scores.localCheckpoint(eager=True)
+    inputs = dataclasses.replace(inputs, persona_scores=scores)
     try:
         outputs = {
             "persona_affinity": (build_persona_affinity(inputs, labels, computed_at), contracts.PERSONA_AFFINITY),
             "customer_personas": (
-                build_customer_personas(inputs, labels, ranked, config.publishing.top_k,
-                                        config.publishing.evidence_floor, config.publishing.why_products,
-                                        computed_at),
+                build_customer_personas(spark, inputs, labels, config.model.min_products,
+                                        config.publishing.why_products, computed_at),
                 contracts.CUSTOMER_PERSONAS),
             "product_personas": (build_product_personas(inputs), contracts.PRODUCT_PERSONAS),
         }
@@ -224,7 +229,6 @@ def publish(spark: SparkSession, config: AppConfig, inputs: PublishInputs, compu
         return versions
     finally:
         labels.unpersist()
-        ranked.unpersist()
 
 
 # --------------------------------------------------------------------------- the runs table

@@ -15,20 +15,32 @@ NOW = datetime(2026, 1, 1)
 EPSILON = 0.01
 
 
+SCORES = "customer_id string, persona string, score double, probability double, probability_low double, " \
+         "probability_high double, threshold double, products long"
+
+
 @pytest.fixture
 def inputs(spark):
-    """Four customers: c1 clear winner, c2 a near tie, c3 LLM-labelled, c4 overridden, c5 unreached."""
+    """c1 certain, c2 a threshold inside its epsilon interval, c3 LLM-labelled, c4 overridden,
+    c5 no purchases, c6 one product only (thin evidence)."""
     affinity = spark.createDataFrame(
         [("c1", "Gardener", 0.30), ("c1", "Baker", 0.10), ("c2", "Gardener", 0.200), ("c2", "Baker", 0.195),
          ("c3", "Gardener", 0.05), ("c3", "Baker", 0.20), ("c4", "Baker", 0.40)],
         contracts.CUSTOMER_AFFINITY)
     products = spark.createDataFrame([("p1", 0.5), ("p2", 0.1)], "product_id string, score double") \
         .withColumn("persona", F.lit("Gardener")).select("product_id", "persona", "score")
-    edges = spark.createDataFrame([("c1", "p1"), ("c1", "p2"), ("c2", "p1"), ("c3", "p2"), ("c4", "p2")],
+    edges = spark.createDataFrame([("c1", "p1"), ("c1", "p2"), ("c2", "p1"), ("c2", "p2"), ("c3", "p2"),
+                                   ("c4", "p1"), ("c4", "p2"), ("c6", "p1")],
                                   "customer_id string, product_id string")
+    scores = spark.createDataFrame(
+        [("c1", "Gardener", 0.30, 0.80, 0.70, 0.90, 0.5, 2), ("c1", "Baker", 0.10, 0.30, 0.20, 0.35, 0.4, 2),
+         ("c2", "Gardener", 0.20, 0.60, 0.45, 0.70, 0.5, 2), ("c2", "Baker", 0.195, 0.55, 0.50, 0.60, 0.4, 2),
+         ("c6", "Gardener", 0.0, 0.30, 0.25, 0.35, 0.5, 1), ("c6", "Baker", 0.0, 0.20, 0.10, 0.30, 0.4, 1),
+         ("c3", "Gardener", 0.05, 0.9, 0.9, 0.9, 0.5, 1), ("c4", "Baker", 0.4, 0.9, 0.9, 0.9, 0.4, 2)],
+        SCORES)
     return PublishInputs(
         run_id="run-1",
-        customers=spark.createDataFrame([(c,) for c in ("c1", "c2", "c3", "c4", "c5")], "customer_id string"),
+        customers=spark.createDataFrame([(c,) for c in ("c1", "c2", "c3", "c4", "c5", "c6")], "customer_id string"),
         edges=edges,
         customer_affinity=affinity,
         product_affinity=products,
@@ -38,50 +50,73 @@ def inputs(spark):
         overrides=spark.createDataFrame([("c4", ["Baker"])], "customer_id string, personas array<string>"),
         products=spark.createDataFrame([("p1", "Rake"), ("p2", "Seeds")], "product_id string, title string"),
         epsilon=EPSILON,
+        persona_scores=scores,
     )
 
 
 def published(spark, config, inputs):
+    config = config.replace("model", min_products=2)
     versions = publishing.publish(spark, config, inputs, NOW)
     return {k: storage.table_ref(config, k).read(spark, version=v["version"]) for k, v in versions.items()}
 
 
-def test_propagated_probabilities_sum_to_one_and_ranks_count_from_one(spark, config, inputs):
+def test_propagated_rows_carry_the_model_probability_and_the_raw_score_ranked_by_probability(spark, config, inputs):
     affinity = published(spark, config, inputs)["persona_affinity"]
-    actual = affinity.where("source = 'propagated'").select("customer_id", "persona", "probability", "rank")
+    actual = affinity.where("source = 'propagated' and customer_id in ('c1', 'c2')") \
+        .select("customer_id", "persona", "probability", "score", "rank")
     expected = spark.createDataFrame(
-        [("c1", "Gardener", 0.75, 1), ("c1", "Baker", 0.25, 2),
-         ("c2", "Gardener", 0.200 / 0.395, 1), ("c2", "Baker", 0.195 / 0.395, 2)],
-        "customer_id string, persona string, probability double, rank int")
+        [("c1", "Gardener", 0.80, 0.30, 1), ("c1", "Baker", 0.30, 0.10, 2),
+         ("c2", "Gardener", 0.60, 0.20, 1), ("c2", "Baker", 0.55, 0.195, 2)],
+        "customer_id string, persona string, probability double, score double, rank int")
     assert_approx_df_equality(actual, expected, 1e-9, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_labelled_customers_keep_their_labels_and_overrides_win(spark, config, inputs):
-    summary = published(spark, config, inputs)["customer_personas"]
+    tables = published(spark, config, inputs)
+    summary = tables["customer_personas"]
     actual = summary.where("source != 'propagated'").select("customer_id", "personas", "source", "is_ambiguous")
     expected = spark.createDataFrame(
         [("c3", ["Gardener", "Baker"], "llm", False), ("c4", ["Baker"], "override", False)],
         "customer_id string, personas array<string>, source string, is_ambiguous boolean")
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+    labelled = tables["persona_affinity"].where("source != 'propagated'").select("customer_id", "persona", "probability")
+    assert sorted(tuple(r) for r in labelled.collect()) == [("c3", "Baker", 1.0), ("c3", "Gardener", 1.0),
+                                                            ("c4", "Baker", 1.0)]
 
 
-def test_a_margin_within_two_epsilon_is_ambiguous(spark, config, inputs):
+def test_personas_are_those_at_or_above_threshold_and_never_empty_with_evidence(spark, config, inputs):
     summary = published(spark, config, inputs)["customer_personas"]
-    actual = summary.where("source = 'propagated'").select("customer_id", "personas", "is_ambiguous")
+    actual = summary.where("source = 'propagated'").select("customer_id", "personas", "confidence")
     expected = spark.createDataFrame(
-        [("c1", ["Gardener", "Baker"], False), ("c2", ["Gardener", "Baker"], True), ("c5", [], True)],
-        "customer_id string, personas array<string>, is_ambiguous boolean")
+        [("c1", ["Gardener"], 0.80), ("c2", ["Gardener", "Baker"], 0.575), ("c5", [], None), ("c6", ["Gardener"], 0.30)],
+        "customer_id string, personas array<string>, confidence double")
+    assert_approx_df_equality(actual, expected, 1e-9, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_ambiguous_exactly_when_the_certificate_or_the_evidence_rule_says_so(spark, config, inputs):
+    # c1: every interval clear of its threshold, 2 labelled co-buyers, 2 products: certain.
+    # c2: Gardener's [0.45, 0.70] holds its threshold 0.5: the certificate cannot decide.
+    # c5: nothing bought, nobody labelled reached. c6: one product < min_products 2.
+    summary = published(spark, config, inputs)["customer_personas"]
+    actual = summary.where("source = 'propagated'").select("customer_id", "is_ambiguous")
+    expected = spark.createDataFrame([("c1", False), ("c2", True), ("c5", True), ("c6", True)],
+                                     "customer_id string, is_ambiguous boolean")
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
-def test_why_lists_the_products_that_drive_the_top_persona(spark, config, inputs):
+def test_why_weights_are_shares_of_the_top_persona_and_co_buyers_are_distinct(spark, config, inputs):
     summary = published(spark, config, inputs)["customer_personas"]
     why = summary.where("customer_id = 'c1'").select(F.explode("why.products").alias("p")).select("p.*")
-    expected = spark.createDataFrame([("p1", "Rake", 0.25), ("p2", "Seeds", 0.05)],
+    expected = spark.createDataFrame([("p1", "Rake", 0.5 / 0.6), ("p2", "Seeds", 0.1 / 0.6)],
                                      "product_id string, title string, weight double")
     assert_approx_df_equality(why, expected, 1e-12, ignore_nullable=True)
-    evidence = summary.where("customer_id = 'c3'").select("why.llm_evidence").first()[0]
-    assert "Gardener" in evidence
+    # c1's products reach c4 (p1, p2) and c3 (p2): two customers, not three product visits.
+    neighbours = {r["customer_id"]: r["n"] for r in
+                  summary.select("customer_id", F.col("why.labelled_neighbours").alias("n")).collect()}
+    assert (neighbours["c1"], neighbours["c6"], neighbours["c5"], neighbours["c3"]) == (2, 1, 0, 1)
+    evidence = {r["customer_id"]: r["e"] for r in summary.select("customer_id", F.col("why.llm_evidence").alias("e")).collect()}
+    # The validated personas of labelled customers, never the raw answer text.
+    assert evidence["c3"] == "Gardener, Baker" and evidence["c4"] == "Baker" and evidence["c1"] is None
 
 
 def test_readers_see_the_latest_complete_run_only(spark, config, inputs):

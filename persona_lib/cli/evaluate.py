@@ -1,4 +1,4 @@
-"""``personas evaluate accuracy|recommend|stability``: the evaluation against the GPLR paper."""
+"""``personas evaluate accuracy|recommend|stability|published``: the evaluation against the GPLR paper."""
 
 from __future__ import annotations
 
@@ -49,6 +49,14 @@ def add_parser(subparsers) -> None:
     stability.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     stability.set_defaults(handler=run_stability)
 
+    published = tasks.add_parser(
+        "published", help="the latest run's published tables against the full recorded labels",
+        description="Score customer_personas and persona_affinity of the latest complete run against the "
+                    "recorded GPT-4 labels, on the customers the LLM did not label: one JSON line with "
+                    "f1, macro_f1, prevalence_gap, ece, ambiguous_share, f1_ambiguous, f1_certain.")
+    add_common_options(published)
+    published.set_defaults(handler=run_published)
+
 
 def run_accuracy(args: argparse.Namespace) -> dict:
     from persona_lib.evaluation import accuracy
@@ -83,6 +91,14 @@ def run_accuracy(args: argparse.Namespace) -> dict:
         "customer_personas": result["customer_personas"], "mlflow_run_id": result.get("mlflow_run_id"),
         "rows": result["rows"],
     }
+
+
+def run_published(args: argparse.Namespace) -> dict:
+    from persona_lib.evaluation.published import evaluate_published
+    from persona_lib.spark import get_spark
+
+    config = load_app_config(args)
+    return evaluate_published(get_spark(config), config)
 
 
 def run_recommend(args: argparse.Namespace) -> dict:

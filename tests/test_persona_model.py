@@ -1,0 +1,150 @@
+"""The persona model: thresholds, features, the epsilon interval, out-of-fold features and the
+numpy scorer, on small frames with answers computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from chispa import assert_approx_df_equality
+from pyspark.sql import functions as F
+
+from persona_lib import persona_model
+from persona_lib.graph import build_graph, edges_from_pairs
+from persona_lib.persona_scoring import score_basket
+
+sigmoid = lambda z: 1.0 / (1.0 + math.exp(-z))
+
+
+def test_threshold_maximises_f1_within_the_prevalence_gap(spark):
+    # Persona A: 3 positives of 5 (share 0.6). At 0.9: F1 .5 gap .4; 0.8: F1 .8 gap .2;
+    # 0.7: F1 .667 gap 0; 0.6: F1 .857 gap .2; 0.2: F1 .75 gap .4.
+    # Persona B: no positive: no threshold is within the gap, the smallest gap (0.9: .5) wins.
+    rows = [("A", 0.9, 1.0), ("A", 0.8, 1.0), ("A", 0.7, 0.0), ("A", 0.6, 1.0), ("A", 0.2, 0.0),
+            ("B", 0.9, 0.0), ("B", 0.1, 0.0)]
+    scored = spark.createDataFrame(rows, "persona string, probability double, label double")
+    assert persona_model.choose_thresholds(scored, 0.03) == {"A": 0.7, "B": 0.9}
+    assert persona_model.choose_thresholds(scored, 0.25)["A"] == 0.6
+    assert persona_model.choose_thresholds(scored, 0.19)["A"] == 0.7
+
+
+def test_walk_features_and_their_epsilon_intervals(spark):
+    grid = spark.createDataFrame([("c", "A"), ("c", "B")], "customer_id string, persona string")
+    affinity = spark.createDataFrame([("c", "A", 0.3), ("c", "B", 0.1)], "customer_id string, persona string, score double")
+    actual = persona_model.walk_features(grid, affinity, 1.0, 0.05, 2).select(
+        "persona", "walk_share", "walk_share_low", "walk_share_high", "walk_reciprocal_rank",
+        "walk_reciprocal_rank_low", "walk_reciprocal_rank_high", "walk_log_score_low")
+    # RevAff never overestimates: exact scores lie in [s, s + .05]. A: share .75, lowest
+    # .3 / (.3 + .1 + .05), highest .35 / (.35 + .1). B's rank 2 is certain (.3 > .1 + .05).
+    expected = spark.createDataFrame(
+        [("A", 0.75, 0.30 / 0.45, 0.35 / 0.45, 1.0, 1.0, 1.0, math.log1p(0.3)),
+         ("B", 0.25, 0.10 / 0.45, 0.15 / 0.45, 0.5, 0.5, 0.5, math.log1p(0.1))],
+        "persona string, walk_share double, walk_share_low double, walk_share_high double, "
+        "walk_reciprocal_rank double, walk_reciprocal_rank_low double, walk_reciprocal_rank_high double, "
+        "walk_log_score_low double")
+    assert_approx_df_equality(actual, expected, 1e-9, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_probability_interval_takes_the_end_each_slope_favours(spark):
+    frame = spark.createDataFrame([("c", "A", 0.5, 0.25, 0.75, 0.4)],
+                                  "customer_id string, persona string, walk_share double, walk_share_low double, "
+                                  "walk_share_high double, vote_mean double")
+    scored = persona_model.logit_interval(frame, {"A": -1.0}, {"A": {"walk_share": 2.0, "vote_mean": -1.0}},
+                                          ["walk_share", "vote_mean"]).first()
+    assert scored["probability"] == pytest.approx(sigmoid(-1 + 1.0 - 0.4))
+    assert scored["probability_low"] == pytest.approx(sigmoid(-1 + 0.5 - 0.4))
+    assert scored["probability_high"] == pytest.approx(sigmoid(-1 + 1.5 - 0.4))
+
+
+def test_idf_weighted_vote_reads_only_other_folds_labels(spark):
+    # p1 bought by u1, u2, u3; p2 by u1, u4. Labelled: u2 (fold 0, A), u3 (fold 1, B), u4 (fold 1, A).
+    edges = spark.createDataFrame([("u1", "p1"), ("u2", "p1"), ("u3", "p1"), ("u1", "p2"), ("u4", "p2")],
+                                  "customer_id string, product_id string")
+    labels = spark.createDataFrame([("u2", ["A"]), ("u3", ["B"]), ("u4", ["A"])],
+                                   "customer_id string, personas array<string>")
+    folds = spark.createDataFrame([("u2", 0), ("u3", 1), ("u4", 1)], "customer_id string, fold int")
+    grid = persona_model.label_grid(labels, ["A", "B"])
+    idf = persona_model.product_idf(edges, 4, labels)
+    buyers, positives = persona_model.vote_tables(edges, grid, folds, 2)
+    who = edges.join(folds, "customer_id").unionByName(
+        edges.where("customer_id = 'u1'").withColumn("fold", F.lit(persona_model.FULL)))
+    actual = persona_model.vote_features(who, idf, buyers, positives).select("customer_id", "persona", "vote_mean")
+    i1, i2 = math.log(4 / 3), math.log(4 / 2)
+    expected = spark.createDataFrame(
+        [("u1", "A", (0.5 * i1 + i2) / (i1 + i2)), ("u1", "B", 0.5 * i1 / (i1 + i2)),
+         # u2 (fold 0) sees only u3's B on p1: its own A never counts.
+         ("u2", "B", 1.0),
+         # u3, u4 (fold 1) see only u2's A on p1; p2 has no labelled buyer outside fold 1.
+         ("u3", "A", 1.0), ("u4", "A", 0.0)],
+        "customer_id string, persona string, vote_mean double")
+    assert_approx_df_equality(actual.where("vote_mean > 0 or customer_id = 'u4'"), expected.where(
+        "customer_id != 'u4'"), 1e-9, ignore_row_order=True, ignore_nullable=True)
+    assert actual.where("customer_id = 'u4'").count() == 0
+
+
+@pytest.fixture
+def tiny_graph(spark):
+    """Twelve customers over six products; customers c0..c9 labelled, two of them 'none'."""
+    pairs = []
+    for i in range(12):
+        for p in (f"p{i % 3}", f"p{3 + i % 3}", "p_common"):
+            pairs.append((f"c{i}", p))
+    edges = spark.createDataFrame(pairs, "customer_id string, product_id string")
+    return edges, build_graph(edges_from_pairs(edges))
+
+
+def _labels(spark, override: dict):
+    personas = {f"c{i}": (["A"] if i % 3 == 0 else ["B"] if i % 3 == 1 else []) for i in range(10)}
+    personas.update(override)
+    return spark.createDataFrame(list(personas.items()), "customer_id string, personas array<string>")
+
+
+def _inputs(spark, edges, graph, labels):
+    empty = spark.createDataFrame([], "customer_id string, persona string, score double")
+    return persona_model.ModelInputs(graph=graph, edges=edges, labels=labels, customer_affinity=empty,
+                                     product_affinity=spark.createDataFrame([], "product_id string, persona string, score double"),
+                                     epsilon=0.0)
+
+
+def test_no_labelled_customer_own_label_reaches_its_features(spark, config, tiny_graph):
+    """Flip one customer's label: its own feature rows must not move (the others' may)."""
+    edges, graph = tiny_graph
+    config = config.replace("model", cv_folds=3, max_iter=20)
+    before, _ = persona_model.out_of_fold_features(spark, config, _inputs(spark, edges, graph, _labels(spark, {})))
+    after, _ = persona_model.out_of_fold_features(
+        spark, config, _inputs(spark, edges, graph, _labels(spark, {"c0": ["B"]})))
+    features = list(persona_model.BASE_FEATURES)
+    own_before = before.where("customer_id = 'c0'").select("persona", *features)
+    own_after = after.where("customer_id = 'c0'").select("persona", *features)
+    assert own_before.count() == 2
+    assert_approx_df_equality(own_before, own_after, 1e-9, ignore_row_order=True, ignore_nullable=True)
+    # The flip is visible: c0's label changed, and it reaches customers of other folds.
+    assert before.where("customer_id = 'c0' and persona = 'A'").first()["label"] == 1.0
+    assert after.where("customer_id = 'c0' and persona = 'A'").first()["label"] == 0.0
+    moved = before.alias("b").join(after.alias("a"), ["customer_id", "persona"]) \
+        .where(F.abs(F.col("b.vote_mean") - F.col("a.vote_mean")) > 1e-9).count()
+    assert moved > 0
+
+
+def test_numpy_scorer_matches_the_spark_scores_of_a_customer(spark, config, tiny_graph):
+    """A shopper with c10's products gets c10's probability: one scale for tables and cold start."""
+    from persona_lib.propagation import propagate
+
+    edges, graph = tiny_graph
+    config = config.replace("model", cv_folds=3, max_iter=30)
+    labels = _labels(spark, {})
+    result = propagate(spark, graph, labels.select("customer_id", F.explode("personas").alias("persona")),
+                       config.propagation, method="exact")
+    inputs = persona_model.ModelInputs(graph=graph, edges=edges, labels=labels,
+                                       customer_affinity=result.customer_affinity,
+                                       product_affinity=result.product_affinity, epsilon=0.0)
+    model, scores = persona_model.fit_and_score(spark, config, inputs)
+    spark_rows = {r["persona"]: r for r in scores.where("customer_id = 'c10'").collect()}
+    basket = [r["product_id"] for r in edges.where("customer_id = 'c10'").collect()]
+    numpy_rows = {r["persona"]: r for r in score_basket(model.artifact(), basket)}
+    assert set(numpy_rows) == set(spark_rows) == {"A", "B"}
+    for persona, row in spark_rows.items():
+        assert numpy_rows[persona]["probability"] == pytest.approx(row["probability"], abs=1e-9)
+        assert numpy_rows[persona]["score"] == pytest.approx(row["score"], abs=1e-12)
+    # Thresholds were chosen within [0, 1] on the labelled customers.
+    assert all(0.0 <= t <= 1.0 for t in model.thresholds.values())
