@@ -57,6 +57,7 @@ class TablesConfig:
     synth_products: str = "synth/products"
     synth_truth: str = "synth/customer_truth"
     persona_labels: str = "persona_labels"
+    product_labels: str = "product_labels"
     persona_overrides: str = "persona_overrides"
     recorded_answers: str = "recorded_answers"
     customer_affinity: str = "customer_affinity"
@@ -170,6 +171,22 @@ class OpenAIConfig:
 
 
 @dataclass(frozen=True)
+class ProductLabellingConfig:
+    """The optional product-title stage: the same labeller asked about products, not customers."""
+
+    enabled: bool = False
+    # popular: the budget's most-bought products (by distinct buyers); all: every titled
+    # product, budget ignored.
+    selection: str = "popular"  # popular | all
+    budget: float = 0.2  # a fraction of the titled products (<= 1) or a count (> 1)
+    # Personas one product answer may hold (the paper's prompt said 5; the authors' recorded
+    # product labels hold 1 to 5).
+    max_personas: int = 5
+    # The replay labeller's recorded product answers, matched by normalised title.
+    replay_answers: str = "data/gplr_online_retail/item_labels.csv.gz"
+
+
+@dataclass(frozen=True)
 class LabellingConfig:
     labeller: str = "replay"  # replay | vllm | openai | manual
     taxonomy: str = "conf/personas/online_retail.yaml"
@@ -179,6 +196,7 @@ class LabellingConfig:
     max_failure_rate: float = 0.05
     vllm: VllmConfig = field(default_factory=VllmConfig)
     openai: OpenAIConfig = field(default_factory=OpenAIConfig)
+    products: ProductLabellingConfig = field(default_factory=ProductLabellingConfig)
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,21 @@ PERSONA_LABELS = _schema(
     ("run_id", StringType(), True),
 )
 
+PRODUCT_LABELS = _schema(
+    ("product_id", StringType(), False),
+    ("title", StringType(), True),
+    ("personas", ArrayType(StringType(), False), False),
+    ("status", StringType(), False),
+    ("detail", StringType(), True),
+    ("source", StringType(), False),
+    ("prompt_version", StringType(), True),
+    ("taxonomy_version", StringType(), True),
+    ("title_hash", StringType(), True),
+    ("raw_response", StringType(), True),
+    ("labelled_at", TimestampType(), False),
+    ("run_id", StringType(), True),
+)
+
 PERSONA_OVERRIDES = _schema(
     ("customer_id", StringType(), False),
     ("personas", ArrayType(StringType(), False), False),
@@ -256,6 +271,11 @@ CONTRACTS: Tuple[TableContract, ...] = (
                   "A label is reused while history_hash (sha256 of the customer's product_id:"
                   "quantity list), prompt_version and taxonomy_version are unchanged, unless it "
                   "failed."),
+    TableContract("product_labels", PRODUCT_LABELS, ("product_id",), "labelling",
+                  "The product label store (labelling.products): one LLM answer per product title, "
+                  "with the statuses and sources of persona_labels. A label is reused while "
+                  "title_hash (sha256 of the title asked about), prompt_version (the product "
+                  "prompt's own) and taxonomy_version are unchanged, unless it failed."),
     TableContract("persona_overrides", PERSONA_OVERRIDES, ("customer_id",), "labelling",
                   "Team overrides: they win in the outputs and count as labels."),
     TableContract("recorded_answers", RECORDED_ANSWERS, ("customer_id",), "labelling",

@@ -101,6 +101,15 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
         graph = graph_lib.build_graph(edges)
     say(f"graph: {n_customers} customers, {graph.product_count} products, {graph.edge_count} edges")
 
+    # labelling.products (off by default): product titles are labelled once, before the rounds.
+    with timer("label_products"):
+        product_summary = labelling.label_products(
+            spark, config, storage.table_ref(config, "products").read(spark), run_id)
+    if product_summary["enabled"]:
+        say(f"product labels: {product_summary['requested']} products, cache hits "
+            f"{product_summary['cache_hits']}, LLM calls {product_summary['llm_calls']}, "
+            f"statuses {product_summary['statuses']}")
+
     targets = _cumulative(sampling.budget_per_round(n_customers, config.sampling.budget, config.sampling.rounds))
     round_figures = []
     affinities: Optional[DataFrame] = None
@@ -130,6 +139,8 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
             tracking.log_metrics(figures)
             tracking.log_metrics(figures, step=round_index + 1)
             round_figures.append(figures)
+    spend = _llm_spend(round_figures, product_summary)
+    tracking.log_metrics(spend)
 
     say("fitting the persona model")
     with timer("model"):
@@ -188,6 +199,7 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
         "supersteps": result.stats["supersteps"],
         "max_residual": result.stats["max_residual"],
         "rounds": round_figures,
+        "llm_spend": spend, "product_labels": product_summary,
         "seconds": {k: round(v, 1) for k, v in timer.seconds.items()},
         "mlflow": {"run_id": run_id, "tracking_uri": tracking.tracking_uri(config)},
         "tables": output_tables,
@@ -284,6 +296,7 @@ def _round_figures(label_summary: dict, stats: dict) -> dict:
     figures = {
         "requested": requested,
         "llm_calls": label_summary.get("llm_calls", 0),
+        "prompt_chars": label_summary.get("prompt_chars", 0),
         "cache_hits": label_summary.get("cache_hits", 0),
         "cache_hit_rate": (label_summary.get("cache_hits", 0) / requested) if requested else 0.0,
         "supersteps": stats["supersteps"],
@@ -300,13 +313,23 @@ def _label_totals(round_figures: list[dict]) -> dict:
     """The run's labelling figures over all rounds (the rounds' own are on the nested runs)."""
     totals: dict[str, float] = {}
     for figures in round_figures:
-        for key in ("requested", "llm_calls", "cache_hits"):
+        for key in ("requested", "llm_calls", "prompt_chars", "cache_hits"):
             totals[key] = totals.get(key, 0) + figures.get(key, 0)
         for key, value in figures.items():
             if key.startswith("status_"):
                 totals[key] = totals.get(key, 0) + value
     totals["cache_hit_rate"] = totals["cache_hits"] / totals["requested"] if totals.get("requested") else 0.0
     return totals
+
+
+def _llm_spend(round_figures: list[dict], product_summary: dict) -> dict:
+    """LLM calls and prompt characters of the run, customers and products apart."""
+    return {
+        "llm_calls_customers": sum(f.get("llm_calls", 0) for f in round_figures),
+        "prompt_chars_customers": sum(f.get("prompt_chars", 0) for f in round_figures),
+        "llm_calls_products": product_summary.get("llm_calls", 0),
+        "prompt_chars_products": product_summary.get("prompt_chars", 0),
+    }
 
 
 def _published_figures(spark, config, outputs) -> dict:
@@ -384,6 +407,9 @@ def _params(config: AppConfig) -> dict:
         "top_k": config.publishing.top_k,
         "labeller": config.labelling.labeller,
         "taxonomy": config.labelling.taxonomy,
+        "product_labels": config.labelling.products.enabled,
+        "product_selection": config.labelling.products.selection,
+        "product_budget": config.labelling.products.budget,
     }
     params["model"] = {
         "replay": f"replay:{config.labelling.replay_model}",

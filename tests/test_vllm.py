@@ -101,6 +101,29 @@ def test_a_prompt_too_long_for_the_model_fails_alone(spark, config, tiny_model):
     assert summary["new_statuses"]["failed"] == 1
 
 
+def test_vllm_labels_product_titles_through_the_product_path(spark, config, tiny_model):
+    from persona_lib import contracts
+    from persona_lib.labelling import label_products
+
+    config = with_vllm(config, tiny_model)
+    config = config.replace("labelling", products=dataclasses.replace(
+        config.labelling.products, enabled=True, selection="all", max_personas=3))
+    when = dt.datetime(2011, 1, 1)
+    titles = ["WHITE HANGING HEART T-LIGHT HOLDER", "JUMBO BAG RED RETROSPOT", "GARDEN TOOL SET",
+              "REGENCY CAKESTAND 3 TIER", INJECTION]
+    products = spark.createDataFrame([(f"P{i}", title, when, when, 10 - i, 10 - i)
+                                      for i, title in enumerate(titles)], contracts.PRODUCTS)
+    summary = label_products(spark, config, products, run_id="pv1")
+    labels = storage.table_ref(config, "product_labels").read(spark)
+    assert_inside_taxonomy(labels)
+    assert all(len(row["personas"]) <= 3 for row in labels.collect())
+    assert summary["source"] == f"vllm:{tiny_model}"
+    assert (summary["llm_calls"], summary["generate_calls"]) == (5, 2)  # batches of 4
+    assert summary["prompt_chars"] > 5 * 2000 and summary["tokens"]["prompt_tokens"] > 5 * 500
+    again = label_products(spark, config, products, run_id="pv2")
+    assert (again["llm_calls"], again["generate_calls"], again["cache_hits"]) == (0, 0, 5)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -6,6 +6,10 @@ and taxonomy are unchanged, and never asking about forgotten or overridden custo
 answer is validated (``validation``) and MERGEd into persona_labels (``store``). The run
 fails only when more than ``labelling.max_failure_rate`` of the answers failed -- after the
 good ones are stored, so nothing paid for is lost.
+
+``label_products`` (``products``) is the optional product stage (``labelling.products``):
+the same backends asked about product titles, into product_labels with the same cache and
+statuses; ``product_labels_for_model`` is what the persona model reads of it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from pyspark.sql import functions as F
 from persona_lib.config import AppConfig
 from persona_lib.errors import PersonasError
 from persona_lib.labelling.backends import LABELLERS, Labeler, make_labeler, read_or_empty
+from persona_lib.labelling.figures import answer_figures, suffix_lengths
+from persona_lib.labelling.products import label_products, product_labels_for_model
 from persona_lib.labelling.store import (
     add_overrides, cached_labels, label_distribution, labels_for_propagation, labels_ref,
     status_counts, without_forgotten, write_labels,
@@ -31,10 +37,10 @@ from persona_lib.taxonomy import load_taxonomy
 log = logging.getLogger("personas.labelling")
 # How many failed customers the failure message quotes.
 FAILURE_EXAMPLES = 5
-TOKEN_COLUMNS = ("prompt_tokens", "generated_tokens", "cached_tokens")
 
 __all__ = ["LABELLERS", "Labeler", "add_overrides", "label_customers", "label_distribution",
-           "labels_for_propagation", "make_labeler", "validate_answer", "STATUSES"]
+           "label_products", "labels_for_propagation", "make_labeler", "product_labels_for_model",
+           "validate_answer", "STATUSES"]
 
 
 def label_customers(spark: SparkSession, config: AppConfig, sample: DataFrame, events: DataFrame,
@@ -42,7 +48,8 @@ def label_customers(spark: SparkSession, config: AppConfig, sample: DataFrame, e
     """Label the customers of ``sample`` (customer_id) from their ``events`` (purchase_events).
 
     Returns the run's summary: requested, excluded (forgotten, overridden), cache_hits,
-    llm_calls (customers sent to the backend), labelled (labels written), generate_calls
+    llm_calls (customers sent to the backend), prompt_chars (characters of their prompts,
+    ``figures``), labelled (labels written), generate_calls
     (vllm), statuses (of the requested customers' labels now in the store), new_statuses
     (of this run's answers), failure_rate, tokens, tables.
     """
@@ -72,12 +79,10 @@ def label_customers(spark: SparkSession, config: AppConfig, sample: DataFrame, e
     # the LLM again) for every action on them -- the write and each count.
     answers = validate_answers(backend.answers(spark, to_ask), taxonomy).checkpoint(eager=True)
 
-    # One pass over the answers for statuses, calls and tokens.
-    per_status = answers.groupBy("status").agg(
-        F.count("*").alias("answers"),
-        *[F.sum(c).alias(c) for c in TOKEN_COLUMNS]).collect()
-    new_statuses = {row["status"]: int(row["answers"]) for row in per_status}
-    tokens = {c: int(sum(row[c] or 0 for row in per_status)) for c in TOKEN_COLUMNS}
+    # One pass over the answers for statuses, calls, prompt characters and tokens.
+    spent = answer_figures(answers, suffix_lengths(to_ask, "customer_id"), "customer_id",
+                           template.fixed_chars)
+    new_statuses, tokens = spent["new_statuses"], spent["tokens"]
     labels = answers.join(to_ask.select("customer_id", "history_hash", "prompt_version"), "customer_id").select(
         "customer_id", "personas", "status", "detail",
         F.lit(backend.source).alias("source"), "prompt_version",
@@ -89,7 +94,8 @@ def label_customers(spark: SparkSession, config: AppConfig, sample: DataFrame, e
     store = labels_ref(spark, config)
 
     counts = _counts(requested, remembered, askable, hits)
-    counts["llm_calls"] = counts["labelled"] = sum(new_statuses.values())
+    counts["llm_calls"] = counts["labelled"] = spent["llm_calls"]
+    counts["prompt_chars"] = spent["prompt_chars"]
     failure_rate = new_statuses.get(FAILED, 0) / counts["llm_calls"] if counts["llm_calls"] else 0.0
     stored_statuses = status_counts(store.read(spark).join(requested, "customer_id", "left_semi"))
     summary = {

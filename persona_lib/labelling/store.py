@@ -59,18 +59,22 @@ def without_forgotten(spark: SparkSession, config: AppConfig, df: DataFrame) -> 
 
 
 def cached_labels(labels: DataFrame, prompts: DataFrame, taxonomy_version: str,
-                  source: str) -> DataFrame:
-    """customer_id of the prompts whose stored label can be reused (see the module docstring)."""
+                  source: str, key: str = "customer_id", input_hash: str = "history_hash") -> DataFrame:
+    """``key`` of the prompts whose stored label can be reused (see the module docstring).
+
+    The same rule serves both stores: customers (key customer_id, input_hash history_hash)
+    and products (product_id, title_hash).
+    """
     reusable = F.col("status").isin(*FINAL_STATUSES) | (
         (F.col("status") == NO_ANSWER) & (F.col("source") == source))
     stored = labels.where(reusable & (F.col("taxonomy_version") == taxonomy_version)).select(
-        "customer_id", F.col("history_hash").alias("stored_history_hash"),
+        key, F.col(input_hash).alias("stored_input_hash"),
         F.col("prompt_version").alias("stored_prompt_version"))
     return (
-        prompts.join(stored, "customer_id")
-        .where((F.col("history_hash") == F.col("stored_history_hash"))
+        prompts.join(stored, key)
+        .where((F.col(input_hash) == F.col("stored_input_hash"))
                & (F.col("prompt_version") == F.col("stored_prompt_version")))
-        .select("customer_id")
+        .select(key)
     )
 
 
