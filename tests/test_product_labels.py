@@ -70,7 +70,8 @@ def test_replay_labels_products_by_normalised_title_with_statuses(spark, config)
     assert summary["answered_share"] == round(2 / 3, 4)
     taxonomy = load_taxonomy(config.resolve_path(config.labelling.taxonomy))
     row = stored(spark, config).where("product_id = '71053'").first()
-    assert (row["title"], row["taxonomy_version"], row["run_id"]) == ("WHITE METAL LANTERN", taxonomy.version, "p1")
+    assert (row["title"], row["taxonomy_version"], row["run_id"]) == \
+        ("WHITE METAL LANTERN", taxonomy.version, "p1")
     assert row["prompt_version"] == summary["prompt_version"]
 
 
