@@ -59,7 +59,8 @@ def main(argv: list[str]) -> int:
         "product_id", (F.col("status") != "no_answer").cast("int").alias("answered"))
     recorded = recorded_product_answers(spark, config)
     exact_titles = (spark.read.option("header", True).csv(str(config.resolve_path(
-        config.labelling.products.replay_answers))).select(F.trim("Description").alias("exact")).distinct()
+        config.labelling.products.replay_answers))).where(F.trim("personas") != "")
+        .select(F.trim("Description").alias("exact")).distinct()
         .withColumn("exact_match", F.lit(1)))
     ranked = (titled(products).join(labels, "product_id")
               .join(exact_titles, F.trim("title") == F.col("exact"), "left")

@@ -70,7 +70,8 @@ def test_replay_labels_products_by_normalised_title_with_statuses(spark, config)
     assert summary["answered_share"] == round(2 / 3, 4)
     taxonomy = load_taxonomy(config.resolve_path(config.labelling.taxonomy))
     row = stored(spark, config).where("product_id = '71053'").first()
-    assert (row["title"], row["taxonomy_version"], row["run_id"]) == ("WHITE METAL LANTERN", taxonomy.version, "p1")
+    assert (row["title"], row["taxonomy_version"], row["run_id"]) == \
+        ("WHITE METAL LANTERN", taxonomy.version, "p1")
     assert row["prompt_version"] == summary["prompt_version"]
 
 
@@ -136,6 +137,26 @@ def test_prompt_characters_count_every_character_sent(spark, config):
     sent = sum(len(message["content"]) for title in titles
                for message in template.messages(f"<product>\n{title}\n</product>"))
     assert summary["prompt_chars"] == sent
+
+
+def test_customer_prompt_characters_are_counted_too(spark, config):
+    from persona_lib.labelling import label_customers
+    from persona_lib.prompts import build_prompts, prompt_template
+
+    events = spark.createDataFrame(
+        [("12346", "23166", "MEDIUM CERAMIC TOP STORAGE JAR", 12, WHEN),
+         ("12347", "85123A", "WHITE HANGING HEART T-LIGHT HOLDER", 1, WHEN),
+         ("12347", "71053", "WHITE METAL LANTERN", 3, WHEN)],
+        "customer_id string, product_id string, product_title string, quantity int, event_ts timestamp")
+    sample = spark.createDataFrame([("12346",), ("12347",)], "customer_id string")
+    summary = label_customers(spark, config, sample, events, run_id="c1")
+    taxonomy = load_taxonomy(config.resolve_path(config.labelling.taxonomy))
+    budget = config.labelling.prompt_token_budget
+    template = prompt_template(taxonomy, budget)
+    suffixes = [row["prompt_suffix"] for row in build_prompts(events, sample, taxonomy, budget).collect()]
+    assert summary["prompt_chars"] == sum(len(message["content"]) for suffix in suffixes
+                                          for message in template.messages(suffix))
+    assert label_customers(spark, config, sample, events, run_id="c2")["prompt_chars"] == 0
 
 
 def test_the_product_prompt_has_its_own_version_and_k(config):
