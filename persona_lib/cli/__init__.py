@@ -14,6 +14,7 @@ import argparse
 import importlib
 import json
 import logging
+import re
 import sys
 import traceback
 from typing import Any, Optional, Sequence
@@ -23,6 +24,8 @@ from persona_lib.errors import PersonasError, UsageError
 SUBCOMMANDS = ("ingest", "synth", "label", "propagate", "run", "query", "forget", "evaluate", "bench")
 
 log = logging.getLogger("personas")
+
+_UC_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,12 +56,24 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
                         help="where local state (Delta tables, MLflow store, checkpoints) goes; "
                              "overrides the config's workdir (default ./work)")
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors on stderr")
+    # One bundle target per schema: the job passes its target's catalog and schema.
+    parser.add_argument("--catalog", default=None, metavar="NAME",
+                        help="Unity Catalog catalog for every table, volume path and the registered "
+                             "model (with --schema); overrides the config")
+    parser.add_argument("--schema", default=None, metavar="NAME",
+                        help="Unity Catalog schema (with --catalog): tables become CATALOG.SCHEMA.<name>")
 
 
 def load_app_config(args: argparse.Namespace):
     from persona_lib.config import load_config
 
-    return load_config(args.conf, workdir=args.workdir)
+    catalog, schema = getattr(args, "catalog", None), getattr(args, "schema", None)
+    if (catalog is None) != (schema is None):
+        raise UsageError("--catalog and --schema go together: give both or neither")
+    for option, value in (("--catalog", catalog), ("--schema", schema)):
+        if value is not None and not _UC_IDENTIFIER.match(value):
+            raise UsageError(f"{option} {value!r} is not a Unity Catalog name (letters, digits and _)")
+    return load_config(args.conf, workdir=args.workdir, catalog=catalog, schema=schema)
 
 
 def emit(result: Any) -> None:
@@ -96,3 +111,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if result is not None:
         emit(result)
     return 0
+
+
+def console_main() -> None:
+    """The ``personas`` console script: the exit code as the process status.
+
+    A Databricks ``python_wheel_task`` calls the entry point and ignores what it returns, so a
+    failure must raise SystemExit for the task to fail; success returns normally.
+    """
+    code = main()
+    if code:
+        raise SystemExit(code)
