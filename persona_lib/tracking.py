@@ -164,6 +164,60 @@ def log_line_chart(series: Mapping[str, list[float]], title: str, xlabel: str, y
     mlflow.log_figure(fig, artifact_file)
 
 
+def log_convergence_chart(rounds: list[Mapping[str, Any]], artifact_file: str) -> None:
+    """RevAff per superstep, one colour per round: the largest residual left behind (an entry
+    below theta, never pushed) against theta and the error bound epsilon, and the messages sent.
+
+    ``rounds``: [{"residuals": [...], "messages": [...], "theta": t, "epsilon": e}], supersteps 1..n.
+    """
+    import mlflow
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4))
+    residual_ax, messages_ax = fig.subplots(1, 2)
+    positive = []
+    for index, figures in enumerate(rounds):
+        colour = f"C{index % 10}"
+        steps = list(range(1, len(figures["residuals"]) + 1))
+        residual_ax.plot(steps, figures["residuals"], marker="o", color=colour, label=f"round {index + 1} residual")
+        residual_ax.axhline(figures["theta"], color=colour, linestyle=":", label=f"round {index + 1} theta")
+        residual_ax.axhline(figures["epsilon"], color=colour, linestyle="--", label=f"round {index + 1} epsilon")
+        messages_ax.plot(steps, figures["messages"], marker="o", color=colour, label=f"round {index + 1}")
+        positive += [v for v in [*figures["residuals"], figures["theta"], figures["epsilon"]] if v > 0]
+    if positive:
+        residual_ax.set_yscale("symlog", linthresh=min(positive) / 10)
+    residual_ax.set_title("Largest residual left behind vs the bound")
+    residual_ax.set_xlabel("superstep")
+    residual_ax.set_ylabel("affinity")
+    residual_ax.legend(fontsize="small", loc="best")
+    messages_ax.set_title("Messages per superstep")
+    messages_ax.set_xlabel("superstep")
+    messages_ax.set_ylabel("messages")
+    messages_ax.legend(fontsize="small")
+    for ax in (residual_ax, messages_ax):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    mlflow.log_figure(fig, artifact_file)
+
+
+MODEL_DESCRIPTION = (
+    "Cold-start personas (GPLR): scores a shopper the tables do not know from a few product ids. "
+    "Input: a DataFrame with a `products` list column; output: one row per (input row, persona) with "
+    "row, persona, score, probability, rank, matched_products; param `limit` (0: all). Each version "
+    "is one pipeline run, aliased run_<run id prefix>; `current` is the newest.")
+
+
+def describe_model(config: AppConfig, alias: str, description: str) -> None:
+    """Descriptions on the registered model and on the version an alias points at."""
+    from mlflow import MlflowClient
+
+    name = registered_model_name(config)
+    client = MlflowClient(tracking_uri=tracking_uri(config), registry_uri=registry_uri(config))
+    client.update_registered_model(name, description=MODEL_DESCRIPTION)
+    version = client.get_model_version_by_alias(name, alias)
+    client.update_model_version(name, version.version, description=description)
+
+
 def set_tags(tags: Mapping[str, Any]) -> None:
     import mlflow
 
