@@ -117,19 +117,19 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
                                  "sampled": sampled, "rechecks": stale,
                                  "sampler": "random" if affinities is None else "du",
                                  "labeller": config.labelling.labeller})
-            supersteps: list[tuple[int, int, float]] = []
             with timer("label"):
                 label_summary = labelling.label_customers(spark, config, sample, events, run_id)
             say(f"round {round_index + 1}: label statuses {label_summary.get('statuses')}, "
                 f"cache hits {label_summary.get('cache_hits')}, LLM calls {label_summary.get('llm_calls')}")
             labels = labelling.labels_for_propagation(spark, config)
+            supersteps: list[tuple[int, int, float]] = []  # (superstep, messages, largest residual)
+
+            def on_superstep(step: int, messages: int, residual: float, supersteps=supersteps) -> None:
+                supersteps.append((step, messages, residual))
+                say(f"  superstep {step}: {messages} messages, largest residual {residual:.3g}")
+
             with timer("propagate"):
-                result = propagation.propagate(
-                    spark, graph, labels, config,
-                    on_superstep=lambda step, messages, residual: (
-                        supersteps.append((step, messages, residual)),
-                        say(f"  superstep {step}: {messages} messages, largest residual {residual:.3g}")),
-                )
+                result = propagation.propagate(spark, graph, labels, config, on_superstep=on_superstep)
                 propagation_tables = propagation.write_propagation(
                     spark, config, result, propagation_id=f"{run_id}-r{round_index + 1}")
             affinities = storage.table_ref(config, "customer_affinity").read(spark)
