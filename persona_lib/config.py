@@ -307,22 +307,30 @@ _UC_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 def with_catalog_schema(config: AppConfig, catalog: Optional[str], schema: Optional[str]) -> AppConfig:
     """The config with its data in ``catalog.schema``: one bundle target per schema.
 
-    Every table becomes ``catalog.schema.<name>``: a three-level name keeps its table name, a
-    path its last parts joined by ``_`` (``paper/purchase_events`` -> ``paper_purchase_events``).
-    Paths on a volume (``/Volumes/<catalog>/<schema>/<volume>/...``) move to the same schema,
-    and a three-level registered model name too.
+    Every table becomes ``catalog.schema.<name>``: a dotted name keeps its table name, a
+    relative path its parts joined by ``_`` (``paper/purchase_events`` -> ``paper_purchase_events``),
+    an absolute path or URI its last part. Paths on a volume (``/Volumes/<catalog>/<schema>/
+    <volume>/...``) move to the same schema, and a three-level registered model name too.
     """
     if not catalog or not schema:
         raise ConfigError(f"--catalog and --schema go together (got catalog={catalog!r}, schema={schema!r})")
     for what, value in (("catalog", catalog), ("schema", schema)):
         if not _UC_IDENTIFIER.match(value):
             raise ConfigError(f"--{what} {value!r} is not a Unity Catalog name (letters, digits, _)")
-    tables = {}
+    tables: dict[str, str] = {}
     for table_field in dataclasses.fields(TablesConfig):
         name = getattr(config.tables, table_field.name)
-        parts = name.split(".")
-        leaf = parts[-1] if len(parts) == 3 else name.strip("/").replace("/", "_")
-        tables[table_field.name] = f"{catalog}.{schema}.{leaf}"
+        if "/" not in name:
+            leaf = name.split(".")[-1]
+        elif "://" in name or name.startswith(("/", "dbfs:")):
+            leaf = name.rstrip("/").rsplit("/", 1)[-1]
+        else:
+            leaf = name.strip("/").replace("/", "_")
+        moved = f"{catalog}.{schema}.{leaf}"
+        clash = [key for key, other in tables.items() if other == moved]
+        if clash:
+            raise ConfigError(f"tables.{table_field.name} and tables.{clash[0]} would both be {moved}")
+        tables[table_field.name] = moved
 
     def on_volume(path: str) -> str:
         parts = path.split("/")

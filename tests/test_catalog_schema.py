@@ -43,6 +43,19 @@ def test_path_tables_of_a_local_config_become_catalog_tables_named_after_their_p
     assert moved.tracking.registered_model == "personas_cold_start"
 
 
+def test_two_level_names_and_absolute_paths_keep_their_table_name():
+    config = load_config(DATABRICKS_CONF)
+    config = config.replace("tables", products="sales.products", quarantine="s3://bucket/tables/quarantine/")
+    moved = with_catalog_schema(config, "dev", "x")
+    assert (moved.tables.products, moved.tables.quarantine) == ("dev.x.products", "dev.x.quarantine")
+
+
+def test_two_tables_landing_on_one_name_is_a_config_error():
+    config = load_config(DATABRICKS_CONF).replace("tables", products="/mnt/a/purchase_events")
+    with pytest.raises(ConfigError, match="tables.products and tables.purchase_events"):
+        with_catalog_schema(config, "dev", "x")
+
+
 @pytest.mark.parametrize("catalog,schema", [("dev", None), (None, "x"), ("dev", "bad-name"), ("a.b", "c")])
 def test_a_half_or_malformed_override_is_a_config_error(catalog, schema):
     with pytest.raises(ConfigError, match="catalog|schema"):
