@@ -304,6 +304,18 @@ def load_config(path: str | os.PathLike[str] | None = None, workdir: str | None 
 _UC_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def catalog_schema_problem(catalog: Optional[str], schema: Optional[str]) -> Optional[str]:
+    """What is wrong with a --catalog/--schema pair, or None (both absent is fine)."""
+    if catalog is None and schema is None:
+        return None
+    if not catalog or not schema:
+        return f"--catalog and --schema go together: give both or neither (got {catalog!r}, {schema!r})"
+    for option, value in (("--catalog", catalog), ("--schema", schema)):
+        if not _UC_IDENTIFIER.match(value):
+            return f"{option} {value!r} is not a Unity Catalog name (letters, digits and _)"
+    return None
+
+
 def with_catalog_schema(config: AppConfig, catalog: Optional[str], schema: Optional[str]) -> AppConfig:
     """The config with its data in ``catalog.schema``: one bundle target per schema.
 
@@ -312,11 +324,9 @@ def with_catalog_schema(config: AppConfig, catalog: Optional[str], schema: Optio
     an absolute path or URI its last part. Paths on a volume (``/Volumes/<catalog>/<schema>/
     <volume>/...``) move to the same schema, and a three-level registered model name too.
     """
-    if not catalog or not schema:
-        raise ConfigError(f"--catalog and --schema go together (got catalog={catalog!r}, schema={schema!r})")
-    for what, value in (("catalog", catalog), ("schema", schema)):
-        if not _UC_IDENTIFIER.match(value):
-            raise ConfigError(f"--{what} {value!r} is not a Unity Catalog name (letters, digits, _)")
+    problem = catalog_schema_problem(catalog, schema)
+    if problem or not catalog or not schema:
+        raise ConfigError(problem or "with_catalog_schema needs a catalog and a schema")
     tables: dict[str, str] = {}
     for table_field in dataclasses.fields(TablesConfig):
         name = getattr(config.tables, table_field.name)

@@ -14,7 +14,6 @@ import argparse
 import importlib
 import json
 import logging
-import re
 import sys
 import traceback
 from typing import Any, Optional, Sequence
@@ -24,8 +23,6 @@ from persona_lib.errors import PersonasError, UsageError
 SUBCOMMANDS = ("ingest", "synth", "label", "propagate", "run", "query", "forget", "evaluate", "bench")
 
 log = logging.getLogger("personas")
-
-_UC_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,14 +62,12 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
 
 
 def load_app_config(args: argparse.Namespace):
-    from persona_lib.config import load_config
+    from persona_lib.config import catalog_schema_problem, load_config
 
     catalog, schema = getattr(args, "catalog", None), getattr(args, "schema", None)
-    if (catalog is None) != (schema is None):
-        raise UsageError("--catalog and --schema go together: give both or neither")
-    for option, value in (("--catalog", catalog), ("--schema", schema)):
-        if value is not None and not _UC_IDENTIFIER.match(value):
-            raise UsageError(f"{option} {value!r} is not a Unity Catalog name (letters, digits and _)")
+    problem = catalog_schema_problem(catalog, schema)
+    if problem:
+        raise UsageError(problem)
     return load_config(args.conf, workdir=args.workdir, catalog=catalog, schema=schema)
 
 
