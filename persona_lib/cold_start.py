@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import pandas as pd
 
 try:  # the pyfunc base class; mlflow is a dependency of the package
@@ -91,6 +92,22 @@ def product_scores_json(product_personas) -> str:
     return json.dumps(scores)
 
 
+def model_signature():
+    """The pyfunc's contract, stated rather than inferred (Unity Catalog registers no model
+    without one): a ``products`` list per row in; OUTPUT_COLUMNS out; an optional ``limit``."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec(Array(DataType.string), "products")]),
+        outputs=Schema([ColSpec(DataType.long, "row"), ColSpec(DataType.string, "persona"),
+                        ColSpec(DataType.double, "score"), ColSpec(DataType.double, "probability"),
+                        ColSpec(DataType.long, "rank"), ColSpec(DataType.long, "matched_products")]),
+        # 0: every persona with a positive score.
+        params=ParamSchema([ParamSpec("limit", DataType.long, 0)]),
+    )
+
+
 def log_and_register(product_personas, registered_model: str, run_alias: str,
                      persona_model: Optional[dict] = None) -> str:
     """Log the model in the active MLflow run, register it, alias it; returns the model URI.
@@ -116,8 +133,13 @@ def log_and_register(product_personas, registered_model: str, run_alias: str,
         python_model=ColdStartPersonaModel(),
         artifacts=artifacts,
         input_example=example,
+        signature=model_signature(),
         registered_model_name=registered_model,
-        pip_requirements=["mlflow", "pandas", "numpy"],
+        # The pickled model refers to this module: persona_lib travels with the model, so it
+        # loads where the package is not installed (a serving endpoint, a clean virtualenv).
+        code_paths=[str(Path(__file__).resolve().parent)],
+        pip_requirements=[f"mlflow=={mlflow.__version__}", f"pandas=={pd.__version__}",
+                          f"numpy=={np.__version__}"],
     )
     client = MlflowClient()
     version = info.registered_model_version

@@ -238,7 +238,10 @@ class TrackingConfig:
     # Null: sqlite under the work dir, so it works offline.
     tracking_uri: Optional[str] = None
     experiment: str = "personas"
+    # A plain name in the local registry; on Unity Catalog a three-level catalog.schema.model.
     registered_model: str = "personas_cold_start"
+    # Null: Unity Catalog ("databricks-uc") when tracking to Databricks, else the tracking store.
+    registry_uri: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -322,6 +325,8 @@ class AppConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     # Where relative paths in this config resolve (the repository root by default).
     base_dir: str = str(REPO_ROOT)
+    # What MLflow runs are named after; empty: the config file's name (local, databricks).
+    name: str = ""
 
     @property
     def workdir_path(self) -> Path:
@@ -344,17 +349,88 @@ class AppConfig:
 DEFAULT_CONFIG_PATH = REPO_ROOT / "conf" / "local.yaml"
 
 
-def load_config(path: str | os.PathLike[str] | None = None, workdir: str | None = None) -> AppConfig:
-    """Load and validate a YAML config; unknown keys and wrong types are errors that name the key."""
+def load_config(path: str | os.PathLike[str] | None = None, workdir: str | None = None,
+                catalog: str | None = None, schema: str | None = None) -> AppConfig:
+    """Load and validate a YAML config; unknown keys and wrong types are errors that name the key.
+
+    ``catalog`` and ``schema`` (together) move every table, volume path and the registered
+    model into that Unity Catalog schema (``with_catalog_schema``).
+    """
     config_path = Path(path) if path else DEFAULT_CONFIG_PATH
     raw = _read_with_bases(config_path, seen=())
     config = _build(AppConfig, raw, where=str(config_path))
     validate(config, where=str(config_path))
     if "base_dir" not in raw:
         config = dataclasses.replace(config, base_dir=str(REPO_ROOT))
+    if not config.name:
+        config = dataclasses.replace(config, name=config_path.stem)
+    if catalog is not None or schema is not None:
+        config = with_catalog_schema(config, catalog, schema)
     if workdir:
         config = config.with_workdir(workdir)
     return config
+
+
+_UC_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def catalog_schema_problem(catalog: Optional[str], schema: Optional[str]) -> Optional[str]:
+    """What is wrong with a --catalog/--schema pair, or None (both absent is fine)."""
+    if catalog is None and schema is None:
+        return None
+    if not catalog or not schema:
+        return f"--catalog and --schema go together: give both or neither (got {catalog!r}, {schema!r})"
+    for option, value in (("--catalog", catalog), ("--schema", schema)):
+        if not _UC_IDENTIFIER.match(value):
+            return f"{option} {value!r} is not a Unity Catalog name (letters, digits and _)"
+    return None
+
+
+def with_catalog_schema(config: AppConfig, catalog: Optional[str], schema: Optional[str]) -> AppConfig:
+    """The config with its data in ``catalog.schema``: one bundle target per schema.
+
+    Every table becomes ``catalog.schema.<name>``: a dotted name keeps its table name, a
+    relative path its parts joined by ``_`` (``paper/purchase_events`` -> ``paper_purchase_events``),
+    an absolute path or URI its last part. Paths on a volume (``/Volumes/<catalog>/<schema>/
+    <volume>/...``) move to the same schema, and a three-level registered model name too.
+    """
+    problem = catalog_schema_problem(catalog, schema)
+    if problem or not catalog or not schema:
+        raise ConfigError(problem or "with_catalog_schema needs a catalog and a schema")
+    tables: dict[str, str] = {}
+    for table_field in dataclasses.fields(TablesConfig):
+        name = getattr(config.tables, table_field.name)
+        if "/" not in name:
+            leaf = name.split(".")[-1]
+        elif "://" in name or name.startswith(("/", "dbfs:")):
+            leaf = name.rstrip("/").rsplit("/", 1)[-1]
+        else:
+            leaf = name.strip("/").replace("/", "_")
+        moved = f"{catalog}.{schema}.{leaf}"
+        clash = [key for key, other in tables.items() if other == moved]
+        if clash:
+            raise ConfigError(f"tables.{table_field.name} and tables.{clash[0]} would both be {moved}")
+        tables[table_field.name] = moved
+
+    def on_volume(path: str) -> str:
+        parts = path.split("/")
+        if path.startswith("/Volumes/") and len(parts) >= 5:
+            return "/".join(["", "Volumes", catalog, schema, *parts[4:]])
+        return path
+
+    model = config.tracking.registered_model
+    if model.count(".") == 2:
+        model = f"{catalog}.{schema}.{model.split('.')[-1]}"
+    return dataclasses.replace(
+        config,
+        tables=dataclasses.replace(config.tables, **tables),
+        workdir=on_volume(config.workdir),
+        base_dir=on_volume(config.base_dir),
+        ingest=dataclasses.replace(config.ingest, landing=on_volume(config.ingest.landing)),
+        labelling=dataclasses.replace(config.labelling, vllm=dataclasses.replace(
+            config.labelling.vllm, model_path=on_volume(config.labelling.vllm.model_path))),
+        tracking=dataclasses.replace(config.tracking, registered_model=model),
+    )
 
 
 def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:

@@ -72,7 +72,8 @@ def run_pipeline(spark: SparkSession, config: AppConfig,
 
     # The caller holds the writer lock (the CLI takes it), so a 'running' row is a killed job.
     publishing.abandon_stale_runs(spark, config)
-    with tracking.run(config, run_name="personas-pipeline", tags=tracking.environment_tags()) as active:
+    with tracking.run(config, run_name=tracking.run_name(config, started_at=started_at),
+                      tags=tracking.environment_tags()) as active:
         run_id = active.info.run_id
         publishing.record_run(spark, config, run_id, "running", started_at, None, {})
         try:
@@ -112,6 +113,7 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
 
     targets = _cumulative(sampling.budget_per_round(n_customers, config.sampling.budget, config.sampling.rounds))
     round_figures = []
+    convergence = []  # per round: residual and messages per superstep, against theta and epsilon
     affinities: Optional[DataFrame] = None
     result = None
     propagation_tables: dict = {}
@@ -119,26 +121,34 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
         with tracking.run(config, run_name=f"round-{round_index + 1}", nested=True):
             with timer("sample"):
                 sample, stale = _round_sample(spark, config, customers, target, round_index, affinities, sampling)
-            say(f"round {round_index + 1}/{len(targets)}: labelling {sample.count()} sampled "
+            sampled = sample.count()
+            say(f"round {round_index + 1}/{len(targets)}: labelling {sampled} sampled "
                 f"(+{stale} to re-check for changed histories), label store target {target}")
+            tracking.log_params({"round": round_index + 1, "rounds": len(targets), "label_store_target": target,
+                                 "sampled": sampled, "rechecks": stale,
+                                 "sampler": "random" if affinities is None else "du",
+                                 "labeller": config.labelling.labeller})
             with timer("label"):
                 label_summary = labelling.label_customers(spark, config, sample, events, run_id)
             say(f"round {round_index + 1}: label statuses {label_summary.get('statuses')}, "
                 f"cache hits {label_summary.get('cache_hits')}, LLM calls {label_summary.get('llm_calls')}")
             labels = labelling.labels_for_propagation(spark, config)
+            supersteps: list[tuple[int, int, float]] = []  # (superstep, messages, largest residual)
+
+            def on_superstep(step: int, messages: int, residual: float, supersteps=supersteps) -> None:
+                supersteps.append((step, messages, residual))
+                say(f"  superstep {step}: {messages} messages, largest residual {residual:.3g}")
+
             with timer("propagate"):
-                result = propagation.propagate(
-                    spark, graph, labels, config,
-                    on_superstep=lambda step, messages, residual: say(
-                        f"  superstep {step}: {messages} messages, largest residual {residual:.3g}"),
-                )
+                result = propagation.propagate(spark, graph, labels, config, on_superstep=on_superstep)
                 propagation_tables = propagation.write_propagation(
                     spark, config, result, propagation_id=f"{run_id}-r{round_index + 1}")
             affinities = storage.table_ref(config, "customer_affinity").read(spark)
             figures = _round_figures(label_summary, result.stats)
-            tracking.log_metrics(figures)
-            tracking.log_metrics(figures, step=round_index + 1)
+            _log_round(result.stats, figures, supersteps, round_index)
             round_figures.append(figures)
+            convergence.append({"residuals": [r for _, _, r in supersteps], "messages": [m for _, m, _ in supersteps],
+                                "epsilon": result.stats["epsilon"], "theta": result.stats["theta"]})
     spend = _llm_spend(round_figures, product_summary)
     tracking.log_metrics(spend)
 
@@ -168,7 +178,7 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
 
     published = _published_figures(spark, config, outputs)
     with timer("track"):
-        _log_run_artifacts(spark, config, run_id, published, round_figures, outputs, model)
+        _log_run_artifacts(spark, config, run_id, published, convergence, outputs, model)
     metrics = {
         "customers": n_customers,
         "labelled": published["labelled"],
@@ -353,7 +363,33 @@ def _published_figures(spark, config, outputs) -> dict:
     }
 
 
-def _log_run_artifacts(spark, config, run_id, published, round_figures, outputs, model) -> None:
+def _log_round(stats: dict, figures: dict, supersteps: list, round_index: int) -> None:
+    """A round's nested run: its propagation settings as params, its figures once at the
+    round's step, and the residual and messages of every superstep at that superstep."""
+    tracking.log_params({key: stats[key] for key in ("method", "epsilon", "theta", "lhat", "beta")})
+    tracking.log_metrics(figures, step=round_index + 1)
+    for step, messages, residual in supersteps:
+        tracking.log_metrics({"superstep_messages": messages, "superstep_residual": residual}, step=step)
+
+
+def _persona_counts(spark, config, outputs) -> dict:
+    """Customers per persona for every persona of the taxonomy (zero included), largest first."""
+    personas = storage.table_ref(config, "customer_personas").read(
+        spark, version=outputs["customer_personas"]["version"])
+    # Taxonomy-sized: one row per persona reaches the driver.
+    counts = {r["persona"]: r["count"] for r in
+              personas.select(F.explode("personas").alias("persona")).groupBy("persona").count().collect()}
+    try:
+        from persona_lib.taxonomy import load_taxonomy
+
+        for persona in load_taxonomy(config.resolve_path(config.labelling.taxonomy)).personas:
+            counts.setdefault(persona.name, 0)
+    except Exception as exc:  # noqa: BLE001 - the chart still shows the personas that occur
+        log.warning("could not read the taxonomy for the persona chart: %s", exc)
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _log_run_artifacts(spark, config, run_id, published, convergence, outputs, model) -> None:
     from persona_lib import cold_start
     from persona_lib.query import run_alias
 
@@ -361,11 +397,11 @@ def _log_run_artifacts(spark, config, run_id, published, round_figures, outputs,
     if taxonomy_path.is_file():
         tracking.log_file_artifact(taxonomy_path, artifact_path="taxonomy")
     _log_prompt_template(config)
-    tracking.log_bar_chart(published["top_personas"], "Customers per persona (published)", "customers",
-                           "charts/persona_distribution.png")
-    tracking.log_line_chart({f"round {i + 1}": f["messages"] or [0] for i, f in enumerate(round_figures)},
-                            "RevAff messages per superstep", "superstep", "messages",
-                            "charts/convergence.png", log_y=True)
+    persona_counts = _persona_counts(spark, config, outputs)
+    tracking.log_bar_chart(persona_counts, f"Customers per persona (all {len(persona_counts)} personas)",
+                           "customers", "charts/persona_distribution.png")
+    tracking.log_json_artifact(persona_counts, "charts/persona_distribution.json")
+    tracking.log_convergence_chart(convergence, "charts/convergence.png")
     personas = storage.table_ref(config, "customer_personas").read(
         spark, version=outputs["customer_personas"]["version"])
     # Why records without the customer id: a sample for judging explanations, not a trace of anyone.
@@ -375,8 +411,13 @@ def _log_run_artifacts(spark, config, run_id, published, round_figures, outputs,
     tracking.log_json_artifact(sample, "samples/why_records.json")
     product_personas = storage.table_ref(config, "product_personas").read(
         spark, version=outputs["product_personas"]["version"])
-    cold_start.log_and_register(product_personas, config.tracking.registered_model, run_alias(run_id),
+    cold_start.log_and_register(product_personas, tracking.registered_model_name(config), run_alias(run_id),
                                 persona_model=model.artifact())
+    commit = tracking.git_commit()
+    tracking.describe_model(config, run_alias(run_id), (
+        f"Run {run_id} of config {config.name}" + (f" at commit {commit[:12]}" if commit else "")
+        + f": product_personas version {outputs['product_personas']['version']}, "
+        f"{len(persona_counts)} personas."))
 
 
 def _log_prompt_template(config) -> None:
@@ -446,7 +487,8 @@ def republish(spark: SparkSession, config: AppConfig, reason: str,
     started_at = _now()
     events = storage.table_ref(config, "purchase_events").read(spark)
     publishing.abandon_stale_runs(spark, config)
-    with tracking.run(config, run_name=f"personas-{reason}", tags={"personas.reason": reason}) as active:
+    with tracking.run(config, run_name=tracking.run_name(config, reason, started_at),
+                      tags={**tracking.environment_tags(), "personas.reason": reason}) as active:
         run_id = active.info.run_id
         publishing.record_run(spark, config, run_id, "running", started_at, None, {})
         customers = events.select("customer_id").distinct()
@@ -468,7 +510,7 @@ def republish(spark: SparkSession, config: AppConfig, reason: str,
         outputs = publishing.publish(spark, config, inputs, _now())
         product_personas = storage.table_ref(config, "product_personas").read(
             spark, version=outputs["product_personas"]["version"])
-        cold_start.log_and_register(product_personas, config.tracking.registered_model, run_alias(run_id),
+        cold_start.log_and_register(product_personas, tracking.registered_model_name(config), run_alias(run_id),
                                     persona_model=model.artifact())
         publishing.record_run(spark, config, run_id, "complete", started_at, _now(),
                               {name: t["version"] for name, t in outputs.items()}, {"reason": reason})

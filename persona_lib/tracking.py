@@ -12,11 +12,14 @@ import contextlib
 import json
 import logging
 import os
+import subprocess
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
-from persona_lib.config import AppConfig
+from persona_lib.config import REPO_ROOT, AppConfig
+from persona_lib.errors import ConfigError
 
 log = logging.getLogger("personas.tracking")
 
@@ -27,6 +30,33 @@ def tracking_uri(config: AppConfig) -> str:
     return f"sqlite:///{config.workdir_path / 'mlflow.db'}"
 
 
+def registry_uri(config: AppConfig) -> str:
+    """Where models are registered: Unity Catalog when tracking to Databricks (the legacy
+    workspace registry is disabled on UC accounts), else the tracking store itself."""
+    if config.tracking.registry_uri:
+        return config.tracking.registry_uri
+    uri = tracking_uri(config)
+    if uri == "databricks" or uri.startswith("databricks://"):
+        return "databricks-uc" + uri[len("databricks"):]  # keeps a profile: databricks-uc://PROFILE
+    return uri
+
+
+def registered_model_name(config: AppConfig) -> str:
+    """The model's registry name, checked against the registry: UC needs catalog.schema.model."""
+    name = config.tracking.registered_model
+    if registry_uri(config).startswith("databricks-uc") and (
+            name.count(".") != 2 or not all(name.split("."))):
+        raise ConfigError(f"tracking.registered_model = {name!r}: the Unity Catalog registry needs a "
+                          "three-level name, catalog.schema.model")
+    return name
+
+
+def run_name(config: AppConfig, kind: str = "", started_at: Optional[datetime] = None) -> str:
+    """``<config name>[-<kind>]-<UTC date and time>``, e.g. ``databricks-2026-11-30T0305Z``."""
+    when = (started_at or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H%MZ")
+    return "-".join(part for part in (config.name or "personas", kind, when) if part)
+
+
 def configure(config: AppConfig) -> str:
     """Point MLflow at this work dir's store and return the experiment id."""
     import mlflow
@@ -34,7 +64,8 @@ def configure(config: AppConfig) -> str:
     config.workdir_path.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri(config)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    mlflow.set_registry_uri(registry_uri(config))
+    registered_model_name(config)  # a name the registry would refuse fails now, not after the run
     with _store_init_lock(config):
         # The first call creates the sqlite store and runs its migrations: two processes doing
         # that at once kill one of them (alembic CommandError), so it happens under a lock.
@@ -156,6 +187,60 @@ def log_line_chart(series: Mapping[str, list[float]], title: str, xlabel: str, y
     mlflow.log_figure(fig, artifact_file)
 
 
+def log_convergence_chart(rounds: list[Mapping[str, Any]], artifact_file: str) -> None:
+    """RevAff per superstep, one colour per round: the largest residual left behind (an entry
+    below theta, never pushed) against theta and the error bound epsilon, and the messages sent.
+
+    ``rounds``: [{"residuals": [...], "messages": [...], "theta": t, "epsilon": e}], supersteps 1..n.
+    """
+    import mlflow
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4))
+    residual_ax, messages_ax = fig.subplots(1, 2)
+    positive = []
+    for index, figures in enumerate(rounds):
+        colour = f"C{index % 10}"
+        steps = list(range(1, len(figures["residuals"]) + 1))
+        residual_ax.plot(steps, figures["residuals"], marker="o", color=colour, label=f"round {index + 1} residual")
+        residual_ax.axhline(figures["theta"], color=colour, linestyle=":", label=f"round {index + 1} theta")
+        residual_ax.axhline(figures["epsilon"], color=colour, linestyle="--", label=f"round {index + 1} epsilon")
+        messages_ax.plot(steps, figures["messages"], marker="o", color=colour, label=f"round {index + 1}")
+        positive += [v for v in [*figures["residuals"], figures["theta"], figures["epsilon"]] if v > 0]
+    if positive:
+        residual_ax.set_yscale("symlog", linthresh=min(positive) / 10)
+    residual_ax.set_title("Largest residual left behind vs the bound")
+    residual_ax.set_xlabel("superstep")
+    residual_ax.set_ylabel("affinity")
+    residual_ax.legend(fontsize="small", loc="best")
+    messages_ax.set_title("Messages per superstep")
+    messages_ax.set_xlabel("superstep")
+    messages_ax.set_ylabel("messages")
+    messages_ax.legend(fontsize="small")
+    for ax in (residual_ax, messages_ax):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    mlflow.log_figure(fig, artifact_file)
+
+
+MODEL_DESCRIPTION = (
+    "Cold-start personas (GPLR): scores a shopper the tables do not know from a few product ids. "
+    "Input: a DataFrame with a `products` list column; output: one row per (input row, persona) with "
+    "row, persona, score, probability, rank, matched_products; param `limit` (0: all). Each version "
+    "is one pipeline run, aliased run_<run id prefix>; `current` is the newest.")
+
+
+def describe_model(config: AppConfig, alias: str, description: str) -> None:
+    """Descriptions on the registered model and on the version an alias points at."""
+    from mlflow import MlflowClient
+
+    name = registered_model_name(config)
+    client = MlflowClient(tracking_uri=tracking_uri(config), registry_uri=registry_uri(config))
+    client.update_registered_model(name, description=MODEL_DESCRIPTION)
+    version = client.get_model_version_by_alias(name, alias)
+    client.update_model_version(name, version.version, description=description)
+
+
 def set_tags(tags: Mapping[str, Any]) -> None:
     import mlflow
 
@@ -174,4 +259,28 @@ def run_url(config: AppConfig, run_id: str) -> str:
 
 
 def environment_tags() -> dict[str, str]:
-    return {"personas.host": os.uname().nodename}
+    """Where and from which code a run ran: host, package version, git commit (MLflow's own
+    ``mlflow.source.git.commit`` tag, shown on the run page)."""
+    from persona_lib import __version__
+
+    tags = {"personas.host": os.uname().nodename, "personas.version": __version__}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def git_commit() -> Optional[str]:
+    """The code's commit: PERSONAS_GIT_COMMIT (the bundle sets it from ${bundle.git.commit}:
+    a wheel on a cluster has no checkout), else the checkout the package runs from."""
+    commit = os.environ.get("PERSONAS_GIT_COMMIT", "").strip()
+    if commit:
+        return commit
+    if not (REPO_ROOT / ".git").exists():  # an installed wheel: no checkout of ours around it
+        return None
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                                text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (result.stdout.strip() or None) if result.returncode == 0 else None

@@ -64,6 +64,12 @@ def add_common_options(parser: argparse.ArgumentParser, writer: bool = False) ->
                         help="where local state (Delta tables, MLflow store, checkpoints) goes; "
                              "overrides the config's workdir (default ./work)")
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors on stderr")
+    # One bundle target per schema: the job passes its target's catalog and schema.
+    parser.add_argument("--catalog", default=None, metavar="NAME",
+                        help="Unity Catalog catalog for every table, volume path and the registered "
+                             "model (with --schema); overrides the config")
+    parser.add_argument("--schema", default=None, metavar="NAME",
+                        help="Unity Catalog schema (with --catalog): tables become CATALOG.SCHEMA.<name>")
     if writer:
         parser.add_argument("--wait", action="store_true",
                             help="if another job holds the work dir's writer lock, wait for it "
@@ -80,9 +86,13 @@ class Outcome:
 
 
 def load_app_config(args: argparse.Namespace):
-    from persona_lib.config import load_config
+    from persona_lib.config import catalog_schema_problem, load_config
 
-    return load_config(args.conf, workdir=args.workdir)
+    catalog, schema = getattr(args, "catalog", None), getattr(args, "schema", None)
+    problem = catalog_schema_problem(catalog, schema)
+    if problem:
+        raise UsageError(problem)
+    return load_config(args.conf, workdir=args.workdir, catalog=catalog, schema=schema)
 
 
 def emit(result: Any) -> None:
@@ -153,3 +163,12 @@ def _concurrent_write_error(exc: BaseException) -> Optional[str]:
                 return name
         current = current.__cause__ or current.__context__
     return None
+def console_main() -> None:
+    """The ``personas`` console script: the exit code as the process status.
+
+    A Databricks ``python_wheel_task`` calls the entry point and ignores what it returns, so a
+    failure must raise SystemExit for the task to fail; success returns normally.
+    """
+    code = main()
+    if code:
+        raise SystemExit(code)
