@@ -74,6 +74,10 @@ def build_local_spark(config: AppConfig) -> SparkSession:
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        # Delta 4.4's SQL parser drops Spark 4.1's parameter context (delta-io/delta#7640), so
+        # spark.sql(q, args=...) leaves :name markers unbound in any query that reads a view;
+        # substituting parameters as constants before parsing sidesteps the wrapper.
+        .config("spark.sql.legacy.parameterSubstitution.constantsOnly", "true")
     )
     for key, value in spark_conf.extra_conf.items():
         builder = builder.config(key, value)
