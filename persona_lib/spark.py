@@ -43,7 +43,8 @@ def build_local_spark(config: AppConfig) -> SparkSession:
     spark_conf = config.spark
     cores = os.cpu_count() or 2
     shuffle_partitions = spark_conf.shuffle_partitions or 2 * cores
-    java_opts = f"-Dderby.system.home={workdir / 'derby'}"
+    log_config = Path(__file__).with_name("log4j2.properties")
+    java_opts = f"-Dderby.system.home={workdir / 'derby'} -Dlog4j2.configurationFile=file:{log_config}"
     if spark_conf.fast_jvm:
         java_opts = f"{FAST_JVM_FLAGS} {java_opts}"
     submitted = launched_by_spark_submit()
