@@ -1,36 +1,32 @@
-# ---
-# jupyter:
-#   jupytext:
-#     formats: py:percent
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # Evaluation against the GPLR paper
+# MAGIC
+# MAGIC The charts of `personas evaluate` (persona_lib.evaluation), on the paper's OnlineRetail
+# MAGIC cut: persona accuracy (set-F1 against the recorded labels, on the customers a run did not
+# MAGIC label) against the labelling budget, beside the authors' released outputs; the
+# MAGIC recommendation lift of persona conditioning (NDCG@K); segmentation stability over the two
+# MAGIC halves of the year. Left at their defaults, the `RUN_*` widgets are off and the notebook
+# MAGIC only scores the authors' released outputs; switched on, each part runs the full evaluation
+# MAGIC (many minutes). CI runs accuracy at one budget and one seed.
 
-# %% [markdown]
-# # Evaluation against the GPLR paper
-#
-# The charts of `personas evaluate` (persona_lib.evaluation), on the paper's OnlineRetail
-# cut: persona accuracy (set-F1 against the recorded labels, on the customers a run did not
-# label) against the labelling budget, beside the authors' released outputs; the
-# recommendation lift of persona conditioning (NDCG@K); segmentation stability over the two
-# halves of the year. The defaults are the full evaluation (many minutes); CI runs one budget
-# and one seed and leaves the recommendation and stability parts off.
+# COMMAND ----------
 
-# %% tags=["parameters"]
-WORKDIR = "work/notebooks"
-CONF = "conf/local.yaml"
-BUDGETS = [0.05, 0.1, 0.2, 0.3]  # fractions of the customers
-SAMPLERS = ["random", "du"]
-SEEDS = 3
-RUN_RECOMMEND = True  # ALS baseline vs persona re-ranking (a few minutes)
-RUN_STABILITY = True  # needs the paper cut: ingests it into the work dir first
+# Parameters
+from persona_lib.notebook import widget
 
-# %%
+WORKDIR = widget("WORKDIR", "work/notebooks")
+CONF = widget("CONF", "conf/local.yaml")
+BUDGETS = widget("BUDGETS", [0.05, 0.1, 0.2, 0.3])  # fractions of the customers
+SAMPLERS = widget("SAMPLERS", ["random", "du"])
+SEEDS = widget("SEEDS", 3)
+# Each part below computes, and writes its evaluation tables under WORKDIR, only when switched on.
+RUN_ACCURACY = widget("RUN_ACCURACY", False)  # GPLR runs at each budget (many minutes at the defaults)
+RUN_RECOMMEND = widget("RUN_RECOMMEND", False)  # ALS baseline vs persona re-ranking (a few minutes)
+RUN_STABILITY = widget("RUN_STABILITY", False)  # needs the paper cut: ingests it into the work dir first
+
+# COMMAND ----------
+
 import matplotlib.pyplot as plt
 import pandas as pd
 
@@ -43,11 +39,14 @@ from persona_lib.spark import get_spark
 config = load_config(CONF, workdir=WORKDIR)
 spark = get_spark(config)
 
-# %% [markdown]
-# ## The authors' released outputs
-# Scored exactly as ours: a customer whose output equals its full label counts as labelled.
+# COMMAND ----------
 
-# %%
+# MAGIC %md
+# MAGIC ## The authors' released outputs
+# MAGIC Scored exactly as ours: a customer whose output equals its full label counts as labelled.
+
+# COMMAND ----------
+
 truth = data.user_labels(spark, config)
 published_budgets = [0.05, 0.1, 0.2, 0.3]
 authors = pd.DataFrame([
@@ -57,19 +56,28 @@ authors = pd.DataFrame([
 ])
 authors[["budget", "sampler", "f1", "precision", "recall", "labelled"]]
 
-# %% [markdown]
-# ## Persona accuracy against the budget
-# `f1_top5` is the paper's fixed top-5; `f1` the learned choice of how many personas each
-# customer gets (walk features and the products' LLM labels); `f1_without_product_labels`
-# the learned choice from the walk alone.
+# COMMAND ----------
 
-# %%
-result = accuracy.evaluate_accuracy(spark, config, BUDGETS, SAMPLERS, SEEDS)
-ours = pd.DataFrame(result["rows"])
-print(accuracy.format_table(result["rows"]))
-ours[["budget", "sampler", "seeds", "f1", "f1_without_product_labels", "f1_top5", "authors_f1"]]
+# MAGIC %md
+# MAGIC ## Persona accuracy against the budget
+# MAGIC `f1_top5` is the paper's fixed top-5; `f1` the learned choice of how many personas each
+# MAGIC customer gets (walk features and the products' LLM labels); `f1_without_product_labels`
+# MAGIC the learned choice from the walk alone.
 
-# %%
+# COMMAND ----------
+
+if RUN_ACCURACY:
+    result = accuracy.evaluate_accuracy(spark, config, BUDGETS, SAMPLERS, SEEDS)
+    ours = pd.DataFrame(result["rows"])
+    print(accuracy.format_table(result["rows"]))
+    display(ours[["budget", "sampler", "seeds", "f1", "f1_without_product_labels", "f1_top5",  # noqa: F821
+                  "authors_f1"]])
+else:
+    ours = pd.DataFrame(columns=["sampler", "budget", "f1", "f1_top5"])
+    print("RUN_ACCURACY is off: the chart shows the authors' outputs only")
+
+# COMMAND ----------
+
 figure, axis = plt.subplots(figsize=(7, 4.5))
 for sampler, rows in ours.groupby("sampler"):
     rows = rows.sort_values("budget")
@@ -83,20 +91,29 @@ axis.set_title("Persona accuracy against the budget")
 axis.legend()
 show_figure(figure)
 
-# %% [markdown]
-# The last run's predictions are a Delta table (`evaluation_personas`): personas per customer
-# and where they came from.
+# COMMAND ----------
 
-# %%
-predictions = storage.table_ref(config, "evaluation_personas").read(spark)
-predictions.groupBy("source").count().toPandas()
+# MAGIC %md
+# MAGIC The last run's predictions are a Delta table (`evaluation_personas`): personas per customer
+# MAGIC and where they came from.
 
-# %% [markdown]
-# ## Recommendation lift (NDCG@K)
-# MLlib ALS on the authors' train split, then the same lists re-ranked with persona
-# affinity; NDCG@K on the test split, training items masked.
+# COMMAND ----------
 
-# %%
+predictions_table = storage.table_ref(config, "evaluation_personas")
+if predictions_table.exists(spark):
+    display(predictions_table.read(spark).groupBy("source").count().toPandas())  # noqa: F821
+else:
+    print("no accuracy evaluation in", config.workdir_path)
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Recommendation lift (NDCG@K)
+# MAGIC MLlib ALS on the authors' train split, then the same lists re-ranked with persona
+# MAGIC affinity; NDCG@K on the test split, training items masked.
+
+# COMMAND ----------
+
 if RUN_RECOMMEND:
     from persona_lib.evaluation import recommend
 
@@ -116,15 +133,18 @@ if RUN_RECOMMEND:
 else:
     print("RUN_RECOMMEND is off")
 
-# %% [markdown]
-# ## Segmentation stability
-# Customers with more than 10 invoices, split into the two halves of the year: the share
-# whose RFM deciles are unchanged, against the share whose dominant 3 personas are. Two
-# persona representations: "distinctive" (personas by lift over the average customer) and
-# "most named" (raw counts), whose near-total stability comes from nearly everyone sharing
-# one set: the table's "distinct sets" and "largest set" columns show it.
+# COMMAND ----------
 
-# %%
+# MAGIC %md
+# MAGIC ## Segmentation stability
+# MAGIC Customers with more than 10 invoices, split into the two halves of the year: the share
+# MAGIC whose RFM deciles are unchanged, against the share whose dominant 3 personas are. Two
+# MAGIC persona representations: "distinctive" (personas by lift over the average customer) and
+# MAGIC "most named" (raw counts), whose near-total stability comes from nearly everyone sharing
+# MAGIC one set: the table's "distinct sets" and "largest set" columns show it.
+
+# COMMAND ----------
+
 if RUN_STABILITY:
     from persona_lib.evaluation import stability
     from persona_lib.ingest import ingest

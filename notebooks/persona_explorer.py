@@ -1,37 +1,31 @@
-# ---
-# jupyter:
-#   jupytext:
-#     formats: py:percent
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # Persona explorer
+# MAGIC
+# MAGIC The published personas of a work dir: how customers spread over personas, why one
+# MAGIC customer got its personas, and how personas drifted between the last two complete runs
+# MAGIC (Delta time travel to the table versions each run recorded in the `runs` table).
+# MAGIC
+# MAGIC It reads the complete runs of `WORKDIR` and writes nothing unless asked. Drift needs two
+# MAGIC complete runs: with the `MAKE_RUNS` widget set to `true` and fewer than two runs there, it
+# MAGIC makes them (it adds landing files to `<workdir>/landing`, the quickstart's slice, ingests
+# MAGIC them and runs the pipeline again, so the second run sees new purchases).
 
-# %% [markdown]
-# # Persona explorer
-#
-# The published personas of a work dir: how customers spread over personas, why one
-# customer got its personas, and how personas drifted between the last two complete runs
-# (Delta time travel to the table versions each run recorded in the `runs` table).
-#
-# It needs two complete runs. When the work dir has fewer (a fresh one, or the quickstart's
-# with its one run), it makes them: it adds landing files to `<workdir>/landing` (the
-# quickstart's slice), ingests them and runs the pipeline again, so the second run sees new
-# purchases.
+# COMMAND ----------
 
-# %% tags=["parameters"]
-WORKDIR = "work/notebooks"
-CONF = "conf/local.yaml"
-FIRST_DAYS = 30  # landing files of the first run, when the work dir has none
-MORE_DAYS = 10  # landing files added before a second run
-BUDGET = 0.3
-CUSTOMER = None  # a customer id to explain; None: the most confident propagated customer
+# Parameters
+from persona_lib.notebook import widget
 
-# %%
+WORKDIR = widget("WORKDIR", "work/notebooks")
+CONF = widget("CONF", "conf/local.yaml")
+MAKE_RUNS = widget("MAKE_RUNS", False)  # true: run the pipeline until WORKDIR has two complete runs (writes)
+FIRST_DAYS = widget("FIRST_DAYS", 30)  # landing files of the first run, when the work dir has none
+MORE_DAYS = widget("MORE_DAYS", 10)  # landing files added before a second run
+BUDGET = widget("BUDGET", 0.3)
+CUSTOMER = widget("CUSTOMER", None)  # a customer id to explain; null: the most confident propagated customer
+
+# COMMAND ----------
+
 import json
 import shutil
 
@@ -70,19 +64,23 @@ def run_with_more_days(days: int) -> dict:
     return run_pipeline(spark, sliced, progress=print)
 
 
-while len(complete_runs()) < 2:
+while MAKE_RUNS and len(complete_runs()) < 2:
     run_with_more_days(FIRST_DAYS if not complete_runs() else MORE_DAYS)
 runs = complete_runs()
-previous, latest = runs[-2], runs[-1]
+assert runs, f"no complete run in {config.workdir_path}: run the pipeline, or set the MAKE_RUNS widget to true"
+previous, latest = (runs[-2] if len(runs) >= 2 else None), runs[-1]
 publishing.register_views(spark, config)
 [(r["run_id"], str(r["finished_at"]), r["table_versions"]["customer_personas"]) for r in runs]
 
-# %% [markdown]
-# ## Distribution
-# Customers per persona in the latest run (a customer counts once per persona it holds),
-# and how they were assigned.
+# COMMAND ----------
 
-# %%
+# MAGIC %md
+# MAGIC ## Distribution
+# MAGIC Customers per persona in the latest run (a customer counts once per persona it holds),
+# MAGIC and how they were assigned.
+
+# COMMAND ----------
+
 distribution = spark.sql("""
     SELECT persona, COUNT(*) AS customers
     FROM current_customer_personas LATERAL VIEW explode(personas) p AS persona
@@ -93,20 +91,24 @@ axis.invert_yaxis()
 axis.set_title("Customers per persona (latest run)")
 show_figure(axis.figure)
 
-# %%
+# COMMAND ----------
+
 spark.sql("""
     SELECT source, COUNT(*) AS customers, ROUND(AVG(CAST(is_ambiguous AS INT)), 3) AS ambiguous_share,
            ROUND(AVG(confidence), 3) AS mean_confidence
     FROM current_customer_personas GROUP BY source ORDER BY source
 """).toPandas()
 
-# %% [markdown]
-# ## A customer's why
-# For a propagated customer: the products that contribute most to its top persona (each
-# product's weight is its share of the one-step walk score), the labelled co-buyers it
-# reaches, and per persona the evidence the product page's query returns.
+# COMMAND ----------
 
-# %%
+# MAGIC %md
+# MAGIC ## A customer's why
+# MAGIC For a propagated customer: the products that contribute most to its top persona (each
+# MAGIC product's weight is its share of the one-step walk score), the labelled co-buyers it
+# MAGIC reaches, and per persona the evidence the product page's query returns.
+
+# COMMAND ----------
+
 customer_id = CUSTOMER or spark.sql(
     "SELECT customer_id FROM current_customer_personas "
     "WHERE source = 'propagated' AND NOT is_ambiguous AND size(personas) > 0 "
@@ -119,7 +121,8 @@ print("labelled co-buyers reached:", record["why"]["labelled_neighbours"])
 for product in record["why"]["products"]:
     print(f"  {product['weight']:.4f}  {product['product_id']:>8}  {product['title']}")
 
-# %%
+# COMMAND ----------
+
 rows = predict({"from": "customer_purchases", "where": {"customer_id": customer_id},
                 "predict": "persona", "select": ["$p", "persona", "$why"], "limit": 3}, spark, config)
 assert rows, f"the query returned nothing for {customer_id}"
@@ -127,47 +130,58 @@ for row in rows:
     print(f"{row['persona']}: p={row['$p']:.3f}; top products:",
           ", ".join(p["title"] for p in row["$why"]["products"][:3]))
 
-# %% [markdown]
-# ## Drift between the last two runs
-# Each run recorded the version of every output table it published; `VERSION AS OF` reads
-# the table as that run left it. A customer drifts when its top persona changed.
+# COMMAND ----------
 
-# %%
+# MAGIC %md
+# MAGIC ## Drift between the last two runs
+# MAGIC Each run recorded the version of every output table it published; `VERSION AS OF` reads
+# MAGIC the table as that run left it. A customer drifts when its top persona changed.
+
+# COMMAND ----------
+
 customer_personas = storage.table_ref(config, "customer_personas").sql_name
-before_version = previous["table_versions"]["customer_personas"]
-after_version = latest["table_versions"]["customer_personas"]
-drift = spark.sql(f"""
-    WITH before AS (SELECT customer_id, try_element_at(personas, 1) AS top, personas
-                    FROM {customer_personas} VERSION AS OF {before_version}),
-         after AS (SELECT customer_id, try_element_at(personas, 1) AS top, personas
-                   FROM {customer_personas} VERSION AS OF {after_version})
-    SELECT
-      COUNT(*) AS customers_in_both,
-      SUM(CASE WHEN before.top <=> after.top THEN 0 ELSE 1 END) AS top_persona_changed,
-      SUM(CASE WHEN array_sort(before.personas) = array_sort(after.personas) THEN 0 ELSE 1 END) AS personas_changed,
-      (SELECT COUNT(*) FROM after LEFT ANTI JOIN before USING (customer_id)) AS new_customers
-    FROM before JOIN after USING (customer_id)
-""").toPandas()
-drift
+if previous is None:
+    print(f"drift needs two complete runs; {config.workdir_path} has one (set MAKE_RUNS to true to make another)")
+    drift = None
+else:
+    before_version = previous["table_versions"]["customer_personas"]
+    after_version = latest["table_versions"]["customer_personas"]
+    drift = spark.sql(f"""
+        WITH before AS (SELECT customer_id, try_element_at(personas, 1) AS top, personas
+                        FROM {customer_personas} VERSION AS OF {before_version}),
+             after AS (SELECT customer_id, try_element_at(personas, 1) AS top, personas
+                       FROM {customer_personas} VERSION AS OF {after_version})
+        SELECT
+          COUNT(*) AS customers_in_both,
+          SUM(CASE WHEN before.top <=> after.top THEN 0 ELSE 1 END) AS top_persona_changed,
+          SUM(CASE WHEN array_sort(before.personas) = array_sort(after.personas) THEN 0 ELSE 1 END) AS personas_changed,
+          (SELECT COUNT(*) FROM after LEFT ANTI JOIN before USING (customer_id)) AS new_customers
+        FROM before JOIN after USING (customer_id)
+    """).toPandas()
+    display(drift)  # noqa: F821 - IPython's and Databricks' display
 
-# %% [markdown]
-# Persona share in each run: the share of customers holding each persona.
+# COMMAND ----------
 
-# %%
-share = spark.sql(f"""
-    WITH runs AS (
-      SELECT 'previous' AS run, persona, COUNT(*) / (SELECT COUNT(*) FROM {customer_personas} VERSION AS OF {before_version}) AS share
-      FROM {customer_personas} VERSION AS OF {before_version} LATERAL VIEW explode(personas) p AS persona GROUP BY persona
-      UNION ALL
-      SELECT 'latest' AS run, persona, COUNT(*) / (SELECT COUNT(*) FROM {customer_personas} VERSION AS OF {after_version}) AS share
-      FROM {customer_personas} VERSION AS OF {after_version} LATERAL VIEW explode(personas) p AS persona GROUP BY persona
-    )
-    SELECT * FROM runs
-""").toPandas().pivot(index="persona", columns="run", values="share").fillna(0.0)
-share = share.reindex(columns=["previous", "latest"]).sort_values("latest", ascending=False)
-axis = share.plot.barh(figsize=(7, 6))
-axis.invert_yaxis()
-axis.set_xlabel("share of customers")
-axis.set_title("Persona share: previous vs latest run")
-show_figure(axis.figure)
-assert int(drift["customers_in_both"][0]) > 0
+# MAGIC %md
+# MAGIC Persona share in each run: the share of customers holding each persona.
+
+# COMMAND ----------
+
+if previous is not None:
+    share = spark.sql(f"""
+        WITH runs AS (
+          SELECT 'previous' AS run, persona, COUNT(*) / (SELECT COUNT(*) FROM {customer_personas} VERSION AS OF {before_version}) AS share
+          FROM {customer_personas} VERSION AS OF {before_version} LATERAL VIEW explode(personas) p AS persona GROUP BY persona
+          UNION ALL
+          SELECT 'latest' AS run, persona, COUNT(*) / (SELECT COUNT(*) FROM {customer_personas} VERSION AS OF {after_version}) AS share
+          FROM {customer_personas} VERSION AS OF {after_version} LATERAL VIEW explode(personas) p AS persona GROUP BY persona
+        )
+        SELECT * FROM runs
+    """).toPandas().pivot(index="persona", columns="run", values="share").fillna(0.0)
+    share = share.reindex(columns=["previous", "latest"]).sort_values("latest", ascending=False)
+    axis = share.plot.barh(figsize=(7, 6))
+    axis.invert_yaxis()
+    axis.set_xlabel("share of customers")
+    axis.set_title("Persona share: previous vs latest run")
+    show_figure(axis.figure)
+    assert int(drift["customers_in_both"][0]) > 0

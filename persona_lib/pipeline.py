@@ -218,9 +218,17 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
     publishing.record_run(spark, config, run_id, "complete", started_at, _now(),
                           {name: t["version"] for name, t in outputs.items()}, summary)
     summary["tables"]["runs"] = storage.table_ref(config, "runs").summary(spark)
+    _refresh_catalog_views(spark, config)
     customers.unpersist()
     graph.unpersist()
     return summary
+
+
+def _refresh_catalog_views(spark, config) -> None:
+    """SQL-only users read the persistent current_* views of a catalog: repoint them at the run
+    just committed. Locally the views live in the session and are made by whoever reads."""
+    if storage.table_ref(config, "runs").is_catalog:
+        publishing.register_views(spark, config)
 
 
 def _cumulative(per_round: list[int]) -> list[int]:
@@ -514,5 +522,6 @@ def republish(spark: SparkSession, config: AppConfig, reason: str,
                                     persona_model=model.artifact())
         publishing.record_run(spark, config, run_id, "complete", started_at, _now(),
                               {name: t["version"] for name, t in outputs.items()}, {"reason": reason})
+        _refresh_catalog_views(spark, config)
         graph.unpersist()
         return {"run_id": run_id, "tables": outputs}

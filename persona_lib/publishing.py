@@ -301,29 +301,58 @@ def read_current(spark: SparkSession, config: AppConfig, key: str) -> DataFrame:
     return storage.table_ref(config, key).read(spark, version=run["table_versions"][key])
 
 
+# The tables a SQL user reads by name (docs/sql.md), besides the current_* views.
+SQL_TABLES = ("purchase_events", "products", "quarantine", "ingest_log", "persona_labels", "persona_overrides",
+              "persona_affinity", "customer_personas", "product_personas", "runs")
+LOCAL_SCHEMA = "personas"
+
+
 def register_views(spark: SparkSession, config: AppConfig) -> list[str]:
-    """SQL views: current_<table> for each output (pinned to the latest complete run) and
-    customer_purchases over purchase_events. Temporary views locally (no metastore); on a
-    catalog, persistent views next to the tables."""
-    run = latest_complete_run(spark, config)
-    names = []
-    events = storage.table_ref(config, "purchase_events")
-    statements = []
-    if events.exists(spark):
-        statements.append(("customer_purchases", f"SELECT * FROM {events.sql_name}", events))
-    if run is not None:
-        for key in OUTPUT_TABLES:
+    """Name the tables and views in SQL and make their schema the current one.
+
+    Views: ``current_<table>`` for each output, pinned to the versions of the latest complete
+    run (``VERSION AS OF``), and ``customer_purchases`` over purchase_events.
+
+    - On a catalog the views are persistent, next to the tables (``catalog.schema.current_*``);
+      the pipeline replaces them after every complete run, so SQL-only users always read the
+      latest complete run.
+    - Locally the session catalog gets a ``personas`` schema holding each table of
+      ``SQL_TABLES`` (external, by location) and the views. Spark's local catalog lives as long
+      as the session, so every process registers them again (``personas sql`` does).
+
+    Either way the schema becomes the current one, so docs/sql.md's recipes, which use bare
+    names, run as written. Returns the qualified names of the views.
+    """
+    runs = storage.table_ref(config, "runs")
+    if runs.is_catalog:
+        schema = ".".join(runs.location.split(".")[:-1])
+        name_of = lambda key: storage.table_ref(config, key).location  # noqa: E731
+    else:
+        schema = LOCAL_SCHEMA
+        spark.sql(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        for key in SQL_TABLES:
             ref = storage.table_ref(config, key)
-            version = run["table_versions"].get(key)
-            if version is not None:
-                statements.append((f"current_{key}", f"SELECT * FROM {ref.sql_name} VERSION AS OF {version}", ref))
-    for view, select, ref in statements:
-        if ref.is_catalog:
-            schema = ".".join(ref.location.split(".")[:-1])
-            name = f"{schema}.{view}"
-            spark.sql(f"CREATE OR REPLACE VIEW {name} AS {select}")
-        else:
-            name = view
-            spark.sql(f"CREATE OR REPLACE TEMP VIEW {name} AS {select}")
-        names.append(name)
+            # DROP of an external table forgets its name, never its files; a name may point at
+            # another work dir's table from an earlier registration in this session.
+            spark.sql(f"DROP TABLE IF EXISTS {schema}.{key}")
+            if ref.exists(spark):
+                spark.sql(f"CREATE TABLE {schema}.{key} USING delta LOCATION '{_sql_string(ref.location)}'")
+        name_of = lambda key: f"{schema}.{key}"  # noqa: E731
+    statements = {}
+    if storage.table_ref(config, "purchase_events").exists(spark):
+        statements["customer_purchases"] = f"SELECT * FROM {name_of('purchase_events')}"
+    run = latest_complete_run(spark, config)
+    for key in OUTPUT_TABLES:
+        version = None if run is None else run["table_versions"].get(key)
+        if version is not None:
+            statements[f"current_{key}"] = f"SELECT * FROM {name_of(key)} VERSION AS OF {int(version)}"
+    names = []
+    for view, select in statements.items():
+        spark.sql(f"CREATE OR REPLACE VIEW {schema}.{view} AS {select}")
+        names.append(f"{schema}.{view}")
+    spark.sql(f"USE {schema}")
     return names
+
+
+def _sql_string(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("'", "\\'")

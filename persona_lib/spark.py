@@ -43,7 +43,8 @@ def build_local_spark(config: AppConfig) -> SparkSession:
     spark_conf = config.spark
     cores = os.cpu_count() or 2
     shuffle_partitions = spark_conf.shuffle_partitions or 2 * cores
-    java_opts = f"-Dderby.system.home={workdir / 'derby'}"
+    log_config = Path(__file__).with_name("log4j2.properties")
+    java_opts = f"-Dderby.system.home={workdir / 'derby'} -Dlog4j2.configurationFile=file:{log_config}"
     if spark_conf.fast_jvm:
         java_opts = f"{FAST_JVM_FLAGS} {java_opts}"
     submitted = launched_by_spark_submit()
@@ -74,6 +75,10 @@ def build_local_spark(config: AppConfig) -> SparkSession:
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        # Delta 4.4's SQL parser drops Spark 4.1's parameter context (delta-io/delta#7640), so
+        # spark.sql(q, args=...) leaves :name markers unbound in any query that reads a view;
+        # substituting parameters as constants before parsing sidesteps the wrapper.
+        .config("spark.sql.legacy.parameterSubstitution.constantsOnly", "true")
     )
     for key, value in spark_conf.extra_conf.items():
         builder = builder.config(key, value)

@@ -1,9 +1,12 @@
-"""Execute the notebooks of notebooks/ (jupytext percent-format .py files) with nbclient.
+"""Execute the notebooks of notebooks/ (Databricks source-format .py files) with nbclient.
 
     .venv/bin/python scripts/run_notebooks.py [--param NAME=VALUE ...] [--out DIR] [NOTEBOOK ...]
 
-Each notebook has one cell tagged ``parameters``; a cell that assigns the given values is
-inserted after it (papermill's convention), so ``--param WORKDIR='"/tmp/x"'`` points a
+The notebooks are stored as Databricks exports them (``# Databricks notebook source``, cells
+cut by ``# COMMAND ----------``, markdown as ``# MAGIC %md`` lines), so a workspace imports
+them as they are; ``read_notebook`` converts one to an nbformat notebook, because the pinned
+jupytext has no Databricks format. The cell whose first line is ``# Parameters`` holds the
+widgets; a cell that assigns the given values is inserted after it (papermill's convention), so ``--param WORKDIR='"/tmp/x"'`` points a
 notebook at a work directory. Values are Python literals. The kernel is this interpreter's
 (ipykernel), the working directory the repository root. A failing cell stops the notebook
 and the script exits 1 naming the cell; ``--out`` keeps the executed notebooks (.ipynb with
@@ -23,6 +26,50 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 # The order matters where work dirs are shared: the explorer builds on the quickstart's run.
 NOTEBOOKS = ("quickstart.py", "persona_explorer.py", "evaluation.py")
 PARAMETERS_TAG = "parameters"
+DATABRICKS_HEADER = "# Databricks notebook source"
+COMMAND_SEPARATOR = "# COMMAND ----------"
+MAGIC = "# MAGIC"
+PARAMETERS_MARKER = "# Parameters"
+
+
+def from_databricks_source(text: str):
+    """An nbformat notebook from a Databricks source-format file's text.
+
+    ``# MAGIC %md`` cells become markdown cells (the ``# MAGIC`` prefix dropped); the code cell
+    starting with ``# Parameters`` is tagged ``parameters``; every other cell is code.
+    """
+    import nbformat
+
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != DATABRICKS_HEADER:
+        raise ValueError(f"not a Databricks notebook: the first line must be {DATABRICKS_HEADER!r}")
+    chunks, current = [], []
+    for line in lines[1:]:
+        if line.strip() == COMMAND_SEPARATOR:
+            chunks.append(current)
+            current = []
+        else:
+            current.append(line)
+    chunks.append(current)
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    for chunk in chunks:
+        source = "\n".join(chunk).strip("\n")
+        if not source:
+            continue
+        body = source.splitlines()
+        if body[0].strip() == f"{MAGIC} %md":
+            markdown = [line[len(MAGIC):].removeprefix(" ") for line in body[1:]]
+            notebook.cells.append(nbformat.v4.new_markdown_cell("\n".join(markdown)))
+        elif body[0].strip() == PARAMETERS_MARKER:
+            notebook.cells.append(nbformat.v4.new_code_cell(source, metadata={"tags": [PARAMETERS_TAG]}))
+        else:
+            notebook.cells.append(nbformat.v4.new_code_cell(source))
+    return notebook
+
+
+def read_notebook(path: Path):
+    return from_databricks_source(Path(path).read_text(encoding="utf-8"))
 
 
 def parameter_cell_source(parameters: Mapping[str, Any]) -> str:
@@ -54,10 +101,9 @@ def with_parameters(notebook, parameters: Mapping[str, Any]):
 def run_notebook(path: Path, parameters: Mapping[str, Any], timeout_s: int = 600,
                  out_dir: Optional[Path] = None):
     """Execute one notebook; raises nbclient's CellExecutionError on the first failing cell."""
-    import jupytext
     from nbclient import NotebookClient
 
-    notebook = with_parameters(jupytext.read(path), parameters)
+    notebook = with_parameters(read_notebook(path), parameters)
     client = NotebookClient(notebook, timeout=timeout_s, kernel_name="python3",
                             resources={"metadata": {"path": str(REPO_ROOT)}})
     try:

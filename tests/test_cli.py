@@ -117,3 +117,11 @@ def test_evaluate_tasks_print_their_help(task):
     result = personas("evaluate", task, "--help")
     assert result.returncode == 0, result.stderr
     assert f"usage: personas evaluate {task}" in result.stdout
+
+
+def test_version_prints_the_package_version():
+    from persona_lib import __version__
+
+    result = personas("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"personas {__version__}"

@@ -131,5 +131,5 @@ def test_readers_see_the_latest_complete_run_only(spark, config, inputs):
     current = publishing.read_current(spark, config, "customer_personas")
     assert {r.run_id for r in current.select("run_id").distinct().collect()} == {"run-1"}
     views = publishing.register_views(spark, config)
-    assert "current_customer_personas" in views
+    assert "personas.current_customer_personas" in views
     assert spark.sql("SELECT DISTINCT run_id FROM current_persona_affinity").first()[0] == "run-1"

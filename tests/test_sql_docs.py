@@ -1,9 +1,14 @@
-"""Every ```sql block of docs/sql.md runs against a small published run (with an override),
-through the current_* views; `main.personas.<table>` stands for that run's Delta tables."""
+"""Every ```sql block of docs/sql.md runs as written against a small published run (with an
+override): `register_views` names the tables and views, and the `:name` markers are bound by
+`spark.sql(recipe, args=...)`, as the doc tells users to."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +22,6 @@ from tests.landing_files import copy_landing_slice
 
 SQL_DOC = REPO_ROOT / "docs" / "sql.md"
 BLOCK = re.compile(r"```sql\n(.*?)```", re.S)
-CATALOG_NAME = re.compile(r"\bmain\.personas\.([a-z_]+)\b")
 PARAMETER = re.compile(r"(?<![:\w]):([a-z_]+)\b")
 OVERRIDDEN = "override-me"
 
@@ -60,18 +64,9 @@ def published(spark, tmp_path_factory):
     return config, parameters, customer_id
 
 
-def sql_literal(value) -> str:
-    return str(value) if isinstance(value, int) else "'" + str(value).replace("'", "''") + "'"
-
-
-def run_doc_sql(spark, config, parameters: dict, sql: str):
-    """The recipe on the local tables, its :name markers bound as literals. Bound textually
-    because in the tests' session (pyspark 4.1.1, Delta 4.4.0 extension) `spark.sql(q,
-    args=...)` leaves named parameters unbound (UNBOUND_SQL_PARAMETER even for
-    `SELECT * FROM range(3) WHERE id = :x`)."""
-    local = CATALOG_NAME.sub(lambda m: storage.table_ref(config, m.group(1)).sql_name, sql)
-    local = PARAMETER.sub(lambda m: sql_literal(parameters[m.group(1)]), local)
-    return spark.sql(local).collect()
+def run_doc_sql(spark, parameters: dict, sql: str):
+    """The recipe verbatim, with the parameters it names."""
+    return spark.sql(sql, args={name: parameters[name] for name in PARAMETER.findall(sql)}).collect()
 
 
 def test_the_doc_has_a_recipe_for_each_question():
@@ -91,7 +86,7 @@ def test_the_ranking_recipe_is_the_librarys_rerank_sql(published):
 def test_every_recipe_runs_on_a_published_run(spark, published, index):
     config, parameters, _ = published
     sql = sql_blocks()[index]
-    rows = run_doc_sql(spark, config, parameters, sql)
+    rows = run_doc_sql(spark, parameters, sql)
     if section_of(sql) != "Ambiguous customers":  # a small run may have no ambiguous customer
         assert rows, f"no rows from the recipe under {section_of(sql)!r}"
 
@@ -99,12 +94,36 @@ def test_every_recipe_runs_on_a_published_run(spark, published, index):
 def test_the_override_recipe_finds_the_overridden_customer(spark, published):
     config, parameters, overridden = published
     sql = next(sql for sql in sql_blocks() if section_of(sql) == "Labels that came from overrides")
-    rows = run_doc_sql(spark, config, parameters, sql)
+    rows = run_doc_sql(spark, parameters, sql)
     assert [(r["customer_id"], r["personas"], r["reason"]) for r in rows] == [(overridden, ["Home Decor Aficionado"], OVERRIDDEN)]
 
 
 def test_the_product_page_recipe_ranks_from_1(spark, published):
     config, parameters, _ = published
     sql = sql_blocks()[0]
-    ranks = [r["rank"] for r in run_doc_sql(spark, config, parameters, sql)]
+    ranks = [r["rank"] for r in run_doc_sql(spark, parameters, sql)]
     assert ranks == list(range(1, len(ranks) + 1))
+
+
+def test_personas_sql_reads_the_current_views_from_a_fresh_process(published):
+    config, parameters, _ = published
+    personas = Path(sys.executable).with_name("personas")
+    result = subprocess.run(
+        [str(personas), "sql", "--conf", TEST_CONF, "--workdir", str(config.workdir_path), "--format", "json",
+         "SELECT customer_id, size(personas) > 0 AS has_personas FROM current_customer_personas "
+         "WHERE customer_id = :customer_id", "--param", f"customer_id={parameters['customer_id']}"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer == {"columns": ["customer_id", "has_personas"], "rows": [[parameters["customer_id"], True]],
+                      "truncated": False}
+
+
+def test_personas_sql_names_a_sql_error_with_exit_3(published):
+    config, _, _ = published
+    personas = Path(sys.executable).with_name("personas")
+    result = subprocess.run([str(personas), "sql", "--conf", TEST_CONF, "--workdir", str(config.workdir_path),
+                             "SELECT nosuch FROM current_customer_personas"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3
+    assert "nosuch" in result.stderr

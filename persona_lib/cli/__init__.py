@@ -22,9 +22,10 @@ import sys
 import traceback
 from typing import Any, Optional, Sequence
 
+from persona_lib import __version__
 from persona_lib.errors import PersonasError, UsageError
 
-SUBCOMMANDS = ("ingest", "synth", "label", "propagate", "run", "query", "forget", "evaluate", "bench", "verify")
+SUBCOMMANDS = ("ingest", "synth", "label", "propagate", "run", "query", "sql", "forget", "evaluate", "bench", "verify")
 
 # Delta's optimistic-concurrency conflicts: another writer committed first.
 _CONCURRENT_WRITE_ERRORS = (
@@ -44,6 +45,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="personas", description="GPLR customer personas on Spark and Delta.")
+    parser.add_argument("--version", action="version", version=f"personas {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
     for name in SUBCOMMANDS:
@@ -114,6 +116,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # spark-submit merges the driver's stderr into its stdout (PythonRunner), so nothing may
         # log after the result line: py4j logs its connection shut-down at INFO on exit.
         logging.getLogger("py4j").setLevel(logging.WARNING)
+        # A failed SQL statement reaches the user as one InputError line; PySpark also logs it
+        # as a kilobytes-long JSON record with the JVM stack.
+        logging.getLogger("SQLQueryContextLogger").setLevel(logging.CRITICAL)
         result = _run_handler(args)
     except PersonasError as exc:
         print(f"personas: error: {exc}", file=sys.stderr)
