@@ -27,7 +27,7 @@ from pyspark.sql import functions as F
 
 from persona_lib import storage
 from persona_lib.config import REPO_ROOT, load_config, table_name_problem
-from persona_lib.ingest import FileSeen, plan_files
+from persona_lib.ingest import FileSeen, ingest, plan_files
 from persona_lib.ingest_files import CSV_FIELD_LIMIT, open_content, parse_customer_id, split_records
 from tests.landing_files import HEADER, write_landing_file
 
@@ -136,6 +136,24 @@ def test_a_changed_file_under_a_known_name_is_rejected_unless_replace_is_configu
     statuses = {r.content_sha256: (r.status, r.rows_kept) for r in table(spark, config, "ingest_log").collect()}
     assert statuses[new_content] == ("ingested", 4)
     assert sorted(s for s, _ in statuses.values()) == ["ingested", "replaced"]
+
+
+def test_a_line_delivered_again_inside_another_file_is_a_duplicate_of_the_ingested_event(spark, config, tmp_path):
+    landing = tmp_path / "landing"
+    write_landing_file(landing, "day2.csv", [line("536401"), line("536402")])
+    ingest(spark, config, landing=str(landing))
+    # A later file whose name sorts first repeats one purchase: the ingested event stays the
+    # first occurrence, so the new line is the duplicate and nothing is both kept and quarantined.
+    write_landing_file(landing, "day1.csv", [line("536401"), line("536403")])
+    summary = ingest(spark, config, landing=str(landing))
+
+    assert (summary["files_ingested"], summary["files_skipped"], summary["quarantined"]["duplicate_line"]) == (1, 1, 1)
+    rows = table(spark, config, "quarantine").collect()
+    assert [(r.source_file, r.line_number, r.reason, r.detail) for r in rows] == [
+        ("day1.csv", 2, "duplicate_line", "the same purchase as day2.csv:2")]
+    events = table(spark, config, "purchase_events")
+    assert sorted((r.source_file, r.invoice_no) for r in events.collect()) == [
+        ("day1.csv", "536403"), ("day2.csv", "536401"), ("day2.csv", "536402")]
 
 
 # ------------------------------------------------ defects 2-4: one delivery with every bad file
