@@ -378,32 +378,49 @@ def fit_stacker(training: DataFrame, personas: list[str], features: list[str], c
     return intercepts, slopes
 
 
-def choose_thresholds(scored: DataFrame, max_gap: float) -> dict[str, float]:
-    """persona -> threshold maximising F1 on (persona, probability, label) rows subject to
-    |share with probability >= threshold - labelled share| <= ``max_gap``.
+def choose_thresholds(scored: DataFrame, max_gap: float, population: Optional[DataFrame] = None) -> dict[str, float]:
+    """persona -> threshold maximising F1 on ``scored`` (persona, probability, label) rows, the
+    out-of-fold labelled customers, subject to a prevalence gap <= ``max_gap``.
 
-    Candidates are the rows' own probabilities: at candidate t (a row's probability), the
-    predicted count is the rows at or above t. One window pass per persona.
+    The gap: without ``population``, |share of ``scored`` at or above t - labelled share|.
+    With ``population`` (persona, probability: the customers the thresholds will publish
+    for), |share of the population at or above t - its expected share (mean calibrated
+    probability)|: the labelled customers are not a random sample (the DU sampler picks
+    them), so their share is not the population's; the calibrated probabilities estimate it.
+    Candidates are the probabilities that occur; at candidate t the counts are the rows at
+    or above t (ties grouped). The gap-minimising threshold when none meets ``max_gap``.
     """
+    rows = scored.select("persona", "probability", F.col("label").cast("double").alias("label"),
+                         F.lit(1.0).alias("_oof"), F.lit(0.0).alias("_pop"), F.lit(0.0).alias("_p"))
+    if population is not None:
+        rows = rows.unionByName(population.select(
+            "persona", "probability", F.lit(0.0).alias("label"), F.lit(0.0).alias("_oof"),
+            F.lit(1.0).alias("_pop"), F.col("probability").alias("_p")))
+    grouped = rows.groupBy("persona", "probability").agg(
+        F.sum("_oof").alias("_k"), F.sum("label").alias("_pos"), F.sum("_pop").alias("_kp"), F.sum("_p").alias("_sp"))
     per_persona = Window.partitionBy("persona")
-    # Ties: every row of a probability value shares the counts of the whole tie group.
-    grouped = scored.groupBy("persona", "probability").agg(
-        F.count(F.lit(1)).alias("_k"), F.sum("label").alias("_pos"))
     running = Window.partitionBy("persona").orderBy(F.desc("probability")).rowsBetween(
         Window.unboundedPreceding, Window.currentRow)
     curve = grouped.select(
         "persona", "probability",
         F.sum("_k").over(running).alias("predicted"), F.sum("_pos").over(running).alias("hits"),
-        F.sum("_k").over(per_persona).alias("rows"), F.sum("_pos").over(per_persona).alias("positives"))
+        F.sum("_k").over(per_persona).alias("rows"), F.sum("_pos").over(per_persona).alias("positives"),
+        F.sum("_kp").over(running).alias("pop_predicted"), F.sum("_kp").over(per_persona).alias("pop_rows"),
+        F.sum("_sp").over(per_persona).alias("pop_expected"))
+    if population is not None:
+        gap = F.abs(F.col("pop_predicted") - F.col("pop_expected")) / F.col("pop_rows")
+    else:
+        gap = F.abs(F.col("predicted") - F.col("positives")) / F.col("rows")
     curve = curve.select(
         "persona", "probability",
-        (2.0 * F.col("hits") / (F.col("predicted") + F.col("positives"))).alias("f1"),
-        (F.abs(F.col("predicted") - F.col("positives")) / F.col("rows")).alias("gap"))
+        F.when(F.col("predicted") + F.col("positives") > 0,
+               2.0 * F.col("hits") / (F.col("predicted") + F.col("positives"))).otherwise(0.0).alias("f1"),
+        gap.alias("gap"))
     feasible = F.col("gap") <= F.lit(max_gap + 1e-12)
     best = Window.partitionBy("persona").orderBy(
         F.desc(feasible.cast("int")), F.desc(F.when(feasible, F.col("f1"))), F.asc("gap"), F.desc("probability"))
-    rows = curve.withColumn("_n", F.row_number().over(best)).where("_n = 1").select("persona", "probability").collect()
-    return {r["persona"]: float(r["probability"]) for r in rows}
+    chosen = curve.withColumn("_n", F.row_number().over(best)).where("_n = 1").select("persona", "probability")
+    return {r["persona"]: float(r["probability"]) for r in chosen.collect()}
 
 
 # --------------------------------------------------------------------------- fit and score
@@ -443,6 +460,8 @@ def out_of_fold_features(spark: SparkSession, config: AppConfig, inputs: ModelIn
     channels = channel_labels(positives, folds, fold_count).cache()
     propagation_config = dataclasses.replace(config.propagation, epsilon=None)
     channel_result = propagate(spark, inputs.graph, channels, propagation_config)
+    log.info("persona model: out-of-fold walk, %d channels in one propagation (%s supersteps)",
+             channel_result.stats["personas"], channel_result.stats["supersteps"])
     split = F.split(F.col("persona"), CHANNEL_SEPARATOR)
     oof_affinity = (channel_result.customer_affinity
                     .select("customer_id", split.getItem(0).cast("int").alias("channel_fold"),
@@ -474,6 +493,7 @@ def out_of_fold_features(spark: SparkSession, config: AppConfig, inputs: ModelIn
     for fold in range(fold_count):
         train_grid = grid.join(folds.where(F.col("fold") != fold), "customer_id", "left_semi")
         weights, intercepts = fit_profile(spark, x, train_grid, personas, product_index, cfg)
+        log.info("persona model: profile of fold %d/%d fitted", fold + 1, fold_count)
         held_out = folds.where(F.col("fold") == fold)
         profile_parts.append(profile_logits(x, held_out, personas, weights, intercepts).localCheckpoint(eager=True))
     oof_profile = profile_parts[0]
@@ -503,6 +523,7 @@ def fit(spark: SparkSession, config: AppConfig, inputs: ModelInputs) -> PersonaM
     intercepts, slopes = fit_stacker(training, personas, features, cfg)
     oof = logit_interval(training, intercepts, slopes, features).select("customer_id", "persona", "probability",
                                                                         "label").cache()
+    # Provisional (labelled-share gap); fit_and_score re-chooses them against the population.
     thresholds = choose_thresholds(oof, cfg.max_prevalence_gap)
     figures = _oof_figures(oof, thresholds)
     log.info("persona model: out-of-fold %s", figures)
@@ -530,6 +551,7 @@ def fit(spark: SparkSession, config: AppConfig, inputs: ModelInputs) -> PersonaM
         unit=unit, customers=n_customers, profile_intercepts=full_intercepts, product_tables=product_tables,
         product_idf=idf.select("product_id", "idf", "labelled_buyers").localCheckpoint(eager=True),
         figures=figures)
+    model._oof = oof.localCheckpoint(eager=True)  # noqa: SLF001 - read by fit_and_score
     for frame in (grid, folds, channels, oof, buyers, fold_positives, labels, product_index, x, idf):
         frame.unpersist()
     return model
@@ -602,7 +624,7 @@ def _join_features(frame: DataFrame, extra: DataFrame, names) -> DataFrame:
     return frame.join(extra, ["customer_id", "persona"], "left").fillna(0.0, list(names))
 
 
-def _oof_figures(oof: DataFrame, thresholds: dict[str, float]) -> dict:
+def _oof_figures(oof: DataFrame, thresholds: dict[str, float], prefix: str = "") -> dict:
     """Out-of-fold set-F1 and prevalence gap of the decisions on the labelled customers."""
     th = F.create_map(*[v for p, t in thresholds.items() for v in (F.lit(p), F.lit(t))])
     best = Window.partitionBy("customer_id").orderBy(F.desc("probability"), F.asc("persona"))
@@ -612,7 +634,7 @@ def _oof_figures(oof: DataFrame, thresholds: dict[str, float]) -> dict:
                                                    F.sum("p").alias("n"), F.sum("label").alias("t"))
     f1 = per_customer.agg(F.avg(F.when(F.col("t") > 0, 2 * F.col("h") / (F.col("n") + F.col("t"))))).first()[0]
     gap = rows.groupBy("persona").agg(F.abs(F.avg("p") - F.avg("label")).alias("g")).agg(F.avg("g")).first()[0]
-    return {"oof_f1": float(f1 or 0.0), "oof_prevalence_gap": float(gap or 0.0)}
+    return {f"{prefix}oof_f1": float(f1 or 0.0), f"{prefix}oof_prevalence_gap": float(gap or 0.0)}
 
 
 # --------------------------------------------------------------------------- the run's model
@@ -641,5 +663,11 @@ def training_labels(spark: SparkSession, config: AppConfig) -> DataFrame:
 def fit_and_score(spark: SparkSession, config: AppConfig, inputs: ModelInputs) -> tuple[PersonaModel, DataFrame]:
     """The run's model and its scores of every customer of ``inputs.edges``."""
     model = fit(spark, config, inputs)
-    scores = score(spark, model, inputs.edges, inputs.customer_affinity, inputs.epsilon)
-    return model, scores
+    scores = score(spark, model, inputs.edges, inputs.customer_affinity, inputs.epsilon).localCheckpoint(eager=True)
+    unlabelled = scores.join(inputs.labels.select("customer_id"), "customer_id", "left_anti")
+    model.thresholds = choose_thresholds(model._oof, config.model.max_prevalence_gap,  # noqa: SLF001
+                                         population=unlabelled.select("persona", "probability"))
+    model.figures = {**model.figures, **_oof_figures(model._oof, model.thresholds, "final_")}  # noqa: SLF001
+    log.info("persona model: thresholds %s, figures %s", model.thresholds, model.figures)
+    thresholds = F.create_map(*[v for p, t in model.thresholds.items() for v in (F.lit(p), F.lit(t))])
+    return model, scores.withColumn("threshold", thresholds[F.col("persona")])

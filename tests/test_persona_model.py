@@ -148,3 +148,15 @@ def test_numpy_scorer_matches_the_spark_scores_of_a_customer(spark, config, tiny
         assert numpy_rows[persona]["score"] == pytest.approx(row["score"], abs=1e-12)
     # Thresholds were chosen within [0, 1] on the labelled customers.
     assert all(0.0 <= t <= 1.0 for t in model.thresholds.values())
+
+
+def test_with_a_population_the_gap_is_to_its_expected_share(spark):
+    # OOF rows of persona A as above; the population's expected count is .95+.75+.65+.3 = 2.65
+    # of 4. Population counts at or above .65 and .6: 3 (gap .0875); others >= .1625.
+    scored = spark.createDataFrame([("A", 0.9, 1.0), ("A", 0.8, 1.0), ("A", 0.7, 0.0), ("A", 0.6, 1.0),
+                                    ("A", 0.2, 0.0)], "persona string, probability double, label double")
+    population = spark.createDataFrame([("A", p) for p in (0.95, 0.75, 0.65, 0.3)], "persona string, probability double")
+    # Within .1: .65 (OOF F1 4/6) and .6 (6/7): the better F1 wins.
+    assert persona_model.choose_thresholds(scored, 0.1, population) == {"A": 0.6}
+    # Within .05 none: the smallest gap, the higher threshold on a tie.
+    assert persona_model.choose_thresholds(scored, 0.05, population) == {"A": 0.65}
