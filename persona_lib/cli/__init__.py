@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 
 from persona_lib.errors import PersonasError, UsageError
 
-SUBCOMMANDS = ("ingest", "synth", "label", "propagate", "run", "query", "forget", "evaluate", "bench")
+SUBCOMMANDS = ("ingest", "synth", "label", "propagate", "run", "query", "serve", "forget", "evaluate", "bench")
 
 log = logging.getLogger("personas")
 
