@@ -309,6 +309,10 @@ def _load_cold_start(config: AppConfig, run_id: str) -> tuple[Any, Optional[str]
     from persona_lib.tracking import tracking_uri
 
     uri = f"models:/{config.tracking.registered_model}@{run_alias(run_id)}"
+    store = config.workdir_path / "mlflow.db"
+    if not config.tracking.tracking_uri and not store.is_file():
+        # Opening a missing sqlite store would create (and migrate) an empty one: nothing to load.
+        return None, f"the cold-start model {uri} could not be loaded: no MLflow store at {store}"
     # MLflow keeps its store URI per process; every caller in this process uses the same one.
     mlflow.set_tracking_uri(tracking_uri(config))
     mlflow.set_registry_uri(tracking_uri(config))
@@ -568,7 +572,8 @@ def health(state: State) -> dict:
     return {"status": "ok", "run_id": snapshot.run_id, "table_versions": snapshot.table_versions,
             "finished_at": snapshot.finished_at, "loaded_at": snapshot.loaded_at,
             "customers": snapshot.customers, "published_rows": snapshot.published_rows,
-            "cold_start": "ok" if snapshot.cold_start_model is not None else snapshot.cold_start_error,
+            "cold_start": "ok" if snapshot.cold_start_model is not None
+            else snapshot.cold_start_error or "not loaded",
             "tombstones_version": state.tombstones_version, "forgotten": len(state.forgotten)}
 
 
@@ -644,6 +649,18 @@ class PersonaService:
 # --------------------------------------------------------------------------- HTTP
 
 
+def configured_api_key(config: AppConfig) -> Optional[str]:
+    """The key requests must carry (None: no key); a named but unset variable is a config error."""
+    key_env = config.serving.api_key_env
+    if not key_env:
+        return None
+    api_key = os.environ.get(key_env)
+    if not api_key:
+        raise InputError(f"serving.api_key_env: the environment variable {key_env} is not set "
+                         "(unset serving.api_key_env to run without a key)")
+    return api_key
+
+
 def create_app(service: PersonaService):
     """The Starlette app over a service (which the app starts watching on start-up)."""
     import contextlib
@@ -655,11 +672,7 @@ def create_app(service: PersonaService):
     from starlette.routing import Route
 
     config = service.config
-    key_env = config.serving.api_key_env
-    api_key = os.environ.get(key_env) if key_env else None
-    if key_env and not api_key:
-        raise InputError(f"serving.api_key_env: the environment variable {key_env} is not set "
-                         "(unset serving.api_key_env to run without a key)")
+    api_key = configured_api_key(config)
     limit = config.serving.max_body_bytes
 
     def reply(body: Any, status: int = 200) -> Response:
@@ -754,14 +767,15 @@ def serve(config: AppConfig, conf_path: Optional[str] = None) -> dict:
     import uvicorn
 
     serving = config.serving
+    configured_api_key(config)
     service = PersonaService(config)
     service.refresh()
-    state = service.state
-    if state.snapshot is None:
+    run_id = service.state.snapshot.run_id if service.state.snapshot else None
+    if run_id is None:
         log.warning("no complete run in %s yet: answering 503 until one is published", config.workdir_path)
     else:
-        log.info("serving run %s on http://%s:%d (%d worker(s))", state.snapshot.run_id, serving.host,
-                 serving.port, serving.workers)
+        log.info("serving run %s on http://%s:%d (%d worker(s))", run_id, serving.host, serving.port,
+                 serving.workers)
     options = dict(host=serving.host, port=serving.port, log_level="warning", access_log=False,
                    timeout_keep_alive=30)
     for name, module in (("loop", "uvloop"), ("http", "httptools")):
@@ -773,8 +787,8 @@ def serve(config: AppConfig, conf_path: Optional[str] = None) -> dict:
     if serving.workers > 1:
         os.environ[CONF_ENV] = conf_path or ""
         os.environ[WORKDIR_ENV] = str(config.workdir_path)
+        del service  # each worker loads its own; this one only proved the tables readable
         uvicorn.run("persona_lib.serving:app_from_environment", factory=True, workers=serving.workers, **options)
     else:
-        create = create_app(service)
-        uvicorn.run(create, **options)
-    return {"stopped": True, "run_id": state.snapshot.run_id if state.snapshot else None}
+        uvicorn.run(create_app(service), **options)
+    return {"stopped": True, "run_id": run_id}
