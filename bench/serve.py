@@ -291,6 +291,7 @@ def main() -> int:
     parser.add_argument("--concurrent", type=int, default=16000)
     parser.add_argument("--other", type=int, default=1000, help="requests of cold-start, rerank and query")
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--synthesise-only", action="store_true", help="write the scaled tables, measure nothing")
     parser.add_argument("--out", default=None, help="where synthesised tables and logs go (default: a temp dir)")
     args = parser.parse_args()
 
@@ -300,7 +301,7 @@ def main() -> int:
     out = Path(args.out) if args.out else Path(os.environ.get("TMPDIR", "/tmp")) / "personas-bench-serve"
     out.mkdir(parents=True, exist_ok=True)
     print(json.dumps({"cpus": os.cpu_count(), "load_average": os.getloadavg(), "workdir": args.workdir}), flush=True)
-    baseline = baseline_rss(out)
+    baseline = 0.0 if args.synthesise_only else baseline_rss(out)
     print(json.dumps({"baseline_rss_mb": round(baseline, 1)}), flush=True)
     results = []
     for scale in (int(s) for s in args.scales.split(",")):
@@ -311,6 +312,8 @@ def main() -> int:
             config = load_config(None, workdir=str(out / f"scale{scale}"))
             print(json.dumps({"scale": scale, "synthesised_s": round(time.monotonic() - started, 1), **synth}),
                   flush=True)
+        if args.synthesise_only:
+            continue
         result = bench_scale(config, scale, args, out)
         result["rss_per_million_rows_mb"] = round(result["rss_mb"] / result["published_rows"] * 1e6, 1)
         result["rss_above_baseline_per_million_rows_mb"] = round(
@@ -318,6 +321,8 @@ def main() -> int:
         results.append(result)
         print(json.dumps(result), flush=True)
 
+    if args.synthesise_only:
+        return 0
     print("\nscale  customers  rows       RSS MB  GET seq p50/p99 ms  GET x8 req/s  cold p99  rerank p99  "
           "query p99  mixed x8 req/s  errors  load avg")
     for r in results:

@@ -127,9 +127,9 @@ def client(server):
     connection.close()
 
 
-def customers(spark, config, ambiguous: bool) -> list[str]:
+def customers(spark, config, ambiguous: bool, min_personas: int = 2) -> list[str]:
     table = publishing.read_current(spark, config, "customer_personas")
-    rows = (table.where((F.col("is_ambiguous") == ambiguous) & (F.size("personas") >= 2))
+    rows = (table.where((F.col("is_ambiguous") == ambiguous) & (F.size("personas") >= min_personas))
             .orderBy("customer_id").select("customer_id").limit(5).collect())
     return [r["customer_id"] for r in rows]
 
@@ -200,7 +200,7 @@ def test_rerank_matches_the_spark_rerank_and_keeps_base_order_when_ambiguous(spa
     products = [r["product_id"] for r in publishing.read_current(spark, config, "product_personas")
                 .select("product_id").distinct().orderBy("product_id").limit(6).collect()] + ["NOT-A-PRODUCT"]
     base = [0.9, 0.1, 0.5, 0.7, 0.3, 0.2, 0.8]
-    for customer in (customers(spark, config, False)[0], customers(spark, config, True)[0]):
+    for customer in (customers(spark, config, False)[0], customers(spark, config, True, min_personas=0)[0]):
         candidates = [{"product_id": p, "base_score": s} for p, s in zip(products, base)]
         status, body = client.call("POST", "/rerank", {"customer_id": customer, "candidates": candidates})
         assert status == 200
@@ -369,8 +369,10 @@ def test_a_forgotten_customer_disappears_within_5_seconds_without_a_new_run(spar
     serving_run = connection.call("GET", "/health")[1]["run_id"]
     runs_before = storage.table_ref(config, "runs").read(spark).count()
     assert connection.call("GET", f"/customers/{customer}/personas")[0] == 200
+    connection.close()
     forget_customers(spark, config, [customer], recompute=False)
     forgotten_at = time.monotonic()
+    connection = Client(server.port)  # the old one idled past the keep-alive timeout during forget
     while connection.call("GET", f"/customers/{customer}/personas")[0] != 404:
         assert time.monotonic() - forgotten_at < 5, "still served 5 s after personas forget"
         time.sleep(0.05)
@@ -379,3 +381,31 @@ def test_a_forgotten_customer_disappears_within_5_seconds_without_a_new_run(spar
     assert health["run_id"] == serving_run and health["forgotten"] >= 1
     assert storage.table_ref(config, "runs").read(spark).count() == runs_before
     assert connection.call("GET", f"/customers/{other}/personas")[0] == 200
+
+
+def test_delta_rs_reads_a_table_with_deletion_vectors_and_v2_checkpoints(spark, config):
+    """What Databricks turns on by default: deleted rows hidden by deletion vectors, a v2
+    checkpoint in the log. The serving reader must see exactly the remaining rows."""
+    from persona_lib import serving
+
+    path = str(config.workdir_path / "tables" / "dv_table")
+    (spark.range(0, 200).selectExpr("cast(id AS string) AS customer_id", "id % 7 AS bucket")
+     .write.format("delta").option("delta.enableDeletionVectors", "true")
+     .option("delta.checkpointPolicy", "v2").option("delta.checkpointInterval", "2").save(path))
+    spark.sql(f"DELETE FROM delta.`{path}` WHERE bucket = 0")
+    spark.sql(f"DELETE FROM delta.`{path}` WHERE customer_id = '1'")
+    features = spark.sql(f"DESCRIBE DETAIL delta.`{path}`").first()["tableFeatures"]
+    assert {"deletionVectors", "v2Checkpoint"} <= set(features)
+    dv_config = config.replace("tables", persona_affinity=path)
+    rows = serving.read_arrow(dv_config, "persona_affinity", ["customer_id", "bucket"]).to_pylist()
+    expected = {str(i) for i in range(200) if i % 7 != 0 and i != 1}
+    assert {r["customer_id"] for r in rows} == expected and len(rows) == len(expected)
+
+
+def test_serve_refuses_catalog_tables_it_cannot_read_without_a_metastore(tmp_path):
+    conf = tmp_path / "catalog.yaml"
+    conf.write_text(yaml.safe_dump({"base": str(TEST_CONF), "tables": {"runs": "main.personas.runs"}}))
+    result = subprocess.run([str(PERSONAS), "serve", "--conf", str(conf), "--workdir", str(tmp_path / "work"),
+                             "--port", str(free_port())], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3
+    assert "tables.runs: 'main.personas.runs' is a catalog table" in result.stderr
