@@ -318,6 +318,10 @@ def main() -> int:
         result["rss_per_million_rows_mb"] = round(result["rss_mb"] / result["published_rows"] * 1e6, 1)
         result["rss_above_baseline_per_million_rows_mb"] = round(
             (result["rss_mb"] - baseline) / result["published_rows"] * 1e6, 1)
+        if results:  # what each further million rows costs, above the smallest scale's RSS
+            first = results[0]
+            result["rss_marginal_per_million_rows_mb"] = round(
+                (result["rss_mb"] - first["rss_mb"]) / (result["published_rows"] - first["published_rows"]) * 1e6, 1)
         results.append(result)
         print(json.dumps(result), flush=True)
 
@@ -340,7 +344,8 @@ def main() -> int:
         "personas_concurrent_rps": r["scenarios"]["personas_concurrent"]["throughput_rps"],
         "cold_start_p99_ms": r["scenarios"]["cold_start"]["by_scenario"]["cold_start"]["p99_ms"],
         "errors": sum(x["errors"] for x in r["scenarios"].values()),
-        "rss_per_million_rows_mb": r["rss_per_million_rows_mb"],
+        "rss_mb": r["rss_mb"], "rss_per_million_rows_mb": r["rss_per_million_rows_mb"],
+        "rss_marginal_per_million_rows_mb": r.get("rss_marginal_per_million_rows_mb"),
         "ratios_to_target": {
             "personas_sequential_p99": round(r["scenarios"]["personas_sequential"]["by_scenario"]["personas"]["p99_ms"]
                                              / TARGETS["personas_sequential_p99_ms"], 3),

@@ -340,17 +340,19 @@ def test_a_new_run_is_switched_to_atomically_under_concurrent_requests(spark, pu
     threads = [threading.Thread(target=hammer) for _ in range(4)]
     for thread in threads:
         thread.start()
+    before.close()
     try:
         second_run = publish_reversed_run(spark, config)
+        after = Client(server.port)  # a new connection: an idle one is closed after the keep-alive timeout
         deadline = time.monotonic() + 60
-        while before.call("GET", "/health")[1]["run_id"] != second_run and time.monotonic() < deadline:
+        while after.call("GET", "/health")[1]["run_id"] != second_run and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(0.5)
     finally:
         stop.set()
         for thread in threads:
             thread.join()
-    second = {c: before.call("GET", f"/customers/{c}/personas")[1] for c in watched}
+    second = {c: after.call("GET", f"/customers/{c}/personas")[1] for c in watched}
     assert second[watched[0]]["run_id"] == second_run
     assert all(first[c]["personas"] != second[c]["personas"] for c in watched)
     expected = {first_run: first, second_run: second}
