@@ -385,23 +385,30 @@ def test_a_forgotten_customer_disappears_within_5_seconds_without_a_new_run(spar
     assert connection.call("GET", f"/customers/{other}/personas")[0] == 200
 
 
-def test_delta_rs_reads_a_table_with_deletion_vectors_and_v2_checkpoints(spark, config):
-    """What Databricks turns on by default: deleted rows hidden by deletion vectors, a v2
-    checkpoint in the log. The serving reader must see exactly the remaining rows."""
+def test_a_table_with_deletion_vectors_and_v2_checkpoints_is_refused_naming_the_features(spark, config):
+    """What Databricks turns on by default: deletion vectors and v2 checkpoints. deltalake 1.6.6
+    cannot read either, so the service must say so (table, reader version, features) and
+    ``personas serve`` must exit 4, never answer from a table it would misread."""
     from persona_lib import serving
+    from persona_lib.errors import DependencyError
 
     path = str(config.workdir_path / "tables" / "dv_table")
     (spark.range(0, 200).selectExpr("cast(id AS string) AS customer_id", "id % 7 AS bucket")
      .write.format("delta").option("delta.enableDeletionVectors", "true")
-     .option("delta.checkpointPolicy", "v2").option("delta.checkpointInterval", "2").save(path))
+     .option("delta.checkpointPolicy", "v2").save(path))
     spark.sql(f"DELETE FROM delta.`{path}` WHERE bucket = 0")
-    spark.sql(f"DELETE FROM delta.`{path}` WHERE customer_id = '1'")
     features = spark.sql(f"DESCRIBE DETAIL delta.`{path}`").first()["tableFeatures"]
     assert {"deletionVectors", "v2Checkpoint"} <= set(features)
-    dv_config = config.replace("tables", persona_affinity=path)
-    rows = serving.read_arrow(dv_config, "persona_affinity", ["customer_id", "bucket"]).to_pylist()
-    expected = {str(i) for i in range(200) if i % 7 != 0 and i != 1}
-    assert {r["customer_id"] for r in rows} == expected and len(rows) == len(expected)
+    with pytest.raises(DependencyError) as refused:
+        serving.read_arrow(config.replace("tables", persona_affinity=path), "persona_affinity", ["customer_id"])
+    message = str(refused.value)
+    assert message.startswith("persona_affinity (") and "deltalake 1.6.6" in message
+    assert "deletionVectors" in message and "v2Checkpoint" in message
+    conf = config.workdir_path.parent / "dv.yaml"
+    conf.write_text(yaml.safe_dump({"base": str(TEST_CONF), "tables": {"runs": path}}))
+    result = subprocess.run([str(PERSONAS), "serve", "--conf", str(conf), "--workdir", str(config.workdir_path),
+                             "--port", str(free_port())], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 4 and "runs (" in result.stderr and "deletionVectors" in result.stderr
 
 
 def test_serve_refuses_catalog_tables_it_cannot_read_without_a_metastore(tmp_path):
