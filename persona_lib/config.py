@@ -255,6 +255,23 @@ class QueryConfig:
 
 
 @dataclass(frozen=True)
+class ServingConfig:
+    """``personas serve``: the decision-time HTTP service over the latest complete run."""
+
+    # Loopback by default: exposing the service is a deliberate choice (and wants api_key_env).
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    # Name of an environment variable holding the API key; when it is set, every request
+    # must carry it in X-API-Key (401 otherwise). Null: no key checked.
+    api_key_env: Optional[str] = None
+    # How often the watcher looks for a new complete run and new tombstones; a forgotten
+    # customer stops being served within about this long (the promise is 5 s).
+    poll_seconds: float = 1.0
+    max_body_bytes: int = 65536
+
+
+@dataclass(frozen=True)
 class ForgetConfig:
     vacuum_retention_hours: int = 168
     disable_retention_check: bool = False
@@ -326,6 +343,7 @@ class AppConfig:
     query: QueryConfig = field(default_factory=QueryConfig)
     forget: ForgetConfig = field(default_factory=ForgetConfig)
     lock: LockConfig = field(default_factory=LockConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     # Where relative paths in this config resolve (the repository root by default).
     base_dir: str = str(REPO_ROOT)
