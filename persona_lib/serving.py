@@ -38,7 +38,7 @@ from persona_lib.config import AppConfig
 from persona_lib.errors import DependencyError, InputError
 # query.validate and run_alias are plain Python; importing query loads pyspark's Python
 # modules but starts no JVM.
-from persona_lib.query import DEFAULT_SELECT, run_alias, validate
+from persona_lib.query import run_alias, validate
 
 log = logging.getLogger("personas.serve")
 
