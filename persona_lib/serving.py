@@ -38,7 +38,7 @@ from persona_lib.config import AppConfig
 from persona_lib.errors import DependencyError, InputError
 # query.validate and run_alias are plain Python; importing query loads pyspark's Python
 # modules but starts no JVM.
-from persona_lib.query import DEFAULT_SELECT, run_alias, validate
+from persona_lib.query import run_alias, validate
 
 log = logging.getLogger("personas.serve")
 
@@ -470,9 +470,12 @@ def cold_start(snapshot: Snapshot, products: list[str], limit: int) -> tuple[lis
 
     unknown = [p for p in dict.fromkeys(products) if p not in snapshot.product_code]
     scored = _predict(snapshot.cold_start_model, pd.DataFrame({"products": [list(products)]}))
-    scored = scored[scored["row"] == 0].head(limit)
-    rows = [{"persona": r.persona, "probability": float(r.probability), "score": float(r.score),
-             "rank": int(r.rank), "matched_products": int(r.matched_products)} for r in scored.itertuples()]
+    # Plain lists, not pandas indexing: filtering and iterating the frame cost 3 ms, the model 1.
+    columns = zip(*(scored[c].tolist() for c in ("row", "persona", "score", "probability", "rank",
+                                                  "matched_products")))
+    rows = [{"persona": persona, "probability": float(probability), "score": float(score), "rank": int(rank),
+             "matched_products": int(matched)}
+            for row, persona, score, probability, rank, matched in columns if row == 0][:limit]
     if not rows and len(unknown) == len(set(products)):
         raise ServeError(404, f"none of the products is known to run {snapshot.run_id}: {unknown}; "
                               "no personas can be scored from them")
