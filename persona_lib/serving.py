@@ -19,7 +19,6 @@ hash ``personas forget`` writes) hides its customer from the next poll on, witho
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
@@ -36,6 +35,7 @@ import pyarrow.compute as pc
 
 from persona_lib.config import AppConfig
 from persona_lib.errors import DependencyError, InputError
+from persona_lib.forget import customer_hash, tombstone_key
 # query.validate and run_alias are plain Python; importing query loads pyspark's Python
 # modules but starts no JVM.
 from persona_lib.query import run_alias, validate
@@ -43,29 +43,13 @@ from persona_lib.query import run_alias, validate
 log = logging.getLogger("personas.serve")
 
 OUTPUT_TABLES = ("persona_affinity", "customer_personas", "product_personas")
-# The env var holding the tombstone key when the config does not name one (forget.tombstone_key_env).
-DEFAULT_TOMBSTONE_KEY_ENV = "PERSONAS_TOMBSTONE_KEY"
 
 
 # --------------------------------------------------------------------------- tombstones
 
-# SWITCH TO persona_lib.forget.customer_hash / forget.tombstone_key once the keyed hash lands
-# on main: these two mirror that interface exactly (HMAC-SHA256 of the id under the key).
-def customer_hash(customer_id: str, key: bytes) -> str:
-    return hmac.new(key, customer_id.encode("utf-8"), hashlib.sha256).hexdigest()
-
-
-def tombstone_key(config: AppConfig) -> Optional[bytes]:
-    env = getattr(config.forget, "tombstone_key_env", None) or DEFAULT_TOMBSTONE_KEY_ENV
-    value = os.environ.get(env)
-    return value.encode("utf-8") if value else None
-
-
-def tombstone_hashes(customer_id: str, key: Optional[bytes]) -> tuple[str, ...]:
-    """The hashes a tombstone of this customer may carry: the keyed one, and the unkeyed
-    SHA-256 that ``personas forget`` wrote before the key existed (those tombstones stay valid)."""
-    legacy = hashlib.sha256(customer_id.encode("utf-8")).hexdigest()
-    return (customer_hash(customer_id, key), legacy) if key else (legacy,)
+def tombstone_hashes(customer_id: str, key: bytes) -> tuple[str, ...]:
+    """The hash a tombstone of this customer carries (``personas forget``'s keyed hash)."""
+    return (customer_hash(customer_id, key),)
 
 
 # --------------------------------------------------------------------------- Delta access
