@@ -25,7 +25,7 @@ import yaml
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from persona_lib import storage
+from persona_lib import contracts, storage
 from persona_lib.config import REPO_ROOT, load_config, table_name_problem
 from persona_lib.ingest import FileSeen, ingest, plan_files
 from persona_lib.ingest_files import CSV_FIELD_LIMIT, open_content, parse_customer_id, split_records
@@ -301,7 +301,7 @@ def test_a_half_written_ingest_is_reconciled_by_the_next_run(spark, tmp_path):
     events_ref = storage.table_ref(config, "purchase_events")
     orphan = events_ref.read(spark).limit(1).withColumn("event_id", F.lit("0" * 64)) \
         .withColumn("content_sha256", F.lit("f" * 64))
-    storage.append(orphan, events_ref, storage_contract("PURCHASE_EVENTS"))
+    storage.append(orphan, events_ref, contracts.PURCHASE_EVENTS)
 
     again = ingest_cli(work, landing)
 
@@ -311,12 +311,6 @@ def test_a_half_written_ingest_is_reconciled_by_the_next_run(spark, tmp_path):
     assert table(spark, config, "quarantine").count() == 1
     row = manifest_row(spark, config, "day1.csv")
     assert (row.status, row.rows_in, row.rows_kept, row.rows_quarantined) == ("ingested", 3, 2, 1)
-
-
-def storage_contract(name: str):
-    from persona_lib import contracts
-
-    return getattr(contracts, name)
 
 
 @pytest.mark.parametrize("command, overrides, message", [
