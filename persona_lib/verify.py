@@ -24,15 +24,17 @@ from typing import Iterable, Iterator
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from persona_lib import forget, storage
+from persona_lib import forget, ingest, storage
 from persona_lib.config import AppConfig
 
 # (manifest, events, quarantine) table keys of each cut.
 CUTS = (("ingest_log", "purchase_events", "quarantine"),
         ("paper_ingest_log", "paper_purchase_events", "paper_quarantine"))
 # How a record is named in both purchase_events and quarantine, in order of preference.
-OVERLAP_KEYS = (("source_file", "line_number"),)
+OVERLAP_KEYS = (("content_sha256", "line_number"), ("source_file", "line_number"))
 BALANCE_PARTS = ("rows_kept", "rows_quarantined", "rows_forgotten")
+# Manifest statuses whose rows are in the tables.
+COMMITTED_STATUSES = (ingest.INGESTED, ingest.REPLACED)
 # How many offending rows a violation lists.
 SHOWN = 5
 # A number in a file that may be an id: not part of a longer word or number (hex run ids,
@@ -65,6 +67,10 @@ def check_manifest_balance(spark: SparkSession, config: AppConfig) -> list[str]:
         if not ref.exists(spark):
             continue
         manifest = ref.read(spark)
+        if "status" in manifest.columns:
+            # Only a delivery whose rows were written carries counts to balance; a failed or
+            # conflicting one wrote nothing.
+            manifest = manifest.where(F.col("status").isin(*COMMITTED_STATUSES))
         parts = [F.coalesce(F.col(c), F.lit(0)) for c in BALANCE_PARTS if c in manifest.columns]
         accounted = parts[0]
         for part in parts[1:]:
