@@ -274,8 +274,13 @@ def _label_distribution(spark, config) -> dict:
 
 
 def _product_labels(spark, config) -> Optional[DataFrame]:
-    """(product_id, persona) of the product-labelling stage, None when it has not run."""
-    return None
+    """(product_id, persona) of the product-labelling stage, None while it is switched off
+    (labelling.products.enabled), so the model then has no product-label feature at all."""
+    if not config.labelling.products.enabled:
+        return None
+    from persona_lib import labelling
+
+    return labelling.product_labels_for_model(spark, config)
 
 
 def _fit_persona_model(spark, config, graph, edges, epsilon: float):
