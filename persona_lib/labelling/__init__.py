@@ -22,9 +22,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from persona_lib.config import AppConfig
-from persona_lib.errors import PersonasError
 from persona_lib.labelling.backends import LABELLERS, Labeler, make_labeler, read_or_empty
-from persona_lib.labelling.figures import answer_figures, suffix_lengths
+from persona_lib.labelling.figures import answer_figures, raise_if_failing, suffix_lengths
 from persona_lib.labelling.products import label_products, product_labels_for_model
 from persona_lib.labelling.store import (
     add_overrides, cached_labels, label_distribution, labels_for_propagation, labels_ref,
@@ -35,8 +34,6 @@ from persona_lib.prompts import build_prompts, prompt_template
 from persona_lib.taxonomy import load_taxonomy
 
 log = logging.getLogger("personas.labelling")
-# How many failed customers the failure message quotes.
-FAILURE_EXAMPLES = 5
 
 __all__ = ["LABELLERS", "Labeler", "add_overrides", "label_customers", "label_distribution",
            "label_products", "labels_for_propagation", "make_labeler", "product_labels_for_model",
@@ -119,14 +116,8 @@ def label_customers(spark: SparkSession, config: AppConfig, sample: DataFrame, e
                                         .select("batch_id").distinct().count())
     log.info("labelled %d customers with %s (%d cache hits); statuses %s",
              counts["labelled"], backend.source, counts["cache_hits"], summary["new_statuses"])
-    if failure_rate > labelling.max_failure_rate:
-        examples = answers.where(F.col("status") == FAILED).select("customer_id", "detail").limit(
-            FAILURE_EXAMPLES).collect()
-        raise PersonasError(
-            f"labelling failed for {failure_rate:.1%} of {counts['llm_calls']} customers "
-            f"(labelling.max_failure_rate is {labelling.max_failure_rate:.1%}); the other "
-            f"answers are stored. Examples: "
-            + "; ".join(f"{row['customer_id']}: {row['detail']}" for row in examples))
+    raise_if_failing(answers, "customer_id", "labelling", f"{counts['llm_calls']} customers", failure_rate,
+                     labelling.max_failure_rate)
     return summary
 
 

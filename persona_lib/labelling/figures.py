@@ -11,6 +11,12 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from persona_lib.errors import PersonasError
+from persona_lib.labelling.validation import FAILED
+
+# Failed answers quoted in the error that stops a failing labelling stage.
+FAILURE_EXAMPLES = 5
+
 TOKEN_COLUMNS = ("prompt_tokens", "generated_tokens", "cached_tokens")
 
 
@@ -36,3 +42,19 @@ def answer_figures(answers: DataFrame, suffix_chars: DataFrame, key: str, fixed_
 
 def suffix_lengths(prompts: DataFrame, key: str) -> DataFrame:
     return prompts.select(key, F.length("prompt_suffix").alias("suffix_chars"))
+
+
+def raise_if_failing(answers: DataFrame, key: str, stage: str, asked: str, failure_rate: float,
+                     max_failure_rate: float) -> None:
+    """Stop a labelling stage whose share of failed answers passed ``labelling.max_failure_rate``.
+
+    Called after the good answers were stored, so a re-run pays only for the failed ones; the
+    error quotes a few failures (``key`` and detail) so the cause is visible without a query.
+    """
+    if failure_rate <= max_failure_rate:
+        return
+    examples = answers.where(F.col("status") == FAILED).select(key, "detail").limit(FAILURE_EXAMPLES).collect()
+    raise PersonasError(
+        f"{stage} failed for {failure_rate:.1%} of {asked} (labelling.max_failure_rate is "
+        f"{max_failure_rate:.1%}); the other answers are stored. Examples: "
+        + "; ".join(f"{row[key]}: {row['detail']}" for row in examples))

@@ -35,9 +35,9 @@ from pyspark.sql.types import StringType, StructField, StructType
 
 from persona_lib import contracts, storage
 from persona_lib.config import AppConfig, ProductLabellingConfig
-from persona_lib.errors import ConfigError, InputError, PersonasError
+from persona_lib.errors import ConfigError, InputError
 from persona_lib.labelling.backends import Labeler, make_labeler, no_model_columns, read_or_empty
-from persona_lib.labelling.figures import answer_figures, suffix_lengths
+from persona_lib.labelling.figures import answer_figures, raise_if_failing, suffix_lengths
 from persona_lib.labelling.store import cached_labels, status_counts
 from persona_lib.labelling.validation import (
     FAILED, LABEL_STATUSES, NO_ANSWER, STATUSES, validate_answers,
@@ -48,7 +48,6 @@ from persona_lib.taxonomy import Taxonomy, load_taxonomy
 log = logging.getLogger("personas.labelling.products")
 
 SELECTIONS = ("popular", "all")
-FAILURE_EXAMPLES = 5
 # The backends key their answers (backends.ANSWERS) by a column named customer_id; a product's
 # id travels in it, so vllm and openai serve products without a change.
 BACKEND_KEY = "customer_id"
@@ -251,14 +250,8 @@ def label_products(spark: SparkSession, config: AppConfig, products: DataFrame, 
     log.info("labelled %d products with %s (%d cache hits, %d prompt characters); statuses %s",
              spent["llm_calls"], backend.source, summary["cache_hits"], spent["prompt_chars"],
              summary["new_statuses"])
-    if failure_rate > config.labelling.max_failure_rate:
-        examples = answers.where(F.col("status") == FAILED).select("product_id", "detail").limit(
-            FAILURE_EXAMPLES).collect()
-        raise PersonasError(
-            f"product labelling failed for {failure_rate:.1%} of {spent['llm_calls']} products "
-            f"(labelling.max_failure_rate is {config.labelling.max_failure_rate:.1%}); the other "
-            f"answers are stored. Examples: "
-            + "; ".join(f"{row['product_id']}: {row['detail']}" for row in examples))
+    raise_if_failing(answers, "product_id", "product labelling", f"{spent['llm_calls']} products", failure_rate,
+                     config.labelling.max_failure_rate)
     return summary
 
 
