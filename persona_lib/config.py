@@ -234,6 +234,7 @@ class ModelConfig:
     max_prevalence_gap: float = 0.03
     # Fewer distinct products than this is thin evidence: the customer is flagged ambiguous.
     min_products: int = 2
+    # L-BFGS iterations of each profile fit (the stacking fit gets twice as many).
     max_iter: int = 100
 
 

@@ -370,7 +370,7 @@ def fit_stacker(training: DataFrame, personas: list[str], features: list[str], c
     assembled = VectorAssembler(inputCols=columns, outputCol="features").transform(design) \
         .select("label", "features")
     fitted = LogisticRegression(featuresCol="features", labelCol="label", regParam=cfg.stack_reg,
-                                standardization=True, maxIter=max(cfg.max_iter, 200),
+                                standardization=True, maxIter=2 * cfg.max_iter,  # per-persona slopes: more to fit
                                 fitIntercept=True).fit(assembled)
     w = dict(zip(columns, fitted.coefficients.toArray().tolist()))
     intercepts = {p: float(fitted.intercept + w[f"_b{i}"]) for i, p in enumerate(personas)}

@@ -79,7 +79,7 @@ CLEAN_LOAD = textwrap.dedent("""
 def test_the_registered_model_loads_without_the_repository_or_the_installed_package(registered, tmp_path):
     config, uri = registered
     requirements = Path(mlflow.artifacts.download_artifacts(f"{uri}/requirements.txt", dst_path=str(tmp_path)))
-    assert [line.split("==")[0] for line in requirements.read_text().split()] == ["mlflow", "pandas"]
+    assert [line.split("==")[0] for line in requirements.read_text().split()] == ["mlflow", "pandas", "numpy"]
     # -I: no PYTHONPATH, no user site, not the current directory; -S: no site-packages hooks.
     # Run from an empty folder, so nothing of the repository is on sys.path.
     empty = tmp_path / "elsewhere"
