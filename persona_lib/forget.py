@@ -46,6 +46,7 @@ from pyspark.sql import functions as F
 from persona_lib import contracts, storage
 from persona_lib.config import AppConfig
 from persona_lib.errors import InputError
+from persona_lib.ingest_files import parse_customer_id
 
 log = logging.getLogger("personas.forget")
 
@@ -53,7 +54,6 @@ log = logging.getLogger("personas.forget")
 # any number of the raw line may be the id (a line with a missing id is not one of them).
 UNREADABLE_ID_REASONS = ("malformed_line", "unparsable_value")
 UNREADABLE_ID_REASONS_SQL = "(" + ", ".join(f"'{r}'" for r in UNREADABLE_ID_REASONS) + ")"
-_ID_TEXT = re.compile(r"^\s*([0-9]+)(?:\.0+)?\s*$")
 # A number in a raw landing line: digits, optionally ".0", not part of a longer number.
 RAW_ID_TOKEN_SQL = "(?<![0-9])([0-9]+)(?:[.]0+)?(?![0-9.])"
 _RAW_ID_TOKEN = re.compile(r"(?<![0-9])([0-9]+)(?:\.0+)?(?![0-9.])")
@@ -65,10 +65,11 @@ _CLEAN_SQL = ("CASE WHEN trim({c}) RLIKE '^[0-9]+([.]0+)?$' THEN "
 
 def clean_customer_id(raw: str) -> str:
     """"17850.0" -> "17850": the id as the tables hold it (digits, never through a float)."""
-    match = _ID_TEXT.match(str(raw))
-    if not match:
+    # The same rule ingest applies to CustomerID, so forget names exactly the id the tables hold.
+    customer_id = parse_customer_id(str(raw))
+    if customer_id is None:
         raise InputError(f"forget: {raw!r} is not a customer id (expected digits like 17850 or 17850.0)")
-    return str(int(match.group(1)))
+    return customer_id
 
 
 def customer_hash(customer_id: str, key: bytes) -> str:
