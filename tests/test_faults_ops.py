@@ -227,7 +227,7 @@ def test_verify_lists_a_planted_violation(spark, site, forgotten_without_recompu
     _, _, config = site
     event = storage.table_ref(config, "purchase_events").read(spark).orderBy("event_id").first()
     planted = spark.createDataFrame(
-        [(event["source_file"], event["line_number"], "duplicate_line", "planted by the test", "x",
+        [(event["source_file"], event["line_number"], event["content_sha256"], "duplicate_line", "planted by the test", "x",
           None, None, None, None, None, None, None, None, event["ingested_at"])], contracts.QUARANTINE)
     storage.append(planted, storage.table_ref(config, "quarantine"), contracts.QUARANTINE)
     result = personas("verify", *common(site))
