@@ -6,9 +6,11 @@ tests never collide while they share the session.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from persona_lib.config import REPO_ROOT, AppConfig, load_config
 from persona_lib.spark import build_local_spark
@@ -26,6 +28,46 @@ def spark(session_workdir):
     session = build_local_spark(load_config(TEST_CONF, workdir=str(session_workdir)))
     yield session
     session.stop()
+
+
+@dataclass(frozen=True)
+class PublishedSite:
+    """A complete run on the 8-day slice, written once per pytest run for the modules that only read it."""
+
+    conf_path: Path
+    config: AppConfig
+    summary: dict
+    overridden_customer: str
+    override_reason: str = "override-me"
+    override_personas: tuple = ("Home Decor Aficionado",)
+
+
+@pytest.fixture(scope="session")
+def published_site(spark, tmp_path_factory) -> PublishedSite:
+    """Ingest, one override, then `run_pipeline` (2 rounds, 30% budget): the shared published run.
+
+    Read-only by contract: a test that forgets, overrides or republishes builds its own site, so
+    that the modules sharing this one see the same tables whatever order they run in.
+    """
+    from persona_lib import storage
+    from persona_lib.ingest import ingest
+    from persona_lib.labelling import add_overrides
+    from persona_lib.pipeline import run_pipeline
+    from tests.landing_files import copy_landing_slice
+
+    root = tmp_path_factory.mktemp("published-site")
+    landing = copy_landing_slice(root / "landing")
+    conf = root / "published.yaml"
+    conf.write_text(yaml.safe_dump({"base": str(TEST_CONF), "ingest": {"landing": str(landing)},
+                                    "sampling": {"budget": 0.3, "rounds": 2}}))
+    config = load_config(conf, workdir=str(root / "work"))
+    ingest(spark, config)
+    overridden = (storage.table_ref(config, "purchase_events").read(spark)
+                  .select("customer_id").distinct().orderBy("customer_id").first()["customer_id"])
+    site = PublishedSite(conf, config, {}, overridden)
+    add_overrides(spark, config, [{"customer_id": overridden, "personas": list(site.override_personas),
+                                   "author": "tests", "reason": site.override_reason}])
+    return PublishedSite(conf, config, run_pipeline(spark, config), overridden)
 
 
 @pytest.fixture

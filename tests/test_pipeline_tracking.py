@@ -13,23 +13,16 @@ import pytest
 from mlflow import MlflowClient
 
 from persona_lib import cold_start, tracking
-from persona_lib.config import REPO_ROOT, load_config
-from persona_lib.pipeline import run_pipeline
+from persona_lib.config import REPO_ROOT
 from persona_lib.taxonomy import load_taxonomy
-from tests.conftest import TEST_CONF
-from tests.landing_files import copy_landing_slice
 
 
 @pytest.fixture(scope="module")
-def tracked_run(spark, tmp_path_factory):
-    root = tmp_path_factory.mktemp("tracked")
-    config = load_config(TEST_CONF, workdir=str(root / "work"))
-    config = config.replace("ingest", landing=str(copy_landing_slice(root / "landing")))
-    config = config.replace("sampling", budget=0.2, rounds=2)
-    summary = run_pipeline(spark, config)
+def tracked_run(published_site):
+    config = published_site.config
     tracking.configure(config)
     client = MlflowClient(tracking_uri=tracking.tracking_uri(config), registry_uri=tracking.registry_uri(config))
-    return config, summary, client
+    return config, published_site.summary, client
 
 
 def nested_runs(client, run):
@@ -38,10 +31,11 @@ def nested_runs(client, run):
     return sorted(found, key=lambda r: int(r.data.params["round"]))
 
 
-def test_the_run_is_named_after_the_config_and_date_and_tagged_with_the_commit(tracked_run):
+def test_the_run_is_named_after_the_config_and_date_and_tagged_with_the_commit(tracked_run, published_site):
     config, summary, client = tracked_run
     run = client.get_run(summary["run_id"])
-    assert re.fullmatch(r"test-\d{4}-\d{2}-\d{2}T\d{4}Z", run.info.run_name), run.info.run_name
+    assert published_site.conf_path.stem == "published"
+    assert re.fullmatch(r"published-\d{4}-\d{2}-\d{2}T\d{4}Z", run.info.run_name), run.info.run_name
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
                           check=True).stdout.strip()
     assert run.data.tags["mlflow.source.git.commit"] == head

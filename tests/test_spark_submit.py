@@ -43,7 +43,8 @@ def submit_command(job: str, jars: list[Path], master: str, *job_args: str,
 @pytest.fixture(scope="module")
 def submitted_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("spark-submit")
-    landing = copy_landing_slice(root / "landing")
+    # Four days are enough to prove the job is distributed; the rest of the suite covers the figures.
+    landing = copy_landing_slice(root / "landing", days=4)
     conf = root / "submit.yaml"
     conf.write_text(yaml.safe_dump({
         "base": str(REPO_ROOT / "conf" / "test.yaml"),

@@ -12,18 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from persona_lib import publishing, storage
-from persona_lib.config import REPO_ROOT, load_config
-from persona_lib.labelling import add_overrides
-from persona_lib.pipeline import run_pipeline
+from persona_lib import publishing
+from persona_lib.config import REPO_ROOT
 from persona_lib.query import rerank_sql
 from tests.conftest import TEST_CONF
-from tests.landing_files import copy_landing_slice
 
 SQL_DOC = REPO_ROOT / "docs" / "sql.md"
 BLOCK = re.compile(r"```sql\n(.*?)```", re.S)
 PARAMETER = re.compile(r"(?<![:\w]):([a-z_]+)\b")
-OVERRIDDEN = "override-me"
 
 
 def sql_blocks() -> list[str]:
@@ -36,19 +32,8 @@ def section_of(sql: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def published(spark, tmp_path_factory):
-    root = tmp_path_factory.mktemp("sql-docs")
-    landing = copy_landing_slice(root / "landing")
-    config = load_config(TEST_CONF, workdir=str(root / "work")).replace("ingest", landing=str(landing))
-    config = config.replace("sampling", budget=0.3, rounds=1)
-    from persona_lib.ingest import ingest
-
-    ingest(spark, config)
-    customer_id = (storage.table_ref(config, "purchase_events").read(spark)
-                   .select("customer_id").distinct().orderBy("customer_id").first()["customer_id"])
-    add_overrides(spark, config, [{"customer_id": customer_id, "personas": ["Home Decor Aficionado"],
-                                   "author": "docs-test", "reason": OVERRIDDEN}])
-    summary = run_pipeline(spark, config)
+def published(spark, published_site):
+    config, summary, customer_id = published_site.config, published_site.summary, published_site.overridden_customer
     publishing.register_views(spark, config)
     spark.sql("""
         CREATE OR REPLACE TEMP VIEW candidates AS
@@ -91,11 +76,11 @@ def test_every_recipe_runs_on_a_published_run(spark, published, index):
         assert rows, f"no rows from the recipe under {section_of(sql)!r}"
 
 
-def test_the_override_recipe_finds_the_overridden_customer(spark, published):
+def test_the_override_recipe_finds_the_overridden_customer(spark, published, published_site):
     config, parameters, overridden = published
     sql = next(sql for sql in sql_blocks() if section_of(sql) == "Labels that came from overrides")
     rows = run_doc_sql(spark, parameters, sql)
-    assert [(r["customer_id"], r["personas"], r["reason"]) for r in rows] == [(overridden, ["Home Decor Aficionado"], OVERRIDDEN)]
+    assert [(r["customer_id"], r["personas"], r["reason"]) for r in rows] == [(overridden, list(published_site.override_personas), published_site.override_reason)]
 
 
 def test_the_product_page_recipe_ranks_from_1(spark, published):
