@@ -305,11 +305,6 @@ class EvaluationConfig:
     budgets: tuple[str, ...] = ("0.05", "0.1", "0.2", "0.3")
     samplers: tuple[str, ...] = ("random", "du")
     seeds: int = 3
-    # Folds of the labelled customers for the learned persona choice: each fold's walk
-    # features come from a propagation of the OTHER folds' labels only.
-    cv_folds: int = 5
-    # Probability thresholds tried for "persona in or out" (the best on the labelled wins).
-    thresholds: tuple[str, ...] = ("0.25", "0.3", "0.35", "0.4", "0.45", "0.5")
     # Recommendation: ALS (implicit) on split_train, metrics on split_test. The ALS settings
     # are the best NDCG@10 of a grid (rank 32-128, reg 0.02-0.05, alpha 3-10) on a 20%
     # validation split carved from split_train, never on split_test (bench/als_grid.py).

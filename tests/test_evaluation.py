@@ -9,14 +9,10 @@ import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
 from pyspark.sql import functions as F
 
-from persona_lib.config import PropagationConfig
 from persona_lib.errors import InputError
 from persona_lib.evaluation import accuracy, data, metrics
-from persona_lib.graph import build_graph, edges_from_pairs
-from persona_lib.propagation import propagate
 
 SCORES_SCHEMA = "customer_id string, precision double, recall double, f1 double"
-EXACT = PropagationConfig(method="exact")
 
 
 def test_set_scores_match_hand_computed_precision_recall_and_f1(spark):
@@ -55,27 +51,6 @@ def test_ranking_metrics_match_hand_computed_ndcg_and_f1(spark):
     assert result["f1"][2] == pytest.approx((f1_a + f1_b + 0.0) / 3)
 
 
-def test_choose_personas_keeps_those_above_the_threshold_and_at_least_the_best(spark):
-    probabilities = spark.createDataFrame(
-        [("a", "X", 0.9), ("a", "Y", 0.5), ("a", "Z", 0.1), ("b", "X", 0.2), ("b", "Y", 0.3)],
-        "customer_id string, persona string, probability double")
-    chosen = accuracy.choose_personas(probabilities, 0.4).orderBy("customer_id", "persona")
-    expected = spark.createDataFrame([("a", "X"), ("a", "Y"), ("b", "Y")], "customer_id string, persona string")
-    assert_df_equality(chosen, expected, ignore_nullable=True)
-
-
-def test_best_threshold_agrees_with_scoring_each_threshold_separately(spark):
-    probabilities = spark.createDataFrame(
-        [("a", "X", 0.9), ("a", "Y", 0.5), ("a", "Z", 0.35), ("b", "X", 0.2), ("b", "Y", 0.6)],
-        "customer_id string, persona string, probability double")
-    truth = spark.createDataFrame([("a", "X"), ("a", "Z"), ("b", "X"), ("b", "Y")], "customer_id string, persona string")
-    separately = {t: metrics.mean_scores(metrics.set_scores(accuracy.choose_personas(probabilities, t), truth))["f1"]
-                  for t in (0.1, 0.3, 0.55)}
-    threshold, f1 = accuracy.best_threshold(probabilities, truth, separately)
-    assert f1 == pytest.approx(max(separately.values()))
-    assert separately[threshold] == pytest.approx(f1)
-
-
 def test_user_labels_drop_unrepresentable_customers_and_split_personas(spark, tmp_path):
     path = tmp_path / "labels.csv"
     path.write_text("CustomerID,personas,author_uidx\n1,A|B,0\n2,Unrepresentable,1\n3, C ,2\n")
@@ -89,29 +64,6 @@ def test_a_label_file_with_an_empty_customer_id_is_an_input_error_naming_file_an
     path.write_text("CustomerID,personas,author_uidx\n1,A,0\n,B,1\n")
     with pytest.raises(InputError, match=r"labels\.csv.*CustomerID"):
         data.read_user_labels(spark, path)
-
-
-def test_out_of_fold_affinity_never_sees_a_held_out_customers_own_label(spark):
-    # a and b share product p1; c and d share p2; a also bought p2. Every customer is labelled.
-    pairs = spark.createDataFrame(
-        [("a", "p1"), ("b", "p1"), ("a", "p2"), ("c", "p2"), ("d", "p2"), ("c", "p3")],
-        "customer_id string, product_id string")
-    graph = build_graph(edges_from_pairs(pairs))
-    base = [("b", "X"), ("c", "Y"), ("d", "X"), ("d", "Y")]
-    labels_a_is_x = spark.createDataFrame(base + [("a", "X")], "customer_id string, persona string")
-    labels_a_is_y = spark.createDataFrame(base + [("a", "Y")], "customer_id string, persona string")
-
-    def own_row(labels, folds_seed):
-        oof = accuracy.out_of_fold_affinity(spark, graph, labels, EXACT, folds=2, seed=folds_seed)
-        return oof.where(F.col("customer_id") == "a").orderBy("persona")
-
-    # Whatever a's own label is, a's out-of-fold affinities are the same...
-    assert_approx_df_equality(own_row(labels_a_is_x, 3), own_row(labels_a_is_y, 3), 1e-12)
-    # ...while the full propagation does carry a's own label back to it (the test can fail).
-    full_x = propagate(spark, graph, labels_a_is_x, EXACT).customer_affinity.where(F.col("customer_id") == "a")
-    full_y = propagate(spark, graph, labels_a_is_y, EXACT).customer_affinity.where(F.col("customer_id") == "a")
-    assert sorted(map(tuple, full_x.collect())) != sorted(map(tuple, full_y.collect()))
-    graph.unpersist()
 
 
 def test_the_authors_20_percent_output_scores_its_published_f1(spark, config):

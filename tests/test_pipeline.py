@@ -141,12 +141,6 @@ def test_mlflow_run_records_params_metrics_inputs_outputs_and_model(spark, small
     assert alias.version is not None
 
 
-def test_second_run_pays_for_no_label(spark, small_config, first_run):
-    second = run_pipeline(spark, small_config)
-    assert sum(r["llm_calls"] for r in second["rounds"]) == 0
-    assert second["labelled"] == first_run["labelled"]
-
-
 def test_query_answers_known_and_new_customers_in_the_product_page_shape(spark, small_config, first_run):
     customer = current(spark, small_config, "customer_personas").where("source = 'propagated' AND size(personas) > 0") \
         .orderBy("customer_id").first()["customer_id"]
@@ -160,21 +154,34 @@ def test_query_answers_known_and_new_customers_in_the_product_page_shape(spark, 
     assert 1 <= len(cold) <= 2 and cold[0]["$p"] > 0
 
 
-def test_an_override_wins_and_becomes_a_label(spark, small_config, first_run):
-    from persona_lib.labelling import labels_for_propagation
-
+@pytest.fixture(scope="module")
+def overridden_second_run(spark, small_config, first_run):
+    """An override on a propagated customer, then the same run again (one run proves both)."""
     customer = current(spark, small_config, "customer_personas").where("source = 'propagated'") \
         .orderBy("customer_id").first()["customer_id"]
     add_overrides(spark, small_config, [{"customer_id": customer, "personas": ["Gardening Lover"],
                                          "author": "tests", "reason": "known gardener"}])
-    run_pipeline(spark, small_config)
+    return customer, run_pipeline(spark, small_config)
+
+
+def test_second_run_pays_for_no_label(first_run, overridden_second_run):
+    _, second = overridden_second_run
+    assert sum(r["llm_calls"] for r in second["rounds"]) == 0
+    assert second["llm_labelled"] == first_run["llm_labelled"]
+    assert second["overridden"] == first_run["overridden"] + 1
+
+
+def test_an_override_wins_and_becomes_a_label(spark, small_config, overridden_second_run):
+    from persona_lib.labelling import labels_for_propagation
+
+    customer, _ = overridden_second_run
     row = current(spark, small_config, "customer_personas").where(F.col("customer_id") == customer).first()
     assert (row["source"], row["personas"]) == ("override", ["Gardening Lover"])
     seeds = labels_for_propagation(spark, small_config).where(F.col("customer_id") == customer)
     assert [r["persona"] for r in seeds.collect()] == ["Gardening Lover"]
 
 
-def test_forget_removes_every_trace_and_nothing_brings_it_back(spark, small_config, first_run):
+def test_forget_removes_every_trace_and_nothing_brings_it_back(spark, small_config, overridden_second_run):
     customer = storage.table_ref(small_config, "persona_labels").read(spark).where("status = 'ok'") \
         .orderBy("customer_id").first()["customer_id"]
     result = forget_customers(spark, small_config, [customer])

@@ -84,9 +84,10 @@ def run_accuracy(args: argparse.Namespace) -> dict:
     headline = _headline(result["rows"])
     return {
         "budget": headline["budget"], "sampler": headline["sampler"], "seeds": headline["seeds"],
-        "f1": headline["f1"], "f1_top5": headline["f1_top5"], "precision": headline["precision"],
-        "recall": headline["recall"], "f1_without_product_labels": headline["f1_without_product_labels"],
-        "authors_f1": headline["authors_f1"],
+        **{key: headline[key] for key in accuracy.MODEL_FIGURES},
+        "f1_top5": headline["f1_top5"], "f1_without_product_labels": headline["f1_without_product_labels"],
+        "macro_f1_without_product_labels": headline["macro_f1_without_product_labels"],
+        "authors_f1": headline["authors_f1"], "llm_calls": headline["llm_calls"],
         "product_label_answers": result.get("product_label_answers"),
         "customer_personas": result["customer_personas"], "mlflow_run_id": result.get("mlflow_run_id"),
         "rows": result["rows"],

@@ -166,7 +166,7 @@ def evaluate_recommend(spark: SparkSession, config: AppConfig, persona_source: s
         customer_personas = context.answers.select("customer_id", "persona")
     else:
         run = accuracy.run_gplr(spark, context.graph, context.answers, config, cfg.recommend_budget, "du", 0)
-        predicted, _ = accuracy.learned_predictions(spark, context.graph, run, config, 0, context.items)
+        predicted, _ = accuracy.production_predictions(spark, context, run, config, with_product_labels=True)
         customer_personas = run.seed_labels.select("customer_id", "persona") \
             .unionByName(predicted.select("customer_id", "persona")).localCheckpoint(eager=True)
     train = context.pairs
