@@ -539,8 +539,14 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
 # Everything here runs before Spark starts, so a bad config costs no JVM start and writes
 # nothing (exit code 3).
 
-KNOWN_LABELLERS = ("replay", "vllm", "openai", "manual")
+# The values of each enumerated setting, in one place: validation checks against them and the
+# command line derives its ``choices`` from them.
+LABELLERS = ("replay", "vllm", "openai", "manual")
 ON_CHANGED_FILE = ("reject", "replace")
+CUTS = ("default", "paper")
+PROPAGATION_METHODS = ("revaff", "exact")
+EDGE_WEIGHTINGS = ("none", "count", "recency")
+SAMPLERS = ("random", "du")
 
 _IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
 _CATALOG_TABLE = re.compile(rf"^{_IDENTIFIER}(\.{_IDENTIFIER}){{1,2}}$")
@@ -608,9 +614,9 @@ def validate(config: AppConfig, where: str = "config") -> None:
 
 def _labelling_problems(config: AppConfig) -> list[str]:
     problems = []
-    if config.labelling.labeller not in KNOWN_LABELLERS:
+    if config.labelling.labeller not in LABELLERS:
         problems.append(f"labelling.labeller: unknown labeller {config.labelling.labeller!r}; "
-                        f"known: {', '.join(KNOWN_LABELLERS)}")
+                        f"known: {', '.join(LABELLERS)}")
     budget = config.sampling.budget
     if not budget > 0 or budget != budget or budget == float("inf"):
         problems.append(f"sampling.budget must be positive (a fraction <= 1 or a count), got {budget}")

@@ -19,9 +19,9 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from persona_lib.config import EDGE_WEIGHTINGS as WEIGHTINGS
 from persona_lib.errors import InputError
 
-WEIGHTINGS = ("none", "count", "recency")
 CUSTOMER = "customer"
 PRODUCT = "product"
 SECONDS_PER_DAY = 86400.0

@@ -24,10 +24,10 @@ from pyspark.sql import functions as F
 
 from persona_lib import publishing, storage, tracking
 from persona_lib.config import AppConfig
+from persona_lib.labelling.answers import LABEL_STATUSES
 
 log = logging.getLogger("personas.pipeline")
 
-LABELLED_STATUSES = ("ok", "repaired")
 
 
 def _now() -> datetime:
@@ -298,7 +298,7 @@ def _fit_persona_model(spark, config, graph, edges, epsilon: float):
 
 def _llm_labels(spark, config) -> DataFrame:
     ref = storage.table_ref(config, "persona_labels")
-    return ref.read(spark).where(F.col("status").isin(*LABELLED_STATUSES)).select(
+    return ref.read(spark).where(F.col("status").isin(*LABEL_STATUSES)).select(
         "customer_id", "personas", "raw_response")
 
 

@@ -36,7 +36,7 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from persona_lib.config import AppConfig, PropagationConfig
+from persona_lib.config import SAMPLERS, AppConfig, PropagationConfig
 from persona_lib.errors import ConfigError
 from persona_lib.evaluation import data, metrics
 from persona_lib.graph import PurchaseGraph, build_graph, edges_from_pairs
@@ -45,7 +45,6 @@ from persona_lib.sampling import budget_per_round, sample_customers
 
 log = logging.getLogger("personas.evaluation")
 
-SAMPLERS = ("random", "du")
 # log_products (log(1 + train products of the customer)) lets the model give big baskets
 # more personas: the LLM's label count grows with the purchases it saw.
 WALK_FEATURES = ("walk_share", "walk_reciprocal_rank", "log_products")

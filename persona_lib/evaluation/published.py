@@ -28,7 +28,6 @@ BINS = 10
 def published_scores(customer_personas: DataFrame, persona_affinity: DataFrame, truth: DataFrame) -> dict:
     """The figures (see the module docstring) of published tables against ``truth`` rows
     (customer_id, persona)."""
-    spark = truth.sparkSession
     truth = truth.select("customer_id", "persona").distinct()
     personas = truth.select("persona").distinct()
     scored = (customer_personas.where(F.col("source") != "llm")
