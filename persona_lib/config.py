@@ -208,7 +208,6 @@ class SamplingConfig:
     budget: float = 0.2  # a fraction of customers (<= 1) or a count (> 1)
     rounds: int = 2
     seed: int = 42
-    stratify_by_activity: bool = False
 
 
 @dataclass(frozen=True)

@@ -253,9 +253,7 @@ def _round_sample(spark, config, customers, target, round_index, affinities, sam
     label_distribution = _label_distribution(spark, config) if affinities is not None else None
     picked = sampling.sample_customers(
         customers, excluded, need, config.sampling.seed, round_index,
-        affinities=affinities, label_distribution=label_distribution,
-        stratify=config.sampling.stratify_by_activity,
-    )
+        affinities=affinities, label_distribution=label_distribution)
     # Materialised now: the sample is a function of the label store, which labelling is about
     # to change; evaluated again afterwards it would be the next customers, not these.
     if round_index > 0:
