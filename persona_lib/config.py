@@ -114,6 +114,14 @@ class SynthConfig:
 
 
 @dataclass(frozen=True)
+class GraphConfig:
+    """How purchases become the customer-product graph's edge weights (``graph.edges_from_events``)."""
+
+    edge_weighting: str = "none"  # none | count | recency
+    half_life_days: float = 90.0  # recency: an edge's weight halves every this many days
+
+
+@dataclass(frozen=True)
 class PropagationConfig:
     lhat: int = 1
     beta: float = 0.5
@@ -132,8 +140,6 @@ class PropagationConfig:
     checkpoint_storage: str = "local"  # local (localCheckpoint) | reliable (checkpoint dir)
     # Broadcast a product layer (<= products x personas entries) instead of shuffling edges.
     broadcast_product_layer: bool = True
-    edge_weighting: str = "none"  # none | count | recency
-    half_life_days: float = 90.0
     missing_label_policy: str = "skip"  # skip | error
 
 
@@ -334,6 +340,7 @@ class AppConfig:
     tables: TablesConfig = field(default_factory=TablesConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
     propagation: PropagationConfig = field(default_factory=PropagationConfig)
     labelling: LabellingConfig = field(default_factory=LabellingConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -606,6 +613,11 @@ def validate(config: AppConfig, where: str = "config") -> None:
         problems.append(f"ingest.unit_price_max must be positive, got {ingest.unit_price_max}")
     if ingest.quantity_max <= 0:
         problems.append(f"ingest.quantity_max must be positive, got {ingest.quantity_max}")
+    graph = config.graph
+    if graph.edge_weighting not in EDGE_WEIGHTINGS:
+        problems.append(f"graph.edge_weighting: {graph.edge_weighting!r}; expected one of {list(EDGE_WEIGHTINGS)}")
+    if not graph.half_life_days > 0:
+        problems.append(f"graph.half_life_days must be positive, got {graph.half_life_days}")
     problems += _labelling_problems(config)
     if problems:
         raise ConfigError(f"{where}: " + "; ".join(problems))

@@ -97,8 +97,8 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
     with timer("graph"):
         customers = events.select("customer_id").distinct().cache()
         n_customers = customers.count()
-        edges = graph_lib.edges_from_events(events, config.propagation.edge_weighting,
-                                            config.propagation.half_life_days)
+        edges = graph_lib.edges_from_events(events, config.graph.edge_weighting,
+                                            config.graph.half_life_days)
         graph = graph_lib.build_graph(edges)
     say(f"graph: {n_customers} customers, {graph.product_count} products, {graph.edge_count} edges")
 
@@ -455,7 +455,7 @@ def _params(config: AppConfig) -> dict:
         "lhat": config.propagation.lhat,
         "beta": config.propagation.beta,
         "method": config.propagation.method,
-        "edge_weighting": config.propagation.edge_weighting,
+        "edge_weighting": config.graph.edge_weighting,
         "top_k": config.publishing.top_k,
         "labeller": config.labelling.labeller,
         "taxonomy": config.labelling.taxonomy,
@@ -503,8 +503,8 @@ def republish(spark: SparkSession, config: AppConfig, reason: str,
         run_id = active.info.run_id
         publishing.record_run(spark, config, run_id, "running", started_at, None, {})
         customers = events.select("customer_id").distinct()
-        edges = graph_lib.edges_from_events(events, config.propagation.edge_weighting,
-                                            config.propagation.half_life_days)
+        edges = graph_lib.edges_from_events(events, config.graph.edge_weighting,
+                                            config.graph.half_life_days)
         graph = graph_lib.build_graph(edges)
         result = propagation.propagate(spark, graph, labelling.labels_for_propagation(spark, config), config)
         propagation.write_propagation(spark, config, result, propagation_id=f"{run_id}-{reason}")

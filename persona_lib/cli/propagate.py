@@ -40,7 +40,7 @@ def add_parser(subparsers) -> None:
                         help="absolute error bound (default: propagation.epsilon, else the scale rule)")
     parser.add_argument("--lhat", type=int, default=None, help="walk length (default propagation.lhat)")
     parser.add_argument("--weighting", choices=EDGE_WEIGHTINGS, default=None,
-                        help="edge weights (default propagation.edge_weighting)")
+                        help="edge weights (default graph.edge_weighting)")
     parser.add_argument("--propagation-id", default=None, help="id recorded in propagation_runs")
     parser.set_defaults(handler=run)
 
@@ -51,9 +51,10 @@ def run(args: argparse.Namespace) -> dict:
     from persona_lib.spark import get_spark
 
     config = load_app_config(args)
-    overrides = {k: v for k, v in (("lhat", args.lhat), ("edge_weighting", args.weighting)) if v is not None}
-    if overrides:
-        config = config.replace("propagation", **overrides)
+    if args.lhat is not None:
+        config = config.replace("propagation", lhat=args.lhat)
+    if args.weighting is not None:
+        config = config.replace("graph", edge_weighting=args.weighting)
     if not 0.0 < args.seed_fraction <= 1.0:
         raise InputError(f"--seed-fraction must be in (0, 1], got {args.seed_fraction}")
     spark = get_spark(config)
@@ -88,8 +89,8 @@ def _edges(spark, config, args):
     if not ref.exists(spark):
         raise InputError(f"{args.events}: no Delta table at {ref.location}; run `personas ingest` "
                          f"(or `personas synth`) first, or pass --pairs")
-    return edges_from_events(ref.read(spark), config.propagation.edge_weighting,
-                             config.propagation.half_life_days)
+    return edges_from_events(ref.read(spark), config.graph.edge_weighting,
+                             config.graph.half_life_days)
 
 
 def _read_pairs(spark, config, location: str):
