@@ -91,7 +91,7 @@ class IngestConfig:
     # Bounds on |UnitPrice| and |Quantity|; beyond them a line is out_of_range_value.
     unit_price_max: float = 1_000_000.0
     quantity_max: int = 1_000_000
-    # The GPLR paper's OnlineRetail cut (shared/data/gplr_online_retail/README.md).
+    # The GPLR paper's OnlineRetail cut (data/gplr_online_retail/README.md).
     paper_excluded_countries: tuple[str, ...] = (
         "Canada", "Channel Islands", "Cyprus", "Czech Republic", "Denmark", "EIRE",
         "European Community", "Finland",

@@ -1,4 +1,4 @@
-"""Operations faults (issue 12: concurrency, forget, --no-recompute, verify), each through the
+"""Operations faults (concurrency, forget, --no-recompute, verify), each through the
 ``personas`` command on a small landing folder: three days of the bundled data and a planted
 customer whose id, 9007199254740993 (2**53 + 1), a float would turn into ...992.
 

@@ -378,7 +378,7 @@ def test_a_forgotten_customer_disappears_within_5_seconds_without_a_new_run(spar
         time.sleep(0.05)
     assert connection.call("POST", "/query", {"where": {"customer_id": customer}})[0] == 404
     health = connection.call("GET", "/health")[1]
-    # forget --no-recompute commits a runs row of its own at the post-deletion versions (issue 12),
+    # forget --no-recompute commits a runs row of its own at the post-deletion versions,
     # which the service may switch to; no pipeline run is needed for the customer to disappear.
     assert health["forgotten"] >= 1
     assert connection.call("GET", f"/customers/{other}/personas")[0] == 200

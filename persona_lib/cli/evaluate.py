@@ -19,7 +19,7 @@ QUICK_SAMPLER = "du"
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate", help="persona accuracy, recommendation lift and segmentation stability",
-        description="Evaluate against the GPLR paper on its OnlineRetail cut (issue 6).")
+        description="Evaluate against the GPLR paper on its OnlineRetail cut.")
     tasks = parser.add_subparsers(dest="task", metavar="TASK")
     tasks.required = True
 

@@ -1,6 +1,6 @@
 """Persona accuracy against the recorded LLM labels, on the paper's OnlineRetail cut.
 
-Protocol (data/gplr_online_retail/README.md, issue 6): the graph is built from the authors'
+Protocol (data/gplr_online_retail/README.md): the graph is built from the authors'
 train split only; the "LLM" is the replay of the recorded answers (labelling a sample is a
 join of the sample with those answers); a run picks ``budget`` x customers over T rounds
 (random, or GPLR's round 1 random then DU score), propagates their labels, and predicts
