@@ -27,7 +27,7 @@ from persona_lib import contracts, storage
 from persona_lib.config import REPO_ROOT, load_config
 from persona_lib.labelling.validation import REPAIRED, validate_answer
 from persona_lib.taxonomy import load_taxonomy
-from tests.conftest import TEST_CONF
+from persona_lib.testing import TEST_CONF
 from tests.landing_files import copy_landing_slice, write_landing_file
 
 PERSONAS = Path(sys.executable).with_name("personas")

@@ -161,7 +161,7 @@ def test_paper_cut_keys_products_by_title_and_drops_listed_countries(spark, conf
 @pytest.fixture(scope="module")
 def real_config(tmp_path_factory):
     from persona_lib.config import load_config
-    from tests.conftest import TEST_CONF
+    from persona_lib.testing import TEST_CONF
 
     return load_config(TEST_CONF, workdir=str(tmp_path_factory.mktemp("real-ingest")))
 

@@ -16,7 +16,7 @@ from persona_lib import cold_start, tracking
 from persona_lib.config import REPO_ROOT, load_config
 from persona_lib.pipeline import run_pipeline
 from persona_lib.taxonomy import load_taxonomy
-from tests.conftest import TEST_CONF
+from persona_lib.testing import TEST_CONF
 from tests.landing_files import copy_landing_slice
 
 

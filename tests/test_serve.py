@@ -25,7 +25,7 @@ from pyspark.sql.window import Window
 from persona_lib import contracts, publishing, storage, tracking
 from persona_lib.config import REPO_ROOT, load_config
 from persona_lib.query import predict, rerank, run_alias
-from tests.conftest import TEST_CONF
+from persona_lib.testing import TEST_CONF
 from tests.landing_files import copy_landing_slice
 
 PERSONAS = Path(sys.executable).with_name("personas")

@@ -17,7 +17,7 @@ from persona_lib.config import REPO_ROOT, load_config
 from persona_lib.labelling import add_overrides
 from persona_lib.pipeline import run_pipeline
 from persona_lib.query import rerank_sql
-from tests.conftest import TEST_CONF
+from persona_lib.testing import TEST_CONF
 from tests.landing_files import copy_landing_slice
 
 SQL_DOC = REPO_ROOT / "docs" / "sql.md"
