@@ -47,7 +47,7 @@ from persona_lib.taxonomy import Taxonomy, load_taxonomy
 log = logging.getLogger("personas.labelling.products")
 
 SELECTIONS = ("popular", "all")
-# The backends key their answers (backends.ANSWERS) by a column named customer_id; a product's
+# The backends key their answers (answers.ANSWERS) by a column named customer_id; a product's
 # id travels in it, so vllm and openai serve products without a change.
 BACKEND_KEY = "customer_id"
 MODEL_SCHEMA = StructType([StructField("product_id", StringType(), False),
