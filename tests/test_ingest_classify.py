@@ -13,7 +13,6 @@ GOOD = "536365,85123A,WHITE HANGING HEART,6,2010-12-01 08:26:00,2.55,17850.0,Uni
 DEFAULT_CUT_LINES = [
     (GOOD, None),
     ("536366,22633,HAND WARMER,6,2010-12-01 08:28:00,1.85", "malformed_line"),
-    ('536366,22633,"HAND WARMER,6,2010-12-01 08:28:00,1.85,13047,France', "malformed_line"),
     ("536367,22633,HAND WARMER,lots,2010-12-01 08:28:00,1.85,13047,France", "unparsable_value"),
     ("536367,22633,HAND WARMER,6,2010-12-01 08:28:00,1.85,1e4,France", "unparsable_value"),
     ("536367,22633,HAND WARMER,6,2010-12-01 08:28:00,NaN,13047,France", "unparsable_value"),
@@ -26,6 +25,8 @@ DEFAULT_CUT_LINES = [
     ("536372,22633,HAND WARMER,6,2010-12-01 08:28:00,0.0,13047,France", "non_positive_price"),
     ("536373,POST,POSTAGE,3,2010-12-01 08:35:00,18.0,12583,France", "non_product_code"),
     (GOOD, "duplicate_line"),
+    # Last: an unclosed quote makes one malformed record of the rest of the file.
+    ('536366,22633,"HAND WARMER,6,2010-12-01 08:28:00,1.85,13047,France', "malformed_line"),
 ]
 
 

@@ -85,7 +85,9 @@ def read_recorded_answers(spark: SparkSession, path: Path, where: str = "labelli
     missing = [c for c in RECORDED_COLUMNS if c not in raw.columns]
     if missing:
         raise InputError(f"{path}: missing column(s) {missing} (expected {', '.join(RECORDED_COLUMNS)})")
-    names = F.filter(F.transform(F.split(F.col("personas"), re.escape(PERSONA_SEPARATOR)), F.trim),
+    # A lambda, not F.trim itself: transform takes a two-argument function as (element, index).
+    names = F.filter(F.transform(F.split(F.col("personas"), re.escape(PERSONA_SEPARATOR)),
+                                 lambda name: F.trim(name)),
                      lambda name: name != "")
     frame = raw.select("CustomerID", "personas", customer_id_column(F.col("CustomerID")).alias("customer_id"),
                        F.coalesce(names, F.array().cast("array<string>")).alias("_names"))
