@@ -29,7 +29,6 @@ from persona_lib.labelling.answers import LABEL_STATUSES
 log = logging.getLogger("personas.pipeline")
 
 
-
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
