@@ -53,7 +53,7 @@ def main(argv=None) -> dict:
     taxonomy = load_taxonomy(config.resolve_path(config.labelling.taxonomy))
     model = args.model
     if model is None:
-        from tests.tiny_model import build_tiny_model
+        from persona_lib.testing.tiny_model import build_tiny_model
 
         model = str(build_tiny_model(scratch / "tiny-model", taxonomy))
     vllm = dataclasses.replace(

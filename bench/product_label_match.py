@@ -31,9 +31,7 @@ from pyspark.sql import functions as F  # noqa: E402
 from persona_lib import storage  # noqa: E402
 from persona_lib.config import load_config  # noqa: E402
 from persona_lib.ingest import ingest  # noqa: E402
-from persona_lib.labelling.products import (  # noqa: E402
-    label_products, recorded_product_answers, title_key, titled,
-)
+from persona_lib.labelling.products import label_products, recorded_product_answers, title_key, titled  # noqa: E402
 from persona_lib.spark import get_spark  # noqa: E402
 
 TOP_SHARE = 0.2

@@ -7,7 +7,7 @@ Everything is measured in the same run on the same machine. Per graph it prints 
 table, then one JSON line (the contract for automated checks): graph, edges, personas,
 epsilon, lhat, max_abs_error, mean_abs_error, revaff_s, exact_s, ppr_s, ppr_sources,
 scipy_s, supersteps, top5_agreement, and more. Errors and agreement are measured against
-the scipy exact answer (tests/reference.py, an implementation independent of the Spark
+the scipy exact answer (persona_lib/testing/reference.py, an implementation independent of the Spark
 code). ``--quick`` runs online_retail only (CI, well under 3 minutes).
 
 Graphs: online_retail is the paper's OnlineRetail train split (4,297 customers) with 20%
@@ -40,7 +40,7 @@ from persona_lib.config import load_config  # noqa: E402
 from persona_lib.graph import build_graph, edges_from_pairs  # noqa: E402
 from persona_lib.jars import has_graphframes, list_jars  # noqa: E402
 from persona_lib.propagation import propagate  # noqa: E402
-from tests.reference import affinity, seed_matrix, walk_matrices  # noqa: E402
+from persona_lib.testing.reference import affinity, seed_matrix, walk_matrices  # noqa: E402
 
 PAPER_DATA = REPO_ROOT / "data" / "gplr_online_retail"
 GRAPHS = ("online_retail", "synth_1m", "synth_13m")

@@ -91,7 +91,7 @@ class IngestConfig:
     # Bounds on |UnitPrice| and |Quantity|; beyond them a line is out_of_range_value.
     unit_price_max: float = 1_000_000.0
     quantity_max: int = 1_000_000
-    # The GPLR paper's OnlineRetail cut (shared/data/gplr_online_retail/README.md).
+    # The GPLR paper's OnlineRetail cut (data/gplr_online_retail/README.md).
     paper_excluded_countries: tuple[str, ...] = (
         "Canada", "Channel Islands", "Cyprus", "Czech Republic", "Denmark", "EIRE",
         "European Community", "Finland",
@@ -114,6 +114,14 @@ class SynthConfig:
 
 
 @dataclass(frozen=True)
+class GraphConfig:
+    """How purchases become the customer-product graph's edge weights (``graph.edges_from_events``)."""
+
+    edge_weighting: str = "none"  # none | count | recency
+    half_life_days: float = 90.0  # recency: an edge's weight halves every this many days
+
+
+@dataclass(frozen=True)
 class PropagationConfig:
     lhat: int = 1
     beta: float = 0.5
@@ -132,8 +140,6 @@ class PropagationConfig:
     checkpoint_storage: str = "local"  # local (localCheckpoint) | reliable (checkpoint dir)
     # Broadcast a product layer (<= products x personas entries) instead of shuffling edges.
     broadcast_product_layer: bool = True
-    edge_weighting: str = "none"  # none | count | recency
-    half_life_days: float = 90.0
     missing_label_policy: str = "skip"  # skip | error
 
 
@@ -208,7 +214,6 @@ class SamplingConfig:
     budget: float = 0.2  # a fraction of customers (<= 1) or a count (> 1)
     rounds: int = 2
     seed: int = 42
-    stratify_by_activity: bool = False
 
 
 @dataclass(frozen=True)
@@ -330,6 +335,7 @@ class AppConfig:
     tables: TablesConfig = field(default_factory=TablesConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
     propagation: PropagationConfig = field(default_factory=PropagationConfig)
     labelling: LabellingConfig = field(default_factory=LabellingConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -534,8 +540,14 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
 # Everything here runs before Spark starts, so a bad config costs no JVM start and writes
 # nothing (exit code 3).
 
-KNOWN_LABELLERS = ("replay", "vllm", "openai", "manual")
+# The values of each enumerated setting, in one place: validation checks against them and the
+# command line derives its ``choices`` from them.
+LABELLERS = ("replay", "vllm", "openai", "manual")
 ON_CHANGED_FILE = ("reject", "replace")
+CUTS = ("default", "paper")
+PROPAGATION_METHODS = ("revaff", "exact")
+EDGE_WEIGHTINGS = ("none", "count", "recency")
+SAMPLERS = ("random", "du")
 
 _IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
 _CATALOG_TABLE = re.compile(rf"^{_IDENTIFIER}(\.{_IDENTIFIER}){{1,2}}$")
@@ -596,6 +608,11 @@ def validate(config: AppConfig, where: str = "config") -> None:
         problems.append(f"ingest.unit_price_max must be positive, got {ingest.unit_price_max}")
     if ingest.quantity_max <= 0:
         problems.append(f"ingest.quantity_max must be positive, got {ingest.quantity_max}")
+    graph = config.graph
+    if graph.edge_weighting not in EDGE_WEIGHTINGS:
+        problems.append(f"graph.edge_weighting: {graph.edge_weighting!r}; expected one of {list(EDGE_WEIGHTINGS)}")
+    if not graph.half_life_days > 0:
+        problems.append(f"graph.half_life_days must be positive, got {graph.half_life_days}")
     problems += _labelling_problems(config)
     if problems:
         raise ConfigError(f"{where}: " + "; ".join(problems))
@@ -603,9 +620,9 @@ def validate(config: AppConfig, where: str = "config") -> None:
 
 def _labelling_problems(config: AppConfig) -> list[str]:
     problems = []
-    if config.labelling.labeller not in KNOWN_LABELLERS:
+    if config.labelling.labeller not in LABELLERS:
         problems.append(f"labelling.labeller: unknown labeller {config.labelling.labeller!r}; "
-                        f"known: {', '.join(KNOWN_LABELLERS)}")
+                        f"known: {', '.join(LABELLERS)}")
     budget = config.sampling.budget
     if not budget > 0 or budget != budget or budget == float("inf"):
         problems.append(f"sampling.budget must be positive (a fraction <= 1 or a count), got {budget}")

@@ -218,7 +218,7 @@ RUNS = _schema(
 )
 
 TOMBSTONES = _schema(
-    # HMAC-SHA256 of the id under the secret tombstone key (persona_lib.forget.customer_hash):
+    # HMAC-SHA256 of the id under the secret tombstone key (persona_lib.tombstones.customer_hash):
     # without the key it cannot be tested against guessed ids, so it is not itself a trace.
     ("customer_hash", StringType(), False),
     ("forgotten_at", TimestampType(), False),

@@ -31,85 +31,35 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import hmac
 import logging
-import os
-import re
 import shutil
 from datetime import datetime, timezone
 from typing import Iterable, Optional
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from persona_lib import contracts, storage
+from persona_lib import contracts, publishing, storage, tracking
 from persona_lib.config import AppConfig
 from persona_lib.errors import InputError
-from persona_lib.ingest_files import parse_customer_id
+from persona_lib.pipeline import republish
+from persona_lib.publishing import abandon_stale_runs
+from persona_lib.query import run_alias
+from persona_lib.tombstones import (
+    RAW_ID_TOKEN,
+    RAW_ID_TOKEN_SQL,
+    UNREADABLE_ID_REASONS_SQL,
+    clean_customer_id,
+    customer_hash,
+    tombstone_key,
+)
 
 log = logging.getLogger("personas.forget")
 
-# Quarantine reasons of lines whose CustomerID field could not be read as an id: for those,
-# any number of the raw line may be the id (a line with a missing id is not one of them).
-UNREADABLE_ID_REASONS = ("malformed_line", "unparsable_value")
-UNREADABLE_ID_REASONS_SQL = "(" + ", ".join(f"'{r}'" for r in UNREADABLE_ID_REASONS) + ")"
-# A number in a raw landing line: digits, optionally ".0", not part of a longer number.
-RAW_ID_TOKEN_SQL = "(?<![0-9])([0-9]+)(?:[.]0+)?(?![0-9.])"
-_RAW_ID_TOKEN = re.compile(r"(?<![0-9])([0-9]+)(?:\.0+)?(?![0-9.])")
 # How SQL reads a raw CustomerID field ("17850.0") as the tables' id ("17850"); null when it
 # is not an id. Through DECIMAL(38, 0): exact for any length, never through a float.
 _CLEAN_SQL = ("CASE WHEN trim({c}) RLIKE '^[0-9]+([.]0+)?$' THEN "
               "CAST(CAST(regexp_extract(trim({c}), '^([0-9]+)', 1) AS DECIMAL(38, 0)) AS STRING) END")
-
-
-def clean_customer_id(raw: str) -> str:
-    """"17850.0" -> "17850": the id as the tables hold it (digits, never through a float)."""
-    # The same rule ingest applies to CustomerID, so forget names exactly the id the tables hold.
-    customer_id = parse_customer_id(str(raw))
-    if customer_id is None:
-        raise InputError(f"forget: {raw!r} is not a customer id (expected digits like 17850 or 17850.0)")
-    return customer_id
-
-
-def customer_hash(customer_id: str, key: bytes) -> str:
-    """A tombstone: HMAC-SHA256 of the clean id under the tombstone key, as hex."""
-    return hmac.new(key, customer_id.encode("utf-8"), hashlib.sha256).hexdigest()
-
-
-def tombstone_key(config: AppConfig) -> bytes:
-    """The tombstone key: the environment variable ``forget.tombstone_key_env``, else the
-    config's public ``forget.demo_key`` (demo and test configs only); InputError if neither."""
-    name = config.forget.tombstone_key_env
-    value = os.environ.get(name, "")
-    if value:
-        return value.encode("utf-8")
-    if config.forget.demo_key:
-        log.warning("tombstone key: $%s is unset, using the config's public demo key (forget.demo_key); "
-                    "set the variable from a secret outside the demo", name)
-        return config.forget.demo_key.encode("utf-8")
-    raise InputError(f"the tombstone key is not set: export {name}=<secret> (forget.tombstone_key_env "
-                     "names the variable); tombstones are HMAC-SHA256 of the id under this key, and "
-                     "the same key must be used by every job of this work dir")
-
-
-def customer_hash_column(customer_id: Column, key: bytes) -> Column:
-    """``customer_hash`` as a Spark column: HMAC-SHA256 (RFC 2104) from SQL's sha2, so a join
-    against the tombstones runs in the JVM without a Python worker."""
-    block = 64
-    if len(key) > block:
-        key = hashlib.sha256(key).digest()
-    key = key.ljust(block, b"\0")
-    inner_pad = bytearray(b ^ 0x36 for b in key)
-    outer_pad = bytearray(b ^ 0x5C for b in key)
-    inner = F.sha2(F.concat(F.lit(inner_pad), F.encode(customer_id, "UTF-8")), 256)
-    return F.sha2(F.concat(F.lit(outer_pad), F.unhex(inner)), 256)
-
-
-def raw_id_tokens(raw_line: Column) -> Column:
-    """Every number of a raw landing line that could be a customer id, as the tables write it."""
-    return F.transform(F.regexp_extract_all(F.coalesce(raw_line, F.lit("")), F.lit(RAW_ID_TOKEN_SQL), 1),
-                       lambda token: F.regexp_replace(token, "^0+(?=[0-9])", ""))
 
 
 def id_tables(spark: SparkSession, config: AppConfig) -> list[storage.TableRef]:
@@ -138,7 +88,6 @@ def forget_customers(spark: SparkSession, config: AppConfig, raw_ids: Iterable[s
     if not ids:
         raise InputError("forget: give at least one --customer ID")
     key = tombstone_key(config)
-    from persona_lib.publishing import abandon_stale_runs
 
     # The caller holds the writer lock (the CLI takes it), so a 'running' row is a killed job.
     abandon_stale_runs(spark, config)
@@ -167,8 +116,6 @@ def forget_customers(spark: SparkSession, config: AppConfig, raw_ids: Iterable[s
     refreshed = None
     runs_ref = storage.table_ref(config, "runs")
     if recompute and storage.table_ref(config, "persona_labels").exists(spark) and runs_ref.exists(spark):
-        from persona_lib.pipeline import republish
-
         refreshed = republish(spark, config, reason="forget")["run_id"]
         touched += [storage.table_ref(config, k) for k in
                     ("customer_affinity", "product_affinity", "persona_affinity", "customer_personas",
@@ -187,9 +134,6 @@ def forget_customers(spark: SparkSession, config: AppConfig, raw_ids: Iterable[s
 def publish_without_recompute(spark: SparkSession, config: AppConfig) -> Optional[str]:
     """A complete run pointing at the output tables as they are after the deletion (no
     propagation): readers move off the versions VACUUM is about to remove."""
-    from persona_lib import publishing, tracking
-    from persona_lib.query import run_alias
-
     previous = publishing.latest_complete_run(spark, config)
     if previous is None:
         return None
@@ -253,7 +197,7 @@ def purge_mlflow_artifacts(config: AppConfig, ids: list[str]) -> int:
         if not path.is_file():
             continue
         text = path.read_bytes().decode("utf-8", errors="ignore")
-        if any(m.group(1).lstrip("0") in wanted for m in _RAW_ID_TOKEN.finditer(text)):
+        if any(m.group(1).lstrip("0") in wanted for m in RAW_ID_TOKEN.finditer(text)):
             path.unlink()
             removed += 1
     if removed:
@@ -286,11 +230,3 @@ def _remove_checkpoints(config: AppConfig) -> None:
     if folder.is_dir():
         for child in folder.iterdir():
             shutil.rmtree(child, ignore_errors=True)
-
-
-def tombstoned(df: DataFrame, tombstones: DataFrame, key: bytes, id_column: str = "customer_id") -> DataFrame:
-    """The rows of ``df`` whose ``id_column`` is tombstoned (a semi join on the keyed hash)."""
-    hashes = tombstones.select(F.col("customer_hash").alias("_tombstone_hash")).distinct()
-    with_hash = df.withColumn("_customer_hash", customer_hash_column(F.col(id_column), key))
-    return (with_hash.join(F.broadcast(hashes), with_hash["_customer_hash"] == hashes["_tombstone_hash"], "left_semi")
-            .drop("_customer_hash"))

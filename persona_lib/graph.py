@@ -19,9 +19,9 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from persona_lib.config import EDGE_WEIGHTINGS as WEIGHTINGS
 from persona_lib.errors import InputError
 
-WEIGHTINGS = ("none", "count", "recency")
 CUSTOMER = "customer"
 PRODUCT = "product"
 SECONDS_PER_DAY = 86400.0
@@ -36,7 +36,7 @@ def edges_from_events(events: DataFrame, weighting: str = "none", half_life_days
     at ``as_of``, default the latest event_ts in ``events``).
     """
     if weighting not in WEIGHTINGS:
-        raise InputError(f"propagation.edge_weighting: {weighting!r} is not one of {list(WEIGHTINGS)}")
+        raise InputError(f"graph.edge_weighting: {weighting!r} is not one of {list(WEIGHTINGS)}")
     missing = [c for c in ("customer_id", "product_id") if c not in events.columns]
     if missing:
         raise InputError(f"purchase events: missing column(s) {missing}")
@@ -46,7 +46,7 @@ def edges_from_events(events: DataFrame, weighting: str = "none", half_life_days
     if weighting == "count":
         return pairs.agg(F.count(F.lit(1)).cast("double").alias("weight"))
     if half_life_days <= 0:
-        raise InputError(f"propagation.half_life_days must be > 0, got {half_life_days}")
+        raise InputError(f"graph.half_life_days must be > 0, got {half_life_days}")
     if "event_ts" not in events.columns:
         raise InputError("purchase events: recency weighting needs the event_ts column")
     if as_of is None:

@@ -52,8 +52,8 @@ from pyspark.sql.window import Window
 from persona_lib import contracts, storage
 from persona_lib.config import AppConfig, IngestConfig
 from persona_lib.errors import InputError
-from persona_lib.forget import tombstone_key
-from persona_lib.ingest_files import CUSTOMER_ID_PATTERN, header_problem, open_content, split_records
+from persona_lib.ingest_files import customer_id_digits, header_problem, open_content, split_records
+from persona_lib.tombstones import UNREADABLE_ID_REASONS, customer_hash_column, raw_id_tokens, tombstone_key
 
 # Every rejection reason, in the order they are tested: a record gets the first that applies.
 REASONS = (
@@ -265,8 +265,7 @@ def classify_lines(records: DataFrame, rules: CutRules, settings: IngestConfig,
         F.expr("try_cast(trim(raw_unit_price) AS DOUBLE)").alias("unit_price"),
         F.expr(f"try_to_timestamp(trim(raw_invoice_date), '{settings.timestamp_format}')").alias("event_ts"),
         # Ids stay text: digits with an optional ".0", which is dropped ("17850.0" -> "17850").
-        F.regexp_replace(F.regexp_extract(F.trim(F.col("raw_customer_id")), CUSTOMER_ID_PATTERN, 1),
-                         r"^0+(?=[0-9])", "").alias("_customer_digits"),
+        customer_id_digits(F.col("raw_customer_id")).alias("_customer_digits"),
         F.upper(F.trim(F.col("raw_stock_code"))).alias("stock_code"),
         F.regexp_replace(F.col("raw_description"), r"^\s+|\s+$", "").alias("title"),
     )
@@ -378,14 +377,13 @@ def drop_forgotten(classified: DataFrame, tombstones: Optional[DataFrame], key: 
 
     A line is forgotten when the keyed hash of its customer id is a tombstone, or, for a line
     whose CustomerID could not be read (malformed, unparsable), when any number of its raw
-    text is. ``key`` is ``persona_lib.forget.tombstone_key(config)``.
+    text is. ``key`` is ``persona_lib.tombstones.tombstone_key(config)``.
     """
     if tombstones is None:
         return classified.withColumn("forgotten", F.lit(False))
-    from persona_lib.forget import UNREADABLE_ID_REASONS, customer_hash_column, raw_id_tokens
 
     if key is None:
-        raise ValueError("drop_forgotten needs the tombstone key (persona_lib.forget.tombstone_key)")
+        raise ValueError("drop_forgotten needs the tombstone key (persona_lib.tombstones.tombstone_key)")
     hashes = tombstones.select(F.col("customer_hash").alias("_forgotten_hash")).distinct()
     by_id = classified.withColumn("_customer_hash", customer_hash_column(F.col("customer_id"), key))
     by_id = (by_id.join(F.broadcast(hashes.withColumn("_hit", F.lit(True))),

@@ -11,6 +11,9 @@ time; tests call them on strings.
   dropped.
 - A file that cannot be read (not gzip, not UTF-8, empty, wrong header) is a *file* fault with
   a reason; the other files of the delivery are not affected.
+
+The customer id rule is here twice, as ``parse_customer_id`` (Python) and
+``customer_id_column`` (the same rule as a Spark column, for every reader of ids in Spark).
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ import re
 import zlib
 from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
+
+from pyspark.sql import Column
+from pyspark.sql import functions as F
 
 # Python's csv reader refuses a field longer than this (its default limit); such a record
 # is quarantined as malformed_line, with the limit in its detail.
@@ -37,13 +43,23 @@ _CUSTOMER_ID = re.compile(CUSTOMER_ID_PATTERN)
 def parse_customer_id(text: Optional[str]) -> Optional[str]:
     """The canonical id ("17850") of a landing CustomerID, or None if it is not one.
 
-    The Spark expression in ``persona_lib.ingest`` applies the same rule."""
+    ``customer_id_column`` applies the same rule in Spark."""
     if text is None:
         return None
     match = _CUSTOMER_ID.match(text.strip())
     if not match:
         return None
     return match.group(1).lstrip("0") or "0"
+
+
+def customer_id_digits(text: Column) -> Column:
+    """``parse_customer_id`` as a Spark column, "" where ``text`` is not an id (null stays null)."""
+    return F.regexp_replace(F.regexp_extract(F.trim(text), CUSTOMER_ID_PATTERN, 1), r"^0+(?=[0-9])", "")
+
+
+def customer_id_column(text: Column) -> Column:
+    """``parse_customer_id`` as a Spark column: the canonical id, null where it is not one."""
+    return F.nullif(customer_id_digits(text), F.lit(""))
 
 
 @dataclass(frozen=True)

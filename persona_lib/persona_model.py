@@ -56,6 +56,9 @@ from pyspark.sql import functions as F
 
 from persona_lib.config import AppConfig, ModelConfig
 from persona_lib.graph import PurchaseGraph
+from persona_lib.labelling.answers import LABEL_STATUSES, UNREPRESENTABLE, UNREPRESENTABLE_STATUS
+from persona_lib.labelling.backends import read_or_empty
+from persona_lib.labelling.store import without_forgotten
 from persona_lib.propagation import default_epsilon, propagate, seeds_from_labels
 
 log = logging.getLogger("personas.model")
@@ -646,11 +649,6 @@ def training_labels(spark: SparkSession, config: AppConfig) -> DataFrame:
     LLM answers of status ok, repaired or unrepresentable ("none of these": an empty list,
     negative for every persona), overrides winning; forgotten customers left out.
     """
-    from persona_lib.labelling.backends import read_or_empty
-    from persona_lib.labelling.store import without_forgotten
-    from persona_lib.labelling.validation import LABEL_STATUSES, UNREPRESENTABLE_STATUS
-    from persona_lib.taxonomy import UNREPRESENTABLE
-
     overrides = read_or_empty(spark, config, "persona_overrides").select("customer_id", "personas")
     llm = (read_or_empty(spark, config, "persona_labels")
            .where(F.col("status").isin(*LABEL_STATUSES, UNREPRESENTABLE_STATUS))

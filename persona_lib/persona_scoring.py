@@ -11,7 +11,6 @@ import math
 import numpy as np
 
 
-
 def score_basket(artifact: dict, products: list[str]) -> list[dict]:
     """The model's rows for one shopper from its products, with numpy only (no Spark).
 

@@ -24,10 +24,9 @@ from pyspark.sql import functions as F
 
 from persona_lib import publishing, storage, tracking
 from persona_lib.config import AppConfig
+from persona_lib.labelling.answers import LABEL_STATUSES
 
 log = logging.getLogger("personas.pipeline")
-
-LABELLED_STATUSES = ("ok", "repaired")
 
 
 def _now() -> datetime:
@@ -97,8 +96,8 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
     with timer("graph"):
         customers = events.select("customer_id").distinct().cache()
         n_customers = customers.count()
-        edges = graph_lib.edges_from_events(events, config.propagation.edge_weighting,
-                                            config.propagation.half_life_days)
+        edges = graph_lib.edges_from_events(events, config.graph.edge_weighting,
+                                            config.graph.half_life_days)
         graph = graph_lib.build_graph(edges)
     say(f"graph: {n_customers} customers, {graph.product_count} products, {graph.edge_count} edges")
 
@@ -253,9 +252,7 @@ def _round_sample(spark, config, customers, target, round_index, affinities, sam
     label_distribution = _label_distribution(spark, config) if affinities is not None else None
     picked = sampling.sample_customers(
         customers, excluded, need, config.sampling.seed, round_index,
-        affinities=affinities, label_distribution=label_distribution,
-        stratify=config.sampling.stratify_by_activity,
-    )
+        affinities=affinities, label_distribution=label_distribution)
     # Materialised now: the sample is a function of the label store, which labelling is about
     # to change; evaluated again afterwards it would be the next customers, not these.
     if round_index > 0:
@@ -298,7 +295,7 @@ def _fit_persona_model(spark, config, graph, edges, epsilon: float):
 
 def _llm_labels(spark, config) -> DataFrame:
     ref = storage.table_ref(config, "persona_labels")
-    return ref.read(spark).where(F.col("status").isin(*LABELLED_STATUSES)).select(
+    return ref.read(spark).where(F.col("status").isin(*LABEL_STATUSES)).select(
         "customer_id", "personas", "raw_response")
 
 
@@ -457,7 +454,7 @@ def _params(config: AppConfig) -> dict:
         "lhat": config.propagation.lhat,
         "beta": config.propagation.beta,
         "method": config.propagation.method,
-        "edge_weighting": config.propagation.edge_weighting,
+        "edge_weighting": config.graph.edge_weighting,
         "top_k": config.publishing.top_k,
         "labeller": config.labelling.labeller,
         "taxonomy": config.labelling.taxonomy,
@@ -505,8 +502,8 @@ def republish(spark: SparkSession, config: AppConfig, reason: str,
         run_id = active.info.run_id
         publishing.record_run(spark, config, run_id, "running", started_at, None, {})
         customers = events.select("customer_id").distinct()
-        edges = graph_lib.edges_from_events(events, config.propagation.edge_weighting,
-                                            config.propagation.half_life_days)
+        edges = graph_lib.edges_from_events(events, config.graph.edge_weighting,
+                                            config.graph.half_life_days)
         graph = graph_lib.build_graph(edges)
         result = propagation.propagate(spark, graph, labelling.labels_for_propagation(spark, config), config)
         propagation.write_propagation(spark, config, result, propagation_id=f"{run_id}-{reason}")

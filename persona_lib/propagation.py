@@ -19,13 +19,13 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, IntegerType, LongType, StringType, StructField, StructType
 
 from persona_lib import contracts, storage
+from persona_lib.config import PROPAGATION_METHODS as METHODS
 from persona_lib.config import AppConfig, PropagationConfig
 from persona_lib.errors import InputError
 from persona_lib.graph import CUSTOMER, PRODUCT, PurchaseGraph
 
 log = logging.getLogger("personas.propagation")
 
-METHODS = ("revaff", "exact")
 MISSING_LABEL_POLICIES = ("skip", "error")
 CHECKPOINT_STORAGES = ("local", "reliable")
 SEEDS_SCHEMA = StructType([

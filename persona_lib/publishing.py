@@ -41,7 +41,6 @@ from persona_lib import contracts, storage
 from persona_lib.config import AppConfig
 
 OUTPUT_TABLES = ("persona_affinity", "customer_personas", "product_personas")
-SOURCES = ("llm", "override", "propagated")
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,6 @@ from pyspark.sql import functions as F
 from persona_lib.errors import ConfigError, InputError
 
 LOG_EPSILON = 1e-16
-# Activity strata for stratified draws: quartiles of the customer's activity column.
-ACTIVITY_STRATA = 4
 
 
 def budget_per_round(total_customers: int, budget: Union[float, int], rounds: int) -> list[int]:
@@ -56,12 +54,10 @@ def budget_per_round(total_customers: int, budget: Union[float, int], rounds: in
 
 def sample_customers(customers: DataFrame, excluded: Optional[DataFrame], n: int, seed: int,
                      round_index: int, affinities: Optional[DataFrame] = None,
-                     label_distribution: Optional[Mapping[str, float]] = None,
-                     stratify: bool = False) -> DataFrame:
+                     label_distribution: Optional[Mapping[str, float]] = None) -> DataFrame:
     """Up to ``n`` customer_ids of ``customers`` not in ``excluded``, for round ``round_index``.
 
-    Round 0, or no affinities: uniform random (stratified by the ``activity`` column when
-    ``stratify``). Later rounds: the top DU scores, which need ``affinities`` (customer_id,
+    Round 0, or no affinities: uniform random. Later rounds: the top DU scores, which need ``affinities`` (customer_id,
     persona, score) and ``label_distribution`` (persona -> count or share of the labels).
     """
     if n < 0:
@@ -71,10 +67,7 @@ def sample_customers(customers: DataFrame, excluded: Optional[DataFrame], n: int
         candidates = candidates.join(excluded.select("customer_id"), "customer_id", "left_anti")
     tie_break = F.xxhash64(F.lit(seed), F.lit(round_index), F.col("customer_id"))
     if round_index == 0 or affinities is None:
-        if stratify:
-            picked = _stratified(candidates, tie_break)
-        else:
-            picked = candidates.select("customer_id").distinct().orderBy(tie_break, "customer_id")
+        picked = candidates.select("customer_id").distinct().orderBy(tie_break, "customer_id")
     else:
         if not label_distribution:
             raise InputError("DU sampling needs the label distribution of the labels so far "
@@ -116,23 +109,3 @@ def du_scores(customers: DataFrame, affinities: DataFrame,
         .select("customer_id", (F.lit(kl_constant) - F.coalesce("kl_correction", F.lit(0.0))
                                 + F.coalesce("entropy", F.lit(0.0))).alias("du_score"))
     )
-
-
-def _stratified(candidates: DataFrame, tie_break: F.Column) -> DataFrame:
-    """Proportional allocation over activity quartiles: each stratum's customers are spread
-    evenly over (0, 1] in their random order, and the n smallest positions are taken, so every
-    stratum gets its share of n (up to rounding)."""
-    if "activity" not in candidates.columns:
-        raise InputError("stratified sampling needs an 'activity' column on the customers "
-                         f"(got columns {candidates.columns})")
-    # Quartile boundaries from approxQuantile (3 numbers to the driver), not a global sort.
-    cuts = candidates.approxQuantile("activity", [i / ACTIVITY_STRATA for i in range(1, ACTIVITY_STRATA)], 0.001)
-    stratum = F.lit(0)
-    for cut in cuts:
-        stratum = stratum + (F.col("activity") > cut).cast("int")
-    strata = candidates.select("customer_id", "activity").withColumn("stratum", stratum)
-    in_stratum = Window.partitionBy("stratum")
-    positioned = strata.withColumn(
-        "position", (F.row_number().over(in_stratum.orderBy(tie_break, "customer_id")) - 0.5)
-        / F.count("*").over(in_stratum))
-    return positioned.orderBy("position", tie_break, "customer_id").select("customer_id")

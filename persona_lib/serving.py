@@ -35,10 +35,11 @@ import pyarrow.compute as pc
 
 from persona_lib.config import AppConfig
 from persona_lib.errors import DependencyError, InputError
-from persona_lib.forget import customer_hash, tombstone_key
+
 # query.validate and run_alias are plain Python; importing query loads pyspark's Python
 # modules but starts no JVM.
 from persona_lib.query import run_alias, validate
+from persona_lib.tombstones import customer_hash, tombstone_key
 
 log = logging.getLogger("personas.serve")
 

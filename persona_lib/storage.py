@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Sequence
 
 from delta.tables import DeltaTable
@@ -221,10 +220,3 @@ def _all(conditions):
     for condition in conditions[1:]:
         combined = combined & condition
     return combined
-
-
-def local_path(ref: TableRef) -> Optional[Path]:
-    """The filesystem folder of a path table on local disk (None for catalog or remote tables)."""
-    if ref.is_catalog or "://" in ref.location or ref.location.startswith("dbfs:"):
-        return None
-    return Path(ref.location)

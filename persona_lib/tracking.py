@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import subprocess
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
@@ -245,17 +244,6 @@ def set_tags(tags: Mapping[str, Any]) -> None:
     import mlflow
 
     mlflow.set_tags({k: str(v) for k, v in tags.items()})
-
-
-def write_temp_text(text: str, name: str) -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="personas-artifact-"))
-    path = folder / name
-    path.write_text(text)
-    return path
-
-
-def run_url(config: AppConfig, run_id: str) -> str:
-    return f"{tracking_uri(config)}#run={run_id}"
 
 
 def environment_tags() -> dict[str, str]:

@@ -26,6 +26,7 @@ from pyspark.sql import functions as F
 
 from persona_lib import forget, ingest, storage
 from persona_lib.config import AppConfig
+from persona_lib.tombstones import UNREADABLE_ID_REASONS, customer_hash, raw_id_tokens, tombstone_key, tombstoned
 
 # (manifest, events, quarantine) table keys of each cut.
 CUTS = (("ingest_log", "purchase_events", "quarantine"),
@@ -138,11 +139,11 @@ def check_no_tombstoned_customer(spark: SparkSession, config: AppConfig) -> list
     tombstones = tombstones_ref.read(spark)
     if not tombstones.limit(1).count():
         return []
-    key = forget.tombstone_key(config)
+    key = tombstone_key(config)
     found = []
     for ref in forget.id_tables(spark, config):
         table = ref.read(spark)
-        count = forget.tombstoned(table, tombstones, key).count()
+        count = tombstoned(table, tombstones, key).count()
         if "raw_line" in table.columns:
             count += _tombstoned_raw_lines(table, tombstones, key).count()
         if count:
@@ -155,9 +156,9 @@ def check_no_tombstoned_customer(spark: SparkSession, config: AppConfig) -> list
 
 
 def _tombstoned_raw_lines(table: DataFrame, tombstones: DataFrame, key: bytes) -> DataFrame:
-    unreadable = table.where(F.col("reason").isin(*forget.UNREADABLE_ID_REASONS)) if "reason" in table.columns else table
-    tokens = unreadable.select(F.explode(forget.raw_id_tokens(F.col("raw_line"))).alias("token"))
-    return forget.tombstoned(tokens, tombstones, key, id_column="token")
+    unreadable = table.where(F.col("reason").isin(*UNREADABLE_ID_REASONS)) if "reason" in table.columns else table
+    tokens = unreadable.select(F.explode(raw_id_tokens(F.col("raw_line"))).alias("token"))
+    return tombstoned(tokens, tombstones, key, id_column="token")
 
 
 def _files_with_tombstoned_ids(config: AppConfig, hashes: set[str], key: bytes) -> Iterator[tuple[str, int]]:
@@ -169,7 +170,7 @@ def _files_with_tombstoned_ids(config: AppConfig, hashes: set[str], key: bytes) 
     for path in sorted(root.rglob("*")):
         if not path.is_file() or _is_table_data_file(path) or path.name.startswith("personas.lock"):
             continue
-        hits = {token for token in _tokens_of(path) if forget.customer_hash(token, key) in hashes}
+        hits = {token for token in _tokens_of(path) if customer_hash(token, key) in hashes}
         if hits:
             yield str(path.relative_to(root)), len(hits)
 

@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from persona_lib.config import REPO_ROOT, AppConfig, load_config
+from persona_lib.config import AppConfig, load_config
 from persona_lib.spark import build_local_spark
-
-TEST_CONF = REPO_ROOT / "conf" / "test.yaml"
+from persona_lib.testing import TEST_CONF  # also what tests may import from here
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,18 @@ def test_unknown_key_is_an_error_naming_it(tmp_path):
         load_config(path)
 
 
+def test_edge_weighting_is_a_graph_setting_and_the_old_propagation_key_is_unknown(tmp_path):
+    config = load_config(write(tmp_path, "g.yaml", "graph:\n  edge_weighting: recency\n  half_life_days: 30\n"))
+    assert (config.graph.edge_weighting, config.graph.half_life_days) == ("recency", 30.0)
+    with pytest.raises(ConfigError, match="edge_weighting"):
+        load_config(write(tmp_path, "p.yaml", "propagation:\n  edge_weighting: recency\n"))
+
+
+def test_an_unknown_edge_weighting_is_an_error_naming_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"graph\.edge_weighting.*'hourly'"):
+        load_config(write(tmp_path, "g.yaml", "graph:\n  edge_weighting: hourly\n"))
+
+
 def test_wrong_type_is_an_error_naming_the_field(tmp_path):
     path = write(tmp_path, "c.yaml", "sampling:\n  rounds: two\n")
     with pytest.raises(ConfigError, match="rounds"):

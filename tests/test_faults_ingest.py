@@ -1,8 +1,8 @@
-"""Issue 12, the ingest half: every defect of the adversarial trial (1-5, 10) reproduced
+"""Ingest faults: every defect an adversarial trial of the ingest found, reproduced
 through the ``personas`` command on small landing files written here, then the rules of the
 record reader and the file planner on plain strings, without Spark.
 
-Each CLI test failed on the code before issue 12: re-deliveries doubled events, a changed
+Each CLI test failed on the line-based reader that came before: re-deliveries doubled events, a changed
 file left stale rows, NaN/1e308/year-9999 values and "1e4" ids were kept, quoted line breaks
 split records, one bad file blocked the batch, a half-written run left orphan events, and bad
 table names or labelling settings were only noticed after Spark had started and written.

@@ -1,4 +1,4 @@
-"""Operations faults (issue 12: concurrency, forget, --no-recompute, verify), each through the
+"""Operations faults (concurrency, forget, --no-recompute, verify), each through the
 ``personas`` command on a small landing folder: three days of the bundled data and a planted
 customer whose id, 9007199254740993 (2**53 + 1), a float would turn into ...992.
 
@@ -27,7 +27,7 @@ from persona_lib import contracts, storage
 from persona_lib.config import REPO_ROOT, load_config
 from persona_lib.labelling.validation import REPAIRED, validate_answer
 from persona_lib.taxonomy import load_taxonomy
-from tests.conftest import TEST_CONF
+from persona_lib.testing import TEST_CONF
 from tests.landing_files import copy_landing_slice, write_landing_file
 
 PERSONAS = Path(sys.executable).with_name("personas")

@@ -10,8 +10,8 @@ from pyspark.sql import functions as F
 
 from persona_lib import storage
 from persona_lib.errors import InputError
-from persona_lib.forget import customer_hash, tombstone_key
 from persona_lib.ingest import ingest
+from persona_lib.tombstones import customer_hash, tombstone_key
 from tests.landing_files import HEADER, write_landing_file
 
 GOOD = "536365,85123a ,WHITE HANGING HEART T-LIGHT HOLDER ,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom"
@@ -160,8 +160,8 @@ def test_paper_cut_keys_products_by_title_and_drops_listed_countries(spark, conf
 
 @pytest.fixture(scope="module")
 def real_config(tmp_path_factory):
-    from tests.conftest import TEST_CONF
     from persona_lib.config import load_config
+    from persona_lib.testing import TEST_CONF
 
     return load_config(TEST_CONF, workdir=str(tmp_path_factory.mktemp("real-ingest")))
 

@@ -12,8 +12,8 @@ from pyspark.sql import functions as F
 
 from persona_lib import contracts, storage
 from persona_lib.errors import InputError, PersonasError
-from persona_lib.forget import customer_hash, tombstone_key
 from persona_lib.labelling import add_overrides, label_customers, labels_for_propagation
+from persona_lib.tombstones import customer_hash, tombstone_key
 
 EVENTS_SCHEMA = "customer_id string, product_id string, product_title string, quantity int, event_ts timestamp"
 # Real Online Retail customers: 12346 and 12347 have recorded answers, 12350's is

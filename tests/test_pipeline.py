@@ -18,7 +18,7 @@ from persona_lib.ingest import ingest
 from persona_lib.labelling import add_overrides, label_customers
 from persona_lib.pipeline import run_pipeline
 from persona_lib.query import predict
-from tests.conftest import TEST_CONF
+from persona_lib.testing import TEST_CONF
 from tests.landing_files import copy_landing_slice
 
 

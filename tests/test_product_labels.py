@@ -18,7 +18,7 @@ from persona_lib.labelling import label_products, product_labels_for_model
 from persona_lib.pipeline import run_pipeline
 from persona_lib.prompts import product_prompt_template
 from persona_lib.taxonomy import load_taxonomy
-from tests.conftest import TEST_CONF
+from persona_lib.testing import TEST_CONF
 from tests.landing_files import copy_landing_slice
 
 LABEL_COLUMNS = "product_id string, status string, personas array<string>"

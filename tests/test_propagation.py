@@ -1,6 +1,6 @@
 """Propagation: every Spark estimate is within epsilon of an independent scipy exact answer.
 
-The oracle is tests/reference.py (scipy sparse products written from the paper's formulas),
+The oracle is persona_lib/testing/reference.py (scipy sparse products written from the paper's formulas),
 never the Spark code path. Graphs: a generated one with the awkward shapes (power-law
 degrees, customers with one product, products with one buyer, a component no label
 reaches) and the paper's real OnlineRetail train split.
@@ -20,7 +20,7 @@ from persona_lib.config import REPO_ROOT, PropagationConfig
 from persona_lib.errors import InputError
 from persona_lib.graph import build_graph, edges_from_pairs
 from persona_lib.propagation import default_epsilon, propagate, seeds_from_labels, write_propagation
-from tests.reference import exact_affinity
+from persona_lib.testing.reference import exact_affinity
 
 PAPER_DATA = REPO_ROOT / "data" / "gplr_online_retail"
 BASE = PropagationConfig(lhat=1, beta=0.5, epsilon=None, method="revaff")

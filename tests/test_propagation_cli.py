@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from persona_lib.cli import main
-from tests.conftest import TEST_CONF
+from persona_lib.testing import TEST_CONF
 
 
 def run_cli(capsys, *argv) -> tuple[int, dict | None, str]:

@@ -82,12 +82,3 @@ def test_du_round_without_label_distribution_is_an_error(spark):
     affinities = spark.createDataFrame([("a", "P", 1.0)], "customer_id string, persona string, score double")
     with pytest.raises(Exception, match="label distribution"):
         sample_customers(customers(spark, 2), None, 1, 0, 1, affinities=affinities)
-
-
-def test_stratified_draw_takes_every_activity_quartile_in_proportion(spark):
-    frame = spark.createDataFrame([(str(i), i) for i in range(400)], "customer_id string, activity int")
-    picked = sample_customers(frame, None, 40, seed=3, round_index=0, stratify=True)
-    per_quartile = [0, 0, 0, 0]
-    for customer in ids(picked):
-        per_quartile[int(customer) // 100] += 1
-    assert per_quartile == [10, 10, 10, 10]

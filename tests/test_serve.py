@@ -25,7 +25,7 @@ from pyspark.sql.window import Window
 from persona_lib import contracts, publishing, storage, tracking
 from persona_lib.config import REPO_ROOT, load_config
 from persona_lib.query import predict, rerank, run_alias
-from tests.conftest import TEST_CONF
+from persona_lib.testing import TEST_CONF
 from tests.landing_files import copy_landing_slice
 
 PERSONAS = Path(sys.executable).with_name("personas")
@@ -378,7 +378,7 @@ def test_a_forgotten_customer_disappears_within_5_seconds_without_a_new_run(spar
         time.sleep(0.05)
     assert connection.call("POST", "/query", {"where": {"customer_id": customer}})[0] == 404
     health = connection.call("GET", "/health")[1]
-    # forget --no-recompute commits a runs row of its own at the post-deletion versions (issue 12),
+    # forget --no-recompute commits a runs row of its own at the post-deletion versions,
     # which the service may switch to; no pipeline run is needed for the customer to disappear.
     assert health["forgotten"] >= 1
     assert connection.call("GET", f"/customers/{other}/personas")[0] == 200

@@ -15,7 +15,7 @@ import pytest
 from persona_lib import publishing
 from persona_lib.config import REPO_ROOT
 from persona_lib.query import rerank_sql
-from tests.conftest import TEST_CONF
+from persona_lib.testing import TEST_CONF
 
 SQL_DOC = REPO_ROOT / "docs" / "sql.md"
 BLOCK = re.compile(r"```sql\n(.*?)```", re.S)

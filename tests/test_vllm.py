@@ -38,7 +38,7 @@ ALLOWED = set(TAXONOMY.names) | {UNREPRESENTABLE}
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
-    from tests.tiny_model import build_tiny_model
+    from persona_lib.testing.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), TAXONOMY)
 

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from persona_lib.cli import add_common_options, load_app_config
+from persona_lib.config import SAMPLERS
 from persona_lib.errors import UsageError
 
 log = logging.getLogger("personas.evaluate")
@@ -18,7 +19,7 @@ QUICK_SAMPLER = "du"
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate", help="persona accuracy, recommendation lift and segmentation stability",
-        description="Evaluate against the GPLR paper on its OnlineRetail cut (issue 6).")
+        description="Evaluate against the GPLR paper on its OnlineRetail cut.")
     tasks = parser.add_subparsers(dest="task", metavar="TASK")
     tasks.required = True
 
@@ -26,7 +27,7 @@ def add_parser(subparsers) -> None:
     add_common_options(accuracy, writer=True)
     accuracy.add_argument("--budget", type=float, default=None, metavar="F",
                           help="one budget, a fraction (default: evaluation.budgets)")
-    accuracy.add_argument("--sampler", choices=("random", "du"), default=None,
+    accuracy.add_argument("--sampler", choices=SAMPLERS, default=None,
                           help="one sampler (default: evaluation.samplers)")
     accuracy.add_argument("--seeds", type=int, default=None, metavar="N",
                           help="seeds per budget and sampler (default: evaluation.seeds)")

@@ -28,8 +28,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from persona_lib.forget import clean_customer_id, forget_customers, tombstone_key
+    from persona_lib.forget import forget_customers
     from persona_lib.spark import get_spark
+    from persona_lib.tombstones import clean_customer_id, tombstone_key
 
     config = load_app_config(args)
     # Bad ids and a missing key are exit 3 before Spark starts.

@@ -6,6 +6,7 @@ import argparse
 import logging
 
 from persona_lib.cli import add_common_options, emit, load_app_config
+from persona_lib.config import CUTS
 from persona_lib.errors import InputError
 
 log = logging.getLogger("personas.ingest")
@@ -22,7 +23,7 @@ def add_parser(subparsers) -> None:
                     "ingested; the command then exits 3 after printing its summary.",
     )
     add_common_options(parser, writer=True)
-    parser.add_argument("--cut", choices=("default", "paper"), default="default",
+    parser.add_argument("--cut", choices=CUTS, default="default",
                         help="'paper' reproduces the GPLR paper's OnlineRetail cut into its own tables")
     parser.add_argument("--landing", default=None, metavar="DIR",
                         help="landing folder (default: ingest.landing from the config)")

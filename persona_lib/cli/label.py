@@ -8,6 +8,7 @@ import logging
 import uuid
 
 from persona_lib.cli import add_common_options, load_app_config
+from persona_lib.config import LABELLERS
 
 log = logging.getLogger("personas.label")
 
@@ -22,7 +23,7 @@ def add_parser(subparsers) -> None:
                     "unchanged since their stored label are not asked again.",
     )
     add_common_options(parser, writer=True)
-    parser.add_argument("--labeller", choices=("replay", "vllm", "openai", "manual"), default=None,
+    parser.add_argument("--labeller", choices=LABELLERS, default=None,
                         help="backend (default: labelling.labeller from the config)")
     parser.add_argument("--budget", type=float, default=None, metavar="F",
                         help="a fraction of the customers (<= 1) or a count (> 1); "

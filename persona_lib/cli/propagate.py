@@ -7,12 +7,12 @@ import logging
 import uuid
 
 from persona_lib.cli import add_common_options, load_app_config
+from persona_lib.config import EDGE_WEIGHTINGS, PROPAGATION_METHODS
 from persona_lib.errors import InputError
 
 log = logging.getLogger("personas.propagate")
 
 EVENT_TABLES = ("purchase_events", "paper_purchase_events", "synth_purchase_events")
-UNREPRESENTABLE = "Unrepresentable"  # the paper drops customers the LLM could not place
 
 
 def add_parser(subparsers) -> None:
@@ -35,12 +35,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--seed-fraction", type=float, default=1.0,
                         help="with --labels-from replay-all: the share of customers seeded (hash-sampled)")
     parser.add_argument("--seed", type=int, default=None, help="sampling seed (default sampling.seed)")
-    parser.add_argument("--method", choices=("revaff", "exact"), default=None)
+    parser.add_argument("--method", choices=PROPAGATION_METHODS, default=None)
     parser.add_argument("--epsilon", type=float, default=None,
                         help="absolute error bound (default: propagation.epsilon, else the scale rule)")
     parser.add_argument("--lhat", type=int, default=None, help="walk length (default propagation.lhat)")
-    parser.add_argument("--weighting", choices=("none", "count", "recency"), default=None,
-                        help="edge weights (default propagation.edge_weighting)")
+    parser.add_argument("--weighting", choices=EDGE_WEIGHTINGS, default=None,
+                        help="edge weights (default graph.edge_weighting)")
     parser.add_argument("--propagation-id", default=None, help="id recorded in propagation_runs")
     parser.set_defaults(handler=run)
 
@@ -51,9 +51,10 @@ def run(args: argparse.Namespace) -> dict:
     from persona_lib.spark import get_spark
 
     config = load_app_config(args)
-    overrides = {k: v for k, v in (("lhat", args.lhat), ("edge_weighting", args.weighting)) if v is not None}
-    if overrides:
-        config = config.replace("propagation", **overrides)
+    if args.lhat is not None:
+        config = config.replace("propagation", lhat=args.lhat)
+    if args.weighting is not None:
+        config = config.replace("graph", edge_weighting=args.weighting)
     if not 0.0 < args.seed_fraction <= 1.0:
         raise InputError(f"--seed-fraction must be in (0, 1], got {args.seed_fraction}")
     spark = get_spark(config)
@@ -88,8 +89,8 @@ def _edges(spark, config, args):
     if not ref.exists(spark):
         raise InputError(f"{args.events}: no Delta table at {ref.location}; run `personas ingest` "
                          f"(or `personas synth`) first, or pass --pairs")
-    return edges_from_events(ref.read(spark), config.propagation.edge_weighting,
-                             config.propagation.half_life_days)
+    return edges_from_events(ref.read(spark), config.graph.edge_weighting,
+                             config.graph.half_life_days)
 
 
 def _read_pairs(spark, config, location: str):
@@ -127,24 +128,15 @@ def _labels(spark, config, args):
 
 
 def replay_labels(spark, config, fraction: float, seed: int):
-    """(customer_id, persona) from the recorded answers file, a hash-sampled share of customers.
+    """(customer_id, persona) from the recorded answers file, a hash-sampled share of customers
+    ("Unrepresentable" customers dropped, as the paper does).
 
     The sample is a hash of (seed, customer_id), so it does not depend on partitioning.
     """
     from pyspark.sql import functions as F
 
-    path = config.resolve_path(config.labelling.replay_answers)
-    if not path.is_file():
-        raise InputError(f"labelling.replay_answers: file not found: {path}")
-    recorded = spark.read.option("header", True).csv(str(path))
-    missing = [c for c in ("CustomerID", "personas") if c not in recorded.columns]
-    if missing:
-        raise InputError(f"{path}: missing column(s) {missing}")
-    draw = F.xxhash64(F.lit(seed), F.col("CustomerID")).bitwiseAND(F.lit(0x7FFFFFFFFFFFFFFF)) / F.lit(float(2 ** 63))
-    picked = recorded.where(draw < F.lit(fraction)) if fraction < 1.0 else recorded
-    return (
-        picked.select(F.trim("CustomerID").alias("customer_id"),
-                      F.explode(F.split("personas", r"\|")).alias("persona"))
-        .select("customer_id", F.trim("persona").alias("persona"))
-        .where((F.col("persona") != "") & (F.col("persona") != UNREPRESENTABLE))
-    )
+    from persona_lib.labelling.answers import read_recorded_answers, recorded_labels
+
+    recorded = read_recorded_answers(spark, config.resolve_path(config.labelling.replay_answers))
+    draw = F.xxhash64(F.lit(seed), F.col("customer_id")).bitwiseAND(F.lit(0x7FFFFFFFFFFFFFFF)) / F.lit(float(2 ** 63))
+    return recorded_labels(recorded.where(draw < F.lit(fraction)) if fraction < 1.0 else recorded)

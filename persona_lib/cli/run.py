@@ -6,6 +6,7 @@ import argparse
 import logging
 
 from persona_lib.cli import add_common_options, load_app_config
+from persona_lib.config import LABELLERS
 
 log = logging.getLogger("personas.run")
 
@@ -21,7 +22,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--budget", type=float, default=None,
                         help="labelling budget: a fraction of customers (<= 1) or a count (default from config)")
     parser.add_argument("--rounds", type=int, default=None, help="number of rounds T (default from config)")
-    parser.add_argument("--labeller", choices=("replay", "vllm", "openai", "manual"), default=None,
+    parser.add_argument("--labeller", choices=LABELLERS, default=None,
                         help="labelling backend (default from config)")
     parser.add_argument("--epsilon", type=float, default=None, help="absolute error bound (default: derived)")
     parser.set_defaults(handler=run)

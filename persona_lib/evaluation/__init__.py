@@ -1,4 +1,4 @@
-"""Evaluation against the GPLR paper on its OnlineRetail cut (issue 6).
+"""Evaluation against the GPLR paper on its OnlineRetail cut.
 
 - ``data``: readers of the vendored files (recorded LLM labels, the authors' split, product
   labels, the authors' released GPLR outputs), as Spark frames keyed like the pipeline's.

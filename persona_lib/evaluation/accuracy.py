@@ -30,7 +30,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from persona_lib import persona_model, publishing
-from persona_lib.config import AppConfig
+from persona_lib.config import SAMPLERS, AppConfig
 from persona_lib.errors import ConfigError
 from persona_lib.evaluation import data, metrics
 from persona_lib.evaluation.published import published_scores
@@ -40,7 +40,6 @@ from persona_lib.sampling import budget_per_round, sample_customers
 
 log = logging.getLogger("personas.evaluation")
 
-SAMPLERS = ("random", "du")
 
 
 @dataclass

@@ -17,9 +17,8 @@ from pyspark.sql.types import StringType, StructField, StructType
 
 from persona_lib.config import AppConfig
 from persona_lib.errors import InputError
+from persona_lib.labelling.answers import PERSONA_SEPARATOR, UNREPRESENTABLE, read_recorded_answers, recorded_labels
 
-UNREPRESENTABLE = "Unrepresentable"
-PERSONA_SEPARATOR = "|"
 USER_LABELS_FILE = "user_labels.csv.gz"
 ITEM_LABELS_FILE = "item_labels.csv.gz"
 TRAIN_FILE = "split_train.csv.gz"
@@ -28,12 +27,6 @@ AUTHORS_DIR = "authors_gplr_outputs"
 # The authors' main GPLR output per budget (DU sampler, lhat 1); other files are ablations.
 AUTHORS_FILE_PATTERN = "dataset_MBA_{percent}%_tri_graph_uidx2pidx_approach.csv.gz"
 AUTHORS_RANDOM_FILES = {20: "dataset_MBA_tri_graph_uidx2pidx_app20_random_1.csv.gz"}
-
-LABELS_SCHEMA = StructType([
-    StructField("customer_id", StringType(), False),
-    StructField("persona", StringType(), False),
-])
-
 
 def data_dir(config: AppConfig) -> Path:
     return config.resolve_path(config.evaluation.data_dir)
@@ -69,9 +62,7 @@ def _exploded(frame: DataFrame, key: str, key_alias: str) -> DataFrame:
 
 def read_user_labels(spark: SparkSession, path: Path) -> DataFrame:
     """(customer_id, persona): the recorded LLM labels; Unrepresentable customers dropped."""
-    frame = _require(_csv(spark, path, ("CustomerID", "personas", "author_uidx")), path,
-                     ("CustomerID", "personas"))
-    return _exploded(frame.withColumn("CustomerID", F.trim("CustomerID")), "CustomerID", "customer_id")
+    return recorded_labels(read_recorded_answers(spark, path, where="evaluation.data_dir"))
 
 
 def read_item_labels(spark: SparkSession, path: Path) -> DataFrame:

@@ -22,14 +22,21 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from persona_lib.config import AppConfig
-from persona_lib.labelling.backends import LABELLERS, Labeler, make_labeler, read_or_empty
+from persona_lib.labelling.answers import FAILED, LABELLERS, STATUSES, Labeler
+from persona_lib.labelling.backends import make_labeler, read_or_empty
 from persona_lib.labelling.figures import answer_figures, raise_if_failing, suffix_lengths
 from persona_lib.labelling.products import label_products, product_labels_for_model
 from persona_lib.labelling.store import (
-    add_overrides, cached_labels, label_distribution, labels_for_propagation, labels_ref,
-    status_counts, without_forgotten, write_labels,
+    add_overrides,
+    cached_labels,
+    label_distribution,
+    labels_for_propagation,
+    labels_ref,
+    status_counts,
+    without_forgotten,
+    write_labels,
 )
-from persona_lib.labelling.validation import FAILED, STATUSES, validate_answer, validate_answers
+from persona_lib.labelling.validation import validate_answer, validate_answers
 from persona_lib.prompts import build_prompts, prompt_template
 from persona_lib.taxonomy import load_taxonomy
 

@@ -12,7 +12,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from persona_lib.errors import PersonasError
-from persona_lib.labelling.validation import FAILED
+from persona_lib.labelling.answers import FAILED
 
 # Failed answers quoted in the error that stops a failing labelling stage.
 FAILURE_EXAMPLES = 5

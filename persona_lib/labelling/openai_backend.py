@@ -28,7 +28,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from persona_lib.config import OpenAIConfig
 from persona_lib.errors import ConfigError
-from persona_lib.labelling.backends import ANSWERS
+from persona_lib.labelling.answers import ANSWERS
 from persona_lib.labelling.validation import answer_json_schema
 from persona_lib.prompts import PromptTemplate
 from persona_lib.taxonomy import Taxonomy

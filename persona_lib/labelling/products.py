@@ -36,19 +36,18 @@ from pyspark.sql.types import StringType, StructField, StructType
 from persona_lib import contracts, storage
 from persona_lib.config import AppConfig, ProductLabellingConfig
 from persona_lib.errors import ConfigError, InputError
-from persona_lib.labelling.backends import Labeler, make_labeler, no_model_columns, read_or_empty
+from persona_lib.labelling.answers import FAILED, LABEL_STATUSES, NO_ANSWER, STATUSES, Labeler, no_model_columns
+from persona_lib.labelling.backends import make_labeler, read_or_empty
 from persona_lib.labelling.figures import answer_figures, raise_if_failing, suffix_lengths
 from persona_lib.labelling.store import cached_labels, status_counts
-from persona_lib.labelling.validation import (
-    FAILED, LABEL_STATUSES, NO_ANSWER, STATUSES, validate_answers,
-)
+from persona_lib.labelling.validation import validate_answers
 from persona_lib.prompts import PromptTemplate, build_product_prompts, product_prompt_template
 from persona_lib.taxonomy import Taxonomy, load_taxonomy
 
 log = logging.getLogger("personas.labelling.products")
 
 SELECTIONS = ("popular", "all")
-# The backends key their answers (backends.ANSWERS) by a column named customer_id; a product's
+# The backends key their answers (answers.ANSWERS) by a column named customer_id; a product's
 # id travels in it, so vllm and openai serve products without a change.
 BACKEND_KEY = "customer_id"
 MODEL_SCHEMA = StructType([StructField("product_id", StringType(), False),

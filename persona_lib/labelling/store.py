@@ -24,14 +24,10 @@ from pyspark.sql import functions as F
 from persona_lib import contracts, storage
 from persona_lib.config import AppConfig
 from persona_lib.errors import InputError
+from persona_lib.labelling.answers import FINAL_STATUSES, LABEL_STATUSES, NO_ANSWER, UNREPRESENTABLE
 from persona_lib.labelling.backends import read_or_empty
-from persona_lib.labelling.validation import (
-    LABEL_STATUSES, NO_ANSWER, OK, REPAIRED, UNREPRESENTABLE_STATUS,
-)
-from persona_lib.taxonomy import UNREPRESENTABLE, Taxonomy, load_taxonomy
-
-# A cached label of these statuses is final for its (history, prompt, taxonomy).
-FINAL_STATUSES = (OK, REPAIRED, UNREPRESENTABLE_STATUS)
+from persona_lib.taxonomy import Taxonomy, load_taxonomy
+from persona_lib.tombstones import customer_hash_column, tombstone_key
 
 
 def labels_ref(spark: SparkSession, config: AppConfig) -> storage.TableRef:
@@ -51,8 +47,6 @@ def without_forgotten(spark: SparkSession, config: AppConfig, df: DataFrame) -> 
     tombstones = storage.table_ref(config, "tombstones")
     if not tombstones.exists(spark):
         return df
-    from persona_lib.forget import customer_hash_column, tombstone_key
-
     hashes = tombstones.read(spark).select("customer_hash")
     return (df.withColumn("customer_hash", customer_hash_column(F.col("customer_id"), tombstone_key(config)))
             .join(hashes, "customer_hash", "left_anti").drop("customer_hash"))

@@ -23,13 +23,9 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql.types import ArrayType, StringType, StructField, StructType
 
-from persona_lib.taxonomy import UNREPRESENTABLE, Taxonomy
+from persona_lib.labelling.answers import FAILED, NO_ANSWER, OK, REPAIRED, UNREPRESENTABLE, UNREPRESENTABLE_STATUS
+from persona_lib.taxonomy import Taxonomy
 
-OK, REPAIRED, UNREPRESENTABLE_STATUS, NO_ANSWER, FAILED = (
-    "ok", "repaired", "unrepresentable", "no_answer", "failed")
-STATUSES = (OK, REPAIRED, UNREPRESENTABLE_STATUS, NO_ANSWER, FAILED)
-# Statuses whose personas are labels (propagation's seeds).
-LABEL_STATUSES = (OK, REPAIRED)
 _JSON_SPAN = re.compile(r"(\{.*\}|\[.*\])", re.DOTALL)
 # How much of a raw response a failure detail quotes.
 DETAIL_QUOTE_CHARS = 120

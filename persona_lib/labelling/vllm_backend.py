@@ -27,7 +27,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from persona_lib.config import AppConfig, VllmConfig
 from persona_lib.errors import DependencyError
-from persona_lib.labelling.backends import ANSWERS
+from persona_lib.labelling.answers import ANSWERS
 from persona_lib.labelling.validation import answer_json_schema
 from persona_lib.prompts import PromptTemplate
 from persona_lib.taxonomy import Taxonomy

@@ -1,6 +1,6 @@
 """An independent single-machine GPLR affinity (scipy sparse), the oracle for the Spark code.
 
-Written from the formulas in docs (gplr.md), not from persona_lib.propagation:
+Written from the paper's formulas (restated here), not from persona_lib.propagation:
 Psi = (1/lhat) sum_{l=1..lhat} (P P')^l L, with P[u, v] = w_uv / W_u and P'[v, u] = w_uv / W_v,
 L[u, m] = c_m / |Phi_u| for each label, c_m = (min share / share of m) ** beta.
 """
