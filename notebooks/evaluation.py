@@ -61,9 +61,9 @@ authors[["budget", "sampler", "f1", "precision", "recall", "labelled"]]
 # MAGIC %md
 # MAGIC ## Persona accuracy against the budget
 # MAGIC `f1_top5` is the paper's fixed top-5; `f1`, `macro_f1`, `prevalence_gap`, `ece` and
-# MAGIC `ambiguous_share` score the tables `personas run` would publish (the production persona
-# MAGIC model, with the products' LLM labels as a feature); `f1_without_product_labels` the same
-# MAGIC model without them.
+# MAGIC `ambiguous_share` score the tables `personas run` would publish with the default config
+# MAGIC (the production persona model); `f1_with_product_labels` the same model with the
+# MAGIC products' LLM labels as a feature.
 
 # COMMAND ----------
 
@@ -72,7 +72,7 @@ if RUN_ACCURACY:
     ours = pd.DataFrame(result["rows"])
     print(accuracy.format_table(result["rows"]))
     display(ours[["budget", "sampler", "seeds", "f1", "macro_f1", "prevalence_gap", "ece",  # noqa: F821
-                  "ambiguous_share", "f1_without_product_labels", "f1_top5", "authors_f1"]])
+                  "ambiguous_share", "f1_with_product_labels", "f1_top5", "authors_f1"]])
 else:
     ours = pd.DataFrame(columns=["sampler", "budget", "f1", "f1_top5"])
     print("RUN_ACCURACY is off: the chart shows the authors' outputs only")

@@ -33,7 +33,8 @@ def add_parser(subparsers) -> None:
                           help="seeds per budget and sampler (default: evaluation.seeds)")
     accuracy.add_argument("--quick", action="store_true",
                           help=f"one budget ({QUICK_BUDGET} unless --budget), one sampler ({QUICK_SAMPLER} "
-                               "unless --sampler), one seed: the CI check")
+                               "unless --sampler), one seed, the default config's model only (no product-label "
+                               "variant): the CI check")
     accuracy.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     accuracy.set_defaults(handler=run_accuracy)
 
@@ -79,15 +80,16 @@ def run_accuracy(args: argparse.Namespace) -> dict:
     spark = get_spark(config)
     log.info("accuracy: budgets %s, samplers %s, %d seed(s)", budgets, samplers, seeds)
     result = _tracked(config, args, "evaluate-accuracy",
-                      lambda: accuracy.evaluate_accuracy(spark, config, budgets, samplers, seeds),
+                      lambda: accuracy.evaluate_accuracy(spark, config, budgets, samplers, seeds,
+                                                         with_product_labels=not args.quick),
                       lambda r: _log_accuracy(r))
     print(accuracy.format_table(result["rows"]), file=sys.stdout)
     headline = _headline(result["rows"])
     return {
         "budget": headline["budget"], "sampler": headline["sampler"], "seeds": headline["seeds"],
         **{key: headline[key] for key in accuracy.MODEL_FIGURES},
-        "f1_top5": headline["f1_top5"], "f1_without_product_labels": headline["f1_without_product_labels"],
-        "macro_f1_without_product_labels": headline["macro_f1_without_product_labels"],
+        "f1_top5": headline["f1_top5"], "f1_with_product_labels": headline["f1_with_product_labels"],
+        "macro_f1_with_product_labels": headline["macro_f1_with_product_labels"],
         "authors_f1": headline["authors_f1"], "llm_calls": headline["llm_calls"],
         "product_label_answers": result.get("product_label_answers"),
         "customer_personas": result["customer_personas"], "mlflow_run_id": result.get("mlflow_run_id"),

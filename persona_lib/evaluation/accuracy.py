@@ -11,10 +11,12 @@ labelled), so both stand side by side.
 
 Two ways to predict:
 - ``top_k``: the paper's fixed top-k (k = 5) of the walk affinity Psi;
-- ``model``: the production persona model (persona_lib.persona_model), fitted on the run's
-  labels exactly as `personas run` fits it (cross-fitted walk, co-purchase vote, purchase
-  profile, per-persona thresholds), with the vendored product labels as its item feature;
-  ``model_without_product_labels`` is the same without them. No model lives here.
+- ``model``: the tables `personas run` publishes with the default config: the production
+  persona model (persona_lib.persona_model: cross-fitted walk, co-purchase vote, purchase
+  profile, per-persona thresholds) fitted on the run's labels and published by
+  persona_lib.publishing's builders; ``model_with_product_labels`` is the same with the
+  vendored product labels as its item feature (labelling.products, 3,846 more LLM answers).
+  No model lives here.
 """
 
 from __future__ import annotations
@@ -186,7 +188,7 @@ def prepare(spark: SparkSession, config: AppConfig) -> AccuracyContext:
 
 
 def evaluate_run(spark: SparkSession, context: AccuracyContext, config: AppConfig, budget: float,
-                 sampler: str, seed: int) -> tuple[dict, DataFrame]:
+                 sampler: str, seed: int, with_product_labels: bool = True) -> tuple[dict, DataFrame]:
     """Figures of one (budget, sampler, seed) run and its predictions (customer_id, personas,
     source) for every customer: LLM answers for the labelled, the published model for the rest."""
     started = time.monotonic()
@@ -194,16 +196,18 @@ def evaluate_run(spark: SparkSession, context: AccuracyContext, config: AppConfi
     evaluated = context.answers.select("customer_id").distinct().join(run.labelled, "customer_id", "left_anti")
     score = lambda predicted: metrics.mean_scores(metrics.set_scores(predicted, context.answers, evaluated))
     top5 = score(predict_top_k(run.result.customer_affinity, config.publishing.top_k))
-    without_items = production_predictions(spark, context, run, config, with_product_labels=False)
-    with_items = production_predictions(spark, context, run, config, with_product_labels=True)
     published = lambda p: published_scores(p.customer_personas, p.persona_affinity, context.answers) | p.fit
+    default = production_predictions(spark, context, run, config, with_product_labels=False)
     figures = {
         "budget": budget, "sampler": sampler, "seed": seed,
         "labelled": run.labelled.count(), "evaluated": top5["customers"],
-        "top5": top5, "model_without_product_labels": published(without_items), "model": published(with_items),
-        "seconds": round(time.monotonic() - started, 1),
+        "top5": top5, "model": published(default),
     }
-    predictions = with_items.customer_personas.select(
+    if with_product_labels:
+        figures["model_with_product_labels"] = published(
+            production_predictions(spark, context, run, config, with_product_labels=True))
+    figures["seconds"] = round(time.monotonic() - started, 1)
+    predictions = default.customer_personas.select(
         "customer_id", "personas", F.when(F.col("source") == "llm", "llm").otherwise("model").alias("source"))
     return figures, predictions
 
@@ -230,7 +234,7 @@ def _shares(grid: DataFrame, scores: DataFrame, prefix: str) -> DataFrame:
 
 def evaluate_accuracy(spark: SparkSession, config: AppConfig, budgets: Iterable[float],
                       samplers: Iterable[str], seeds: int,
-                      on_run: Optional[Callable[[dict], None]] = None) -> dict:
+                      on_run: Optional[Callable[[dict], None]] = None, with_product_labels: bool = True) -> dict:
     """Every (budget, sampler) over ``seeds`` seeds, with the authors' output at each budget.
 
     Returns {"rows": one dict per (budget, sampler) of means over the seeds, "runs": every
@@ -247,7 +251,8 @@ def evaluate_accuracy(spark: SparkSession, config: AppConfig, budgets: Iterable[
     for seed in range(seeds):
         for budget in budgets:
             for sampler in samplers:
-                figures, last_predictions = evaluate_run(spark, context, config, budget, sampler, seed)
+                figures, last_predictions = evaluate_run(spark, context, config, budget, sampler, seed,
+                                                        with_product_labels)
                 last_predictions = last_predictions.select(
                     "*", F.lit(budget).alias("budget"), F.lit(sampler).alias("sampler"), F.lit(seed).alias("seed"))
                 runs.append(figures)
@@ -271,15 +276,15 @@ MODEL_FIGURES = ("f1", "macro_f1", "prevalence_gap", "ece", "ambiguous_share", "
 def _mean_row(budget: float, sampler: str, runs: list[dict], authors: Optional[dict],
               product_label_answers: int) -> dict:
     def mean(method: str, key: str) -> Optional[float]:
-        values = [r[method][key] for r in runs if r[method].get(key) is not None]
+        values = [r[method][key] for r in runs if method in r and r[method].get(key) is not None]
         return round(sum(values) / len(values), 4) if values else None
 
     labelled = sum(r["labelled"] for r in runs) / len(runs)
-    f1, f1_plain = mean("model", "f1"), mean("model_without_product_labels", "f1")
+    f1, f1_items = mean("model", "f1"), mean("model_with_product_labels", "f1")
     return {
         "budget": budget, "sampler": sampler, "seeds": len(runs),
         **{key: mean("model", key) for key in MODEL_FIGURES},
-        **{f"{key}_without_product_labels": mean("model_without_product_labels", key) for key in MODEL_FIGURES},
+        **{f"{key}_with_product_labels": mean("model_with_product_labels", key) for key in MODEL_FIGURES},
         "f1_top5": mean("top5", "f1"), "precision_top5": mean("top5", "precision"),
         "recall_top5": mean("top5", "recall"),
         "f1_min": min(r["model"]["f1"] for r in runs), "f1_max": max(r["model"]["f1"] for r in runs),
@@ -288,24 +293,24 @@ def _mean_row(budget: float, sampler: str, runs: list[dict], authors: Optional[d
         "authors_labelled": authors["labelled"] if authors else None,
         "labelled": labelled,
         "evaluated": sum(r["evaluated"] for r in runs) / len(runs),
-        # LLM spend: one call per labelled customer, plus one per labelled product title with them.
-        "llm_calls": labelled + product_label_answers,
-        "llm_calls_without_product_labels": labelled,
-        "f1_per_1k_llm_calls": round(1000 * f1 / (labelled + product_label_answers), 4) if f1 else None,
-        "f1_per_1k_llm_calls_without_product_labels": round(1000 * f1_plain / labelled, 4)
-        if f1_plain and labelled else None,
+        # LLM spend: one call per labelled customer, plus one per labelled product title.
+        "llm_calls": labelled,
+        "llm_calls_with_product_labels": labelled + product_label_answers,
+        "f1_per_1k_llm_calls": round(1000 * f1 / labelled, 4) if f1 and labelled else None,
+        "f1_per_1k_llm_calls_with_product_labels": round(1000 * f1_items / (labelled + product_label_answers), 4)
+        if f1_items else None,
     }
 
 
 def format_table(rows: list[dict]) -> str:
     """The side-by-side table: the authors' released output, our top-5, the published model."""
     header = (f"{'budget':>6} {'sampler':>7} {'seeds':>5} | {'authors':>7} | {'top5 F1':>7} | "
-              f"{'F1':>6} {'macroF1':>7} {'gap':>6} {'ECE':>6} {'ambig':>6} | {'F1, no item labels':>18}")
+              f"{'F1':>6} {'macroF1':>7} {'gap':>6} {'ECE':>6} {'ambig':>6} | {'F1, product labels':>18}")
     lines = [header, "-" * len(header)]
     show = lambda v, width=6: f"{v:>{width}.4f}" if v is not None else f"{'-':>{width}}"
     for r in rows:
         lines.append(
             f"{r['budget']:>6.2f} {r['sampler']:>7} {r['seeds']:>5} | {show(r['authors_f1'], 7)} | "
             f"{show(r['f1_top5'], 7)} | {show(r['f1'])} {show(r['macro_f1'], 7)} {show(r['prevalence_gap'])} "
-            f"{show(r['ece'])} {show(r['ambiguous_share'])} | {show(r['f1_without_product_labels'], 18)}")
+            f"{show(r['ece'])} {show(r['ambiguous_share'])} | {show(r['f1_with_product_labels'], 18)}")
     return "\n".join(lines)

@@ -29,12 +29,12 @@ def log_accuracy(rows: list[dict]) -> None:
     for row in rows:
         prefix = f"{row['sampler']}_{int(round(row['budget'] * 100))}pct"
         tracking.log_metrics({f"{prefix}_{key}": row[key] for key in (
-            "f1", "macro_f1", "prevalence_gap", "ece", "ambiguous_share", "f1_without_product_labels",
-            "f1_top5", "authors_f1", "f1_per_1k_llm_calls", "f1_per_1k_llm_calls_without_product_labels")
+            "f1", "macro_f1", "prevalence_gap", "ece", "ambiguous_share", "f1_with_product_labels",
+            "f1_top5", "authors_f1", "f1_per_1k_llm_calls", "f1_per_1k_llm_calls_with_product_labels")
             if row.get(key) is not None})
     series: dict[str, list[float]] = {}
     for row in rows:
-        for key, name in (("f1", "published model"), ("f1_without_product_labels", "published model, no item labels"),
+        for key, name in (("f1", "published model"), ("f1_with_product_labels", "published model, product labels"),
                           ("f1_top5", "top-5"), ("authors_f1", "authors")):
             if row.get(key) is not None:
                 series.setdefault(f"{name} ({row['sampler']})" if key != "authors_f1" else name, []).append(row[key])
