@@ -71,7 +71,7 @@ def test_forgotten_and_overridden_customers_are_never_asked(spark, config):
     add_overrides(spark, config, [{"customer_id": "12346", "personas": ["gardening lover"],
                                    "author": "ana", "reason": "store visit"}])
     summary = label_customers(spark, config, sample(spark), events(spark), run_id="r1")
-    assert summary["excluded"] == {"forgotten": 1, "overridden": 1}
+    assert summary["excluded"] == {"forgotten": 1, "overridden": 1, "from_file": 0}
     assert summary["llm_calls"] == 2
     assert sorted(r["customer_id"] for r in stored_labels(spark, config).collect()) == ["12350", "99999"]
 
