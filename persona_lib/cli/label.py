@@ -93,17 +93,17 @@ def run(args: argparse.Namespace) -> dict:
 def _load(args: argparse.Namespace, config, run_id: str) -> dict:
     from pathlib import Path
 
-    from persona_lib.errors import InputError
     from persona_lib.labelling import file_labels
     from persona_lib.spark import get_spark
     from persona_lib.taxonomy import load_taxonomy
 
-    load_taxonomy(config.resolve_path(config.labelling.taxonomy))  # exit 3 before the JVM starts
+    taxonomy = load_taxonomy(config.resolve_path(config.labelling.taxonomy))
     if args.from_file:
+        # Every check but the one against purchase_events runs before the JVM starts.
         path = Path(args.from_file).expanduser().resolve()
-        if not path.is_file():
-            raise InputError(f"labels file not found: {path}")
-        summary = file_labels.load_labels_file(get_spark(config), config, path, run_id)
+        rows = file_labels.read_labels_csv(path)
+        file_labels.check_file_rows(rows, path, taxonomy)
+        summary = file_labels.load_labels_file(get_spark(config), config, path, run_id, rows=rows)
     else:
         summary = file_labels.load_labels_table(get_spark(config), config, args.from_table, run_id)
     log.info("loaded %d labels (%d none of these) from %s: %d written, %d unchanged",

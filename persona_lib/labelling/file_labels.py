@@ -17,14 +17,15 @@ The labels are stored with source ``file:<file or table name>``, status ``ok`` (
 They are never re-sent to an LLM nor overwritten by a labelling round (``store.is_file_label``).
 Loading is a MERGE on customer_id, and rows equal to the stored label are left alone: loading
 the same file again writes nothing. The file is read on the driver (it holds labels a team
-wrote, not events); the checks and the write run in Spark.
+wrote, not events) and checked there first (``check_file_rows``), so a bad file fails before
+Spark starts; the same checks, the one against purchase_events and the write run in Spark.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
@@ -57,11 +58,13 @@ CHECKED_ROWS = StructType(RAW_ROWS.fields + [
 ])
 
 
-def read_labels_csv(spark: SparkSession, path: Path) -> DataFrame:
-    """RAW_ROWS of a labels CSV (header ``customer_id,personas``; more columns are ignored).
+def read_labels_csv(path: Path) -> list[tuple[int, Optional[str], Optional[str]]]:
+    """RAW_ROWS tuples (line, raw customer_id, raw personas) of a labels CSV (header
+    ``customer_id,personas``; more columns are ignored; blank lines are skipped).
 
     File-level faults (missing, not UTF-8, no such columns) are InputErrors naming the file;
-    a line the CSV reader rejects, or with too few fields, is a problem row (field ``line``).
+    a line the CSV reader rejects, or with too few fields, becomes a row whose customer id is
+    None and whose personas say why (``check_record`` reports it as field ``line``).
     """
     if not path.is_file():
         raise InputError(f"labels file not found: {path}")
@@ -78,16 +81,49 @@ def read_labels_csv(spark: SparkSession, path: Path) -> DataFrame:
         raise InputError(f"labels file {path} line 1: no column(s) {missing} in the header {header.fields}; "
                          f"expected the columns {list(COLUMNS)}")
     id_at, personas_at = names.index("customer_id"), names.index("personas")
-    rows = []
+    rows: list[tuple[int, Optional[str], Optional[str]]] = []
     for record in records:
         if record.fields is not None and not any(f.strip() for f in record.fields):
-            continue  # a blank line
+            continue
         if record.error or record.fields is None or len(record.fields) <= max(id_at, personas_at):
-            # Marked unparseable: the customer id None and the problem said by check_rows.
             rows.append((record.line_number, None, record.error or f"only {len(record.fields or [])} field(s)"))
             continue
         rows.append((record.line_number, record.fields[id_at], record.fields[personas_at]))
-    return spark.createDataFrame(rows, RAW_ROWS)
+    return rows
+
+
+def check_record(line: Optional[int], raw_id: Optional[str], raw_personas: Optional[str],
+                 taxonomy: Taxonomy) -> tuple[Optional[str], Optional[list[str]], Optional[str], Optional[str]]:
+    """(customer_id, personas, None, None) of a good row, or (None, None, field, problem)."""
+    if raw_id is None and line is not None:  # read_labels_csv's unreadable record
+        return None, None, "line", f"not a customer_id,personas record: {raw_personas}"
+    customer_id = parse_customer_id(raw_id)
+    if customer_id is None:
+        return None, None, "customer_id", f"{raw_id!r} is not a customer id (digits, optionally .0)"
+    names, problem = persona_names(raw_personas or "", taxonomy)
+    if problem:
+        return None, None, "personas", problem
+    return customer_id, names, None, None
+
+
+def check_file_rows(rows: list[tuple[int, Optional[str], Optional[str]]], path: Path, taxonomy: Taxonomy) -> None:
+    """Every check of ``label_problems`` but the one against purchase_events, in plain Python:
+    a bad file fails before Spark starts. Raises the same InputError."""
+    problems, answers = [], {}
+    for line, raw_id, raw_personas in rows:
+        customer_id, names, field, problem = check_record(line, raw_id, raw_personas, taxonomy)
+        if field:
+            problems.append((line, raw_id, field, problem))
+            continue
+        answers.setdefault(customer_id, []).append((line, "|".join(sorted(names))))
+    for customer_id, seen in answers.items():
+        if len({answer for _, answer in seen}) > 1:
+            lines = sorted(line for line, _ in seen)
+            problems.append((lines[0], customer_id, "customer_id",
+                             f"customer {customer_id} has different personas on lines "
+                             + ", ".join(map(str, lines[:MAX_REPORTED]))))
+    problems.sort(key=lambda p: (p[0], p[2]))
+    _raise(problems[:MAX_REPORTED], len(problems), f"labels file {path}")
 
 
 def read_labels_table(spark: SparkSession, config: AppConfig, name: str) -> DataFrame:
@@ -112,26 +148,14 @@ def check_rows(raw: DataFrame, taxonomy: Taxonomy) -> DataFrame:
 
     def check(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
+            results = [
+                check_record(None if pd.isna(line) else int(line), None if pd.isna(raw_id) else raw_id,
+                             None if pd.isna(raw_personas) else raw_personas, taxonomy)
+                for line, raw_id, raw_personas in zip(batch["line"], batch["raw_customer_id"], batch["raw_personas"])
+            ]
             out = batch.copy()
-            ids, personas, fields, problems = [], [], [], []
-            for line, raw_id, raw_personas in zip(batch["line"], batch["raw_customer_id"], batch["raw_personas"]):
-                raw_id = None if pd.isna(raw_id) else raw_id
-                raw_personas = "" if pd.isna(raw_personas) else raw_personas
-                customer_id = parse_customer_id(raw_id)
-                names, problem = persona_names(raw_personas, taxonomy)
-                if raw_id is None and not pd.isna(line):  # read_labels_csv's unparseable line
-                    field, problem = "line", f"not a customer_id,personas record: {raw_personas}"
-                elif customer_id is None:
-                    field, problem = "customer_id", f"{raw_id!r} is not a customer id (digits, optionally .0)"
-                elif problem:
-                    field = "personas"
-                else:
-                    field = None
-                ids.append(customer_id if field is None else None)
-                personas.append(names if field is None else None)
-                fields.append(field)
-                problems.append(problem if field else None)
-            out["customer_id"], out["personas"], out["field"], out["problem"] = ids, personas, fields, problems
+            for index, column in enumerate(("customer_id", "personas", "field", "problem")):
+                out[column] = [result[index] for result in results]
             yield out
 
     return raw.mapInPandas(check, CHECKED_ROWS)
@@ -165,17 +189,21 @@ def label_problems(checked: DataFrame, customers: DataFrame) -> DataFrame:
 def raise_if_problems(problems: DataFrame, where: str) -> None:
     """InputError listing the first problems (by line) of ``where``, if there is any."""
     first = problems.orderBy(F.col("line").asc_nulls_last(), "raw_customer_id", "field").limit(MAX_REPORTED).collect()
+    if first:
+        _raise([(r["line"], r["raw_customer_id"], r["field"], r["problem"]) for r in first], problems.count(), where)
+
+
+def _raise(first: list[tuple], total: int, where: str) -> None:
     if not first:
         return
-    total = problems.count()
 
-    def place(row) -> str:
-        at = f"line {row['line']}" if row["line"] is not None else f"customer_id {row['raw_customer_id']!r}"
-        return f"{where} {at}, field {row['field']}: {row['problem']}"
+    def place(line, raw_id, field, problem) -> str:
+        at = f"line {line}" if line is not None else f"customer_id {raw_id!r}"
+        return f"{where} {at}, field {field}: {problem}"
 
     shown = "" if total <= len(first) else f" (the first {len(first)} shown)"
     raise InputError(f"{total} problem(s) in {where}{shown}; nothing was written:\n  "
-                     + "\n  ".join(place(row) for row in first))
+                     + "\n  ".join(place(*problem) for problem in first))
 
 
 def load_labels(spark: SparkSession, config: AppConfig, raw: DataFrame, where: str, source_name: str,
@@ -238,11 +266,14 @@ def personas_without_seed(taxonomy: Taxonomy, distribution: dict[str, int]) -> l
     return [name for name in taxonomy.names if not distribution.get(name)]
 
 
-def load_labels_file(spark: SparkSession, config: AppConfig, path: Path, run_id: str) -> dict:
-    return load_labels(spark, config, read_labels_csv(spark, path), f"labels file {path}", path.name, run_id)
+def load_labels_file(spark: SparkSession, config: AppConfig, path: Path, run_id: str,
+                     rows: Optional[list[tuple[int, Optional[str], Optional[str]]]] = None) -> dict:
+    """Load a labels CSV (``rows``: its ``read_labels_csv``, when the caller has read it)."""
+    rows = read_labels_csv(path) if rows is None else rows
+    raw = spark.createDataFrame(rows, RAW_ROWS)
+    return load_labels(spark, config, raw, f"labels file {path}", path.name, run_id)
 
 
 def load_labels_table(spark: SparkSession, config: AppConfig, name: str, run_id: str) -> dict:
     raw = read_labels_table(spark, config, name)
     return load_labels(spark, config, raw, f"labels table {name}", name, run_id)
-
