@@ -72,6 +72,8 @@ def run_pipeline(spark: SparkSession, config: AppConfig,
         with timer("ingest"):
             ingest_summary = ingest(spark, config)
 
+    if config.sampling.budget == 0:
+        _require_labels_without_llm(spark, config)
     # The caller holds the writer lock (the CLI takes it), so a 'running' row is a killed job.
     publishing.abandon_stale_runs(spark, config)
     with tracking.run(config, run_name=tracking.run_name(config, started_at=started_at),
@@ -148,12 +150,6 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
                 say(f"round {round_index + 1}: label statuses {label_summary.get('statuses')}, "
                     f"cache hits {label_summary.get('cache_hits')}, LLM calls {label_summary.get('llm_calls')}")
             labels = labelling.labels_for_propagation(spark, config)
-            if no_llm and not labels.limit(1).count():
-                from persona_lib.errors import InputError
-
-                raise InputError("sampling.budget is 0 (no LLM sampling) and there is no label to propagate: "
-                                 "load labels with `personas label --from-file` or add overrides with "
-                                 "`personas override add`, or set a budget")
             supersteps: list[tuple[int, int, float]] = []  # (superstep, messages, largest residual)
 
             def on_superstep(step: int, messages: int, residual: float, supersteps=supersteps) -> None:
@@ -291,6 +287,18 @@ def _round_sample(spark, config, customers, target, round_index, affinities, sam
         .join(customers, "customer_id") if store.exists(spark) else answered
     recheck = from_llm.join(overridden, "customer_id", "left_anti")
     return picked.unionByName(recheck).distinct().localCheckpoint(), recheck.count()
+
+
+def _require_labels_without_llm(spark, config) -> None:
+    """Budget 0 asks no LLM: without a file label or an override there is nothing to spread,
+    which is a mistake to say before a run starts, not an empty publication."""
+    from persona_lib import labelling
+    from persona_lib.errors import InputError
+
+    if not labelling.labels_for_propagation(spark, config).limit(1).count():
+        raise InputError("sampling.budget is 0 (no LLM sampling) and no customer has a label to propagate: "
+                         "load labels with `personas label --from-file`, add overrides with "
+                         "`personas override add`, or set a budget")
 
 
 def _personas_without_seed(spark, config) -> list[str]:

@@ -100,3 +100,11 @@ def test_personas_no_label_has_are_listed_in_taxonomy_order(config):
     taxonomy = load_taxonomy(config.resolve_path(config.labelling.taxonomy))
     missing = personas_without_seed(taxonomy, {GARDEN: 3, TEA: 0})
     assert missing == [name for name in taxonomy.names if name != GARDEN]
+
+
+def test_a_run_with_budget_zero_and_no_label_is_an_input_error_before_it_starts(spark, ingested):
+    from persona_lib.pipeline import run_pipeline
+
+    with pytest.raises(InputError, match="sampling.budget is 0 .* no customer has a label"):
+        run_pipeline(spark, ingested.replace("sampling", budget=0))
+    assert not storage.table_ref(ingested, "runs").exists(spark)
