@@ -129,8 +129,8 @@ def remove_override(spark: SparkSession, config: AppConfig, customer_id: str, au
     Who removed it and why is the Delta commit's userMetadata (DESCRIBE HISTORY
     persona_overrides), as for additions. No override for the customer is an InputError.
     """
-    ref = overrides_ref(spark, config)
-    if ref.read(spark).where(F.col("customer_id") == customer_id).limit(1).count() == 0:
+    ref = storage.table_ref(config, "persona_overrides")  # not created by a removal
+    if not ref.exists(spark) or ref.read(spark).where(F.col("customer_id") == customer_id).limit(1).count() == 0:
         raise InputError(f"customer_id {customer_id!r} has no override in {ref.location}")
     with commit_note(spark, {"action": "override remove", "authors": [author], "reasons": [reason] if reason else []}):
         ref.delta(spark).delete(F.col("customer_id") == customer_id)
