@@ -211,7 +211,7 @@ class LabellingConfig:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    budget: float = 0.2  # a fraction of customers (<= 1) or a count (> 1)
+    budget: float = 0.2  # 0: no LLM sampling; < 1: a fraction of customers; >= 1: a whole count
     rounds: int = 2
     seed: int = 42
 
@@ -618,16 +618,25 @@ def validate(config: AppConfig, where: str = "config") -> None:
         raise ConfigError(f"{where}: " + "; ".join(problems))
 
 
+def budget_problem(budget: float, key: str = "sampling.budget",
+                   what: str = "customers") -> Optional[str]:
+    """Why ``budget`` is not a budget, or None."""
+    if budget != budget or budget in (float("inf"), float("-inf")) or budget < 0:
+        return (f"{key} must be 0 (no LLM sampling), a fraction below 1 or a whole count of "
+                f"{what}, got {budget}")
+    if budget >= 1 and float(budget) != int(budget):
+        return f"{key} of 1 or more is a count of {what} and must be whole, got {budget}"
+    return None
+
+
 def _labelling_problems(config: AppConfig) -> list[str]:
     problems = []
     if config.labelling.labeller not in LABELLERS:
         problems.append(f"labelling.labeller: unknown labeller {config.labelling.labeller!r}; "
                         f"known: {', '.join(LABELLERS)}")
-    budget = config.sampling.budget
-    if not budget > 0 or budget != budget or budget == float("inf"):
-        problems.append(f"sampling.budget must be positive (a fraction <= 1 or a count), got {budget}")
-    elif budget > 1 and float(budget) != int(budget):
-        problems.append(f"sampling.budget above 1 is a count of customers and must be whole, got {budget}")
+    budget_error = budget_problem(config.sampling.budget)
+    if budget_error:
+        problems.append(budget_error)
     if config.sampling.rounds < 1:
         problems.append(f"sampling.rounds must be at least 1, got {config.sampling.rounds}")
     return problems

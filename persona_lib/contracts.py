@@ -264,20 +264,25 @@ CONTRACTS: Tuple[TableContract, ...] = (
     TableContract("synth_truth", SYNTH_TRUTH, ("customer_id",), "synth",
                   "The personas planted in each synthetic customer."),
     TableContract("persona_labels", PERSONA_LABELS, ("customer_id",), "labelling",
-                  "The label store: one LLM (or manual) answer per customer, with its status: "
+                  "The label store: one LLM (or manual, or file) answer per customer, with its status: "
                   "ok, repaired (detail says what was fixed), unrepresentable, no_answer (the "
                   "backend had none) or failed (detail gives the reason). source is the backend "
-                  "and model (replay:gpt-4-turbo, vllm:<model dir>, openai:<model>, manual). "
+                  "and model (replay:gpt-4-turbo, vllm:<model dir>, openai:<model>, manual), or "
+                  "file:<file or table name> for the team's labels (personas label --from-file; "
+                  "unrepresentable there means none of these; raw_response holds the file's text, "
+                  "prompt_version and history_hash are null). "
                   "A label is reused while history_hash (sha256 of the customer's product_id:"
                   "quantity list), prompt_version and taxonomy_version are unchanged, unless it "
-                  "failed."),
+                  "failed; a file label is never re-sent to an LLM nor overwritten by one."),
     TableContract("product_labels", PRODUCT_LABELS, ("product_id",), "labelling",
                   "The product label store (labelling.products): one LLM answer per product title, "
                   "with the statuses and sources of persona_labels. A label is reused while "
                   "title_hash (sha256 of the title asked about), prompt_version (the product "
                   "prompt's own) and taxonomy_version are unchanged, unless it failed."),
     TableContract("persona_overrides", PERSONA_OVERRIDES, ("customer_id",), "labelling",
-                  "Team overrides: they win in the outputs and count as labels."),
+                  "Team overrides (personas override add|remove): they win in the outputs and count "
+                  "as labels; an empty personas list is none of these (negative for every persona). "
+                  "Author and reason of each change are also the Delta commit's userMetadata."),
     TableContract("recorded_answers", RECORDED_ANSWERS, ("customer_id",), "labelling",
                   "Recorded LLM answers the replay labeller serves; response is the answer's "
                   "JSON ({\"personas\": [...]}), loaded once from labelling.replay_answers."),

@@ -2,7 +2,9 @@
 sample -> label -> propagate, then publish, all recorded in one MLflow run.
 
 Budget semantics: the budget is the size the label store should reach (a fraction of the
-customers, or a count), split over the rounds. Every answer already in the store counts, so
+customers below 1, or a whole count), split over the rounds; labels loaded from a file and
+overrides count towards it. Budget 0 means no LLM sampling: one round propagates the file
+labels and overrides alone. Every answer already in the store counts, so
 a run that crashed resumes where it stopped, and a second run with the same config calls the
 LLM for nobody: labels are never paid twice. Round 1 also re-sends the customers whose
 purchase history changed since they were labelled; the label store's cache decides which of
@@ -69,6 +71,8 @@ def run_pipeline(spark: SparkSession, config: AppConfig,
         with timer("ingest"):
             ingest_summary = ingest(spark, config)
 
+    if config.sampling.budget == 0:
+        _require_labels_without_llm(spark, config)
     # The caller holds the writer lock (the CLI takes it), so a 'running' row is a killed job.
     publishing.abandon_stale_runs(spark, config)
     with tracking.run(config, run_name=tracking.run_name(config, started_at=started_at),
@@ -110,7 +114,11 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
             f"{product_summary['cache_hits']}, LLM calls {product_summary['llm_calls']}, "
             f"statuses {product_summary['statuses']}")
 
-    targets = _cumulative(sampling.budget_per_round(n_customers, config.sampling.budget, config.sampling.rounds))
+    no_llm = config.sampling.budget == 0
+    # Budget 0: no LLM sampling, so one round propagates the file labels and overrides (more
+    # rounds would repeat it exactly).
+    rounds = 1 if no_llm else config.sampling.rounds
+    targets = _cumulative(sampling.budget_per_round(n_customers, config.sampling.budget, rounds))
     round_figures = []
     convergence = []  # per round: residual and messages per superstep, against theta and epsilon
     affinities: Optional[DataFrame] = None
@@ -118,19 +126,28 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
     propagation_tables: dict = {}
     for round_index, target in enumerate(targets):
         with tracking.run(config, run_name=f"round-{round_index + 1}", nested=True):
-            with timer("sample"):
-                sample, stale = _round_sample(spark, config, customers, target, round_index, affinities, sampling)
-            sampled = sample.count()
+            if no_llm:
+                sampled, stale = 0, 0
+            else:
+                with timer("sample"):
+                    sample, stale = _round_sample(spark, config, customers, target, round_index, affinities,
+                                                  sampling)
+                sampled = sample.count()
             say(f"round {round_index + 1}/{len(targets)}: labelling {sampled} sampled "
                 f"(+{stale} to re-check for changed histories), label store target {target}")
             tracking.log_params({"round": round_index + 1, "rounds": len(targets), "label_store_target": target,
                                  "sampled": sampled, "rechecks": stale,
                                  "sampler": "random" if affinities is None else "du",
                                  "labeller": config.labelling.labeller})
-            with timer("label"):
-                label_summary = labelling.label_customers(spark, config, sample, events, run_id)
-            say(f"round {round_index + 1}: label statuses {label_summary.get('statuses')}, "
-                f"cache hits {label_summary.get('cache_hits')}, LLM calls {label_summary.get('llm_calls')}")
+            if no_llm:
+                say("sampling.budget is 0: no customer is sent to the LLM; propagating the file labels "
+                    "and overrides")
+                label_summary = {}
+            else:
+                with timer("label"):
+                    label_summary = labelling.label_customers(spark, config, sample, events, run_id)
+                say(f"round {round_index + 1}: label statuses {label_summary.get('statuses')}, "
+                    f"cache hits {label_summary.get('cache_hits')}, LLM calls {label_summary.get('llm_calls')}")
             labels = labelling.labels_for_propagation(spark, config)
             supersteps: list[tuple[int, int, float]] = []  # (superstep, messages, largest residual)
 
@@ -149,6 +166,7 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
             convergence.append({"residuals": [r for _, _, r in supersteps], "messages": [m for _, m, _ in supersteps],
                                 "epsilon": result.stats["epsilon"], "theta": result.stats["theta"]})
     spend = _llm_spend(round_figures, product_summary)
+    without_seed = _personas_without_seed(spark, config)
     tracking.log_metrics(spend)
 
     say("fitting the persona model")
@@ -204,6 +222,7 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
         "propagated": published["propagated"],
         "ambiguous_share": round(published["ambiguous_share"], 4),
         "top_personas": published["top_personas"],
+        "personas_without_seed": without_seed,
         "epsilon": result.stats["epsilon"],
         "supersteps": result.stats["supersteps"],
         "max_residual": result.stats["max_residual"],
@@ -258,8 +277,40 @@ def _round_sample(spark, config, customers, target, round_index, affinities, sam
     if round_index > 0:
         return picked.localCheckpoint(), 0
     # Round 1 re-sends answered customers too; unchanged ones are cache hits, not LLM calls.
-    recheck = answered.join(overridden, "customer_id", "left_anti")
+    # A label from a file is never re-sent.
+    from persona_lib.labelling.store import is_file_label
+
+    from_llm = store.read(spark).where(~is_file_label(F.col("source"))).select("customer_id") \
+        .join(customers, "customer_id") if store.exists(spark) else answered
+    recheck = from_llm.join(overridden, "customer_id", "left_anti")
     return picked.unionByName(recheck).distinct().localCheckpoint(), recheck.count()
+
+
+def _require_labels_without_llm(spark, config) -> None:
+    """Budget 0 asks no LLM: without a file label or an override there is nothing to spread,
+    which is a mistake to say before a run starts, not an empty publication."""
+    from persona_lib import labelling
+    from persona_lib.errors import InputError
+
+    if not labelling.labels_for_propagation(spark, config).limit(1).count():
+        raise InputError("sampling.budget is 0 (no LLM sampling) and no customer has a label to propagate: "
+                         "load labels with `personas label --from-file`, add overrides with "
+                         "`personas override add`, or set a budget")
+
+
+def _personas_without_seed(spark, config) -> list[str]:
+    """The taxonomy's personas no labelled customer has: a warning, since propagation has
+    nothing to spread for them (the summary lists them too)."""
+    from persona_lib import labelling
+    from persona_lib.labelling.file_labels import personas_without_seed
+    from persona_lib.taxonomy import load_taxonomy
+
+    taxonomy = load_taxonomy(config.resolve_path(config.labelling.taxonomy))
+    missing = personas_without_seed(taxonomy, labelling.label_distribution(spark, config))
+    if missing:
+        log.warning("%d persona(s) of taxonomy %r have no seed (no labelled customer has them), so "
+                    "propagation gives them to nobody: %s", len(missing), taxonomy.name, ", ".join(missing))
+    return missing
 
 
 def _label_distribution(spark, config) -> dict:

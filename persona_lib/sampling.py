@@ -1,6 +1,7 @@
 """Which customers the LLM labels: the paper's Algorithm 1 sampler.
 
-The budget tau (a fraction of the customers, or a count) is split over T rounds. Round 1
+The budget tau (0: no LLM sampling; below 1: a fraction of the customers; 1 or more: a whole
+count) is split over T rounds. Round 1
 (``round_index`` 0) draws uniformly at random; later rounds take the customers with the
 highest DU score computed from the current affinities Psi (table customer_affinity):
 
@@ -26,30 +27,31 @@ from typing import Mapping, Optional, Union
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from persona_lib.config import budget_problem
 from persona_lib.errors import ConfigError, InputError
 
 LOG_EPSILON = 1e-16
 
 
 def budget_per_round(total_customers: int, budget: Union[float, int], rounds: int) -> list[int]:
-    """tau split over T rounds: a fraction (0 < budget <= 1) or a count (> 1) of customers.
-
-    The remainder goes to the first rounds, so the sizes differ by at most one.
-    """
+    """tau split over T rounds (``budget_size``), the remainder to the first rounds, so the
+    sizes differ by at most one."""
     if rounds < 1:
         raise ConfigError(f"sampling.rounds must be at least 1, got {rounds}")
-    if budget <= 0:
-        raise ConfigError(f"sampling.budget must be positive (a fraction <= 1 or a count), got {budget}")
-    if budget <= 1:
-        tau = int(round(budget * total_customers))
-    else:
-        if float(budget) != int(budget):
-            raise ConfigError(f"sampling.budget above 1 is a count of customers and must be "
-                              f"whole, got {budget}")
-        tau = int(budget)
-    tau = min(tau, total_customers)
+    tau = budget_size(total_customers, budget)
     base, remainder = divmod(tau, rounds)
     return [base + (1 if i < remainder else 0) for i in range(rounds)]
+
+
+def budget_size(total: int, budget: Union[float, int], key: str = "sampling.budget",
+                what: str = "customers") -> int:
+    """How many of ``total`` the budget is: 0 (no LLM sampling), a fraction (0 < budget < 1),
+    or a whole count (budget >= 1, so 1 is one customer, not all of them); at most ``total``."""
+    problem = budget_problem(budget, key, what)
+    if problem:
+        raise ConfigError(problem)
+    tau = int(round(budget * total)) if budget < 1 else int(budget)
+    return min(tau, total)
 
 
 def sample_customers(customers: DataFrame, excluded: Optional[DataFrame], n: int, seed: int,

@@ -75,6 +75,22 @@ class Taxonomy:
         return (by_key[close[0]], True) if close else (None, True)
 
 
+    def match_strictly(self, name: str) -> tuple[Optional[str], Optional[str]]:
+        """(persona name or None, a suggestion when None) for a name a person wrote.
+
+        Exact names and case, spacing, '&' and plural variants are accepted ("Unrepresentable"
+        included); a misspelling is not mapped (a typo never becomes a label) but suggested.
+        """
+        if name in self.names or name == UNREPRESENTABLE:
+            return name, None
+        key = _normalise(name)
+        by_key = _lookup(self)
+        if key and key in by_key:
+            return by_key[key], None
+        close = difflib.get_close_matches(key, list(by_key), n=1, cutoff=CLOSE_MATCH_CUTOFF) if key else []
+        return None, (by_key[close[0]] if close else None)
+
+
 def load_taxonomy(path: str | Path) -> Taxonomy:
     """Read and validate a taxonomy YAML; every problem is a ConfigError naming file and field."""
     path = Path(path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from persona_lib.config import load_config
+from persona_lib.config import load_config, validate_for_labelling
 from persona_lib.errors import ConfigError
 from persona_lib.storage import resolve_table
 
@@ -62,3 +62,14 @@ def test_table_names_resolve_to_paths_or_catalog_tables(tmp_path, name, location
     config = load_config(None, workdir=str(tmp_path))
     ref = resolve_table(config, "purchase_events", name)
     assert (ref.location, ref.is_catalog) == (location.format(workdir=tmp_path), is_catalog)
+
+
+@pytest.mark.parametrize("budget", [0, 0.05, 1, 300])
+def test_a_budget_of_zero_a_fraction_or_a_whole_count_is_valid(budget):
+    validate_for_labelling(load_config().replace("sampling", budget=budget))
+
+
+@pytest.mark.parametrize("budget, message", [(-1, "must be 0"), (2.5, "must be whole")])
+def test_a_negative_or_fractional_count_budget_is_a_config_error_naming_the_key(budget, message):
+    with pytest.raises(ConfigError, match=f"sampling.budget.*{message}"):
+        validate_for_labelling(load_config().replace("sampling", budget=budget))

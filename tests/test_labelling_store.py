@@ -71,7 +71,7 @@ def test_forgotten_and_overridden_customers_are_never_asked(spark, config):
     add_overrides(spark, config, [{"customer_id": "12346", "personas": ["gardening lover"],
                                    "author": "ana", "reason": "store visit"}])
     summary = label_customers(spark, config, sample(spark), events(spark), run_id="r1")
-    assert summary["excluded"] == {"forgotten": 1, "overridden": 1}
+    assert summary["excluded"] == {"forgotten": 1, "overridden": 1, "from_file": 0}
     assert summary["llm_calls"] == 2
     assert sorted(r["customer_id"] for r in stored_labels(spark, config).collect()) == ["12350", "99999"]
 
@@ -92,11 +92,12 @@ def test_an_override_with_an_unknown_persona_is_rejected(spark, config):
 
 
 def test_manual_labeller_serves_the_teams_assignments(spark, config):
-    add_overrides(spark, config, [{"customer_id": "12350", "personas": ["Gardening Lover"], "author": "ana"}])
-    summary = label_customers(spark, config, sample(spark, ("12350", "99999")), events(spark),
+    add_overrides(spark, config, [{"customer_id": "12350", "personas": ["Gardening Lover"], "author": "ana"},
+                                  {"customer_id": "12347", "personas": "", "author": "ana"}])
+    summary = label_customers(spark, config, sample(spark, ("12350", "12347", "99999")), events(spark),
                               run_id="m1", labeller="manual")
-    expected = spark.createDataFrame([("12350", "ok", ["Gardening Lover"]), ("99999", "no_answer", [])],
-                                     LABEL_COLUMNS)
+    expected = spark.createDataFrame([("12350", "ok", ["Gardening Lover"]), ("12347", "unrepresentable", []),
+                                      ("99999", "no_answer", [])], LABEL_COLUMNS)
     assert_df_equality(stored_labels(spark, config), expected, ignore_row_order=True, ignore_nullable=True)
     assert summary["source"] == "manual"
 

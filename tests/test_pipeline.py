@@ -76,6 +76,16 @@ def current(spark, config, key):
     return publishing.read_current(spark, config, key)
 
 
+def test_the_summary_lists_the_taxonomys_personas_no_label_seeds(spark, small_config, first_run):
+    from persona_lib.labelling import label_distribution
+    from persona_lib.taxonomy import load_taxonomy
+
+    seeded = label_distribution(spark, small_config)
+    taxonomy = load_taxonomy(small_config.resolve_path(small_config.labelling.taxonomy))
+    assert first_run["personas_without_seed"] == [name for name in taxonomy.names if name not in seeded]
+    assert len(first_run["personas_without_seed"]) < len(taxonomy.names)
+
+
 def test_run_publishes_every_table_with_its_contract(spark, small_config, first_run):
     for key, schema in (("persona_affinity", contracts.PERSONA_AFFINITY),
                         ("customer_personas", contracts.CUSTOMER_PERSONAS),

@@ -8,7 +8,7 @@ import pytest
 from chispa import assert_approx_df_equality
 
 from persona_lib.errors import ConfigError
-from persona_lib.sampling import budget_per_round, du_scores, sample_customers
+from persona_lib.sampling import budget_per_round, budget_size, du_scores, sample_customers
 
 EPS = 1e-16
 
@@ -25,14 +25,23 @@ def customers(spark, n):
     (100, 0.2, 2, [10, 10]),
     (100, 0.25, 2, [13, 12]),
     (100, 7, 3, [3, 2, 2]),
-    (100, 1.0, 1, [100]),
+    (100, 0.999, 1, [100]),
     (10, 50, 1, [10]),
 ])
 def test_budget_is_a_fraction_or_a_count_split_over_rounds(total, budget, rounds, expected):
     assert budget_per_round(total, budget, rounds) == expected
 
 
-@pytest.mark.parametrize("budget, rounds", [(0, 2), (-0.1, 1), (2.5, 1), (0.2, 0)])
+@pytest.mark.parametrize("budget, expected", [(0, 0), (0.0, 0), (0.5, 50), (1, 1), (1.0, 1), (2, 2), (250, 100)])
+def test_budget_zero_is_no_sampling_below_one_a_fraction_and_from_one_a_count(budget, expected):
+    assert budget_size(100, budget) == expected
+
+
+def test_budget_zero_gives_every_round_nobody():
+    assert budget_per_round(100, 0, 3) == [0, 0, 0]
+
+
+@pytest.mark.parametrize("budget, rounds", [(-0.1, 1), (2.5, 1), (1.5, 1), (float("nan"), 1), (0.2, 0)])
 def test_bad_budget_or_rounds_is_a_config_error(budget, rounds):
     with pytest.raises(ConfigError):
         budget_per_round(100, budget, rounds)

@@ -67,8 +67,9 @@ def run_accuracy(args: argparse.Namespace) -> dict:
     config = load_app_config(args)
     if args.seeds is not None and args.seeds < 1:
         raise UsageError(f"--seeds must be at least 1, got {args.seeds}")
-    if args.budget is not None and not 0 < args.budget <= 1:
-        raise UsageError(f"--budget is a fraction in (0, 1], got {args.budget}")
+    # A fraction only: 1 or more would be a count of customers (sampling.budget's rule).
+    if args.budget is not None and not 0 < args.budget < 1:
+        raise UsageError(f"--budget is a fraction in (0, 1), got {args.budget}")
     if args.quick:
         budgets = [args.budget if args.budget is not None else QUICK_BUDGET]
         samplers = [args.sampler or QUICK_SAMPLER]

@@ -20,7 +20,8 @@ def add_parser(subparsers) -> None:
     )
     add_common_options(parser, writer=True)
     parser.add_argument("--budget", type=float, default=None,
-                        help="labelling budget: a fraction of customers (<= 1) or a count (default from config)")
+                        help="labelling budget: 0 (no LLM: file labels and overrides only), a fraction of "
+                             "customers (< 1) or a whole count (>= 1); default from config")
     parser.add_argument("--rounds", type=int, default=None, help="number of rounds T (default from config)")
     parser.add_argument("--labeller", choices=LABELLERS, default=None,
                         help="labelling backend (default from config)")

@@ -2,7 +2,8 @@
 
 ``label_customers`` labels a sample of customers with the configured backend (replay, vllm,
 openai or manual; see ``backends``), reusing stored labels whose purchase history, prompt
-and taxonomy are unchanged, and never asking about forgotten or overridden customers. Every
+and taxonomy are unchanged, and never asking about forgotten or overridden customers nor
+those labelled from a file (``file_labels``: the team's labels without an LLM). Every
 answer is validated (``validation``) and MERGEd into persona_labels (``store``). The run
 fails only when more than ``labelling.max_failure_rate`` of the answers failed -- after the
 good ones are stored, so nothing paid for is lost.
@@ -29,9 +30,11 @@ from persona_lib.labelling.products import label_products, product_labels_for_mo
 from persona_lib.labelling.store import (
     add_overrides,
     cached_labels,
+    file_labelled,
     label_distribution,
     labels_for_propagation,
     labels_ref,
+    remove_override,
     status_counts,
     without_forgotten,
     write_labels,
@@ -42,7 +45,7 @@ from persona_lib.taxonomy import load_taxonomy
 
 log = logging.getLogger("personas.labelling")
 
-__all__ = ["LABELLERS", "Labeler", "add_overrides", "label_customers", "label_distribution",
+__all__ = ["LABELLERS", "Labeler", "add_overrides", "remove_override", "label_customers", "label_distribution",
            "label_products", "labels_for_propagation", "make_labeler", "product_labels_for_model",
            "validate_answer", "STATUSES"]
 
@@ -51,7 +54,8 @@ def label_customers(spark: SparkSession, config: AppConfig, sample: DataFrame, e
                     run_id: str, labeller: Optional[str] = None) -> dict:
     """Label the customers of ``sample`` (customer_id) from their ``events`` (purchase_events).
 
-    Returns the run's summary: requested, excluded (forgotten, overridden), cache_hits,
+    Returns the run's summary: requested, excluded (forgotten, overridden, from_file: customers
+    with a file label, never asked), cache_hits,
     llm_calls (customers sent to the backend), prompt_chars (characters of their prompts,
     ``figures``), labelled (labels written), generate_calls
     (vllm), statuses (of the requested customers' labels now in the store), new_statuses
@@ -66,10 +70,12 @@ def label_customers(spark: SparkSession, config: AppConfig, sample: DataFrame, e
     # Materialised: a sample computed from the label store would change under the write below.
     requested = sample.select("customer_id").distinct().localCheckpoint()
     remembered = without_forgotten(spark, config, requested)
-    askable = remembered
+    not_overridden = remembered
     if name != "manual":  # an override wins: nobody asks an LLM about that customer
         overrides = read_or_empty(spark, config, "persona_overrides").select("customer_id")
-        askable = remembered.join(overrides, "customer_id", "left_anti")
+        not_overridden = remembered.join(overrides, "customer_id", "left_anti")
+    # A label from a file is the team's answer: never re-sent, never overwritten.
+    askable = not_overridden.join(file_labelled(spark, config), "customer_id", "left_anti")
     # The sample is small next to the events: checkpoint it so each count below does not
     # redo the anti-joins, and the prompts are built once.
     askable = askable.localCheckpoint()
@@ -97,7 +103,7 @@ def label_customers(spark: SparkSession, config: AppConfig, sample: DataFrame, e
         write_labels(spark, config, labels)
     store = labels_ref(spark, config)
 
-    counts = _counts(requested, remembered, askable, hits)
+    counts = _counts(requested, remembered, not_overridden, askable, hits)
     counts["llm_calls"] = counts["labelled"] = spent["llm_calls"]
     counts["prompt_chars"] = spent["prompt_chars"]
     failure_rate = new_statuses.get(FAILED, 0) / counts["llm_calls"] if counts["llm_calls"] else 0.0
@@ -128,11 +134,14 @@ def label_customers(spark: SparkSession, config: AppConfig, sample: DataFrame, e
     return summary
 
 
-def _counts(requested: DataFrame, remembered: DataFrame, askable: DataFrame, hits: DataFrame) -> dict:
-    n_requested, n_remembered, n_askable = requested.count(), remembered.count(), askable.count()
+def _counts(requested: DataFrame, remembered: DataFrame, not_overridden: DataFrame, askable: DataFrame,
+            hits: DataFrame) -> dict:
+    n_requested, n_remembered = requested.count(), remembered.count()
+    n_not_overridden, n_askable = not_overridden.count(), askable.count()
     return {
         "requested": n_requested,
-        "excluded": {"forgotten": n_requested - n_remembered, "overridden": n_remembered - n_askable},
+        "excluded": {"forgotten": n_requested - n_remembered, "overridden": n_remembered - n_not_overridden,
+                     "from_file": n_not_overridden - n_askable},
         "askable": n_askable,
         "cache_hits": hits.count(),
     }

@@ -22,7 +22,7 @@ from persona_lib.labelling.answers import LABELLERS, Labeler, no_model_columns, 
 from persona_lib.labelling.openai_backend import OpenAILabeler
 from persona_lib.labelling.vllm_backend import VllmLabeler
 from persona_lib.prompts import PromptTemplate
-from persona_lib.taxonomy import Taxonomy
+from persona_lib.taxonomy import UNREPRESENTABLE, Taxonomy
 
 __all__ = ["LABELLERS", "Labeler", "ManualLabeler", "ReplayLabeler", "ensure_recorded_answers", "make_labeler",
            "no_model_columns", "read_or_empty"]
@@ -94,7 +94,9 @@ class ManualLabeler:
         self.config = config
 
     def answers(self, spark: SparkSession, prompts: DataFrame) -> DataFrame:
-        assigned = read_or_empty(spark, self.config, "persona_overrides").select(
-            "customer_id", F.to_json(F.struct("personas")).alias("raw_response"))
+        overrides = read_or_empty(spark, self.config, "persona_overrides")
+        # An empty override is "none of these": the answer that says so.
+        personas = F.when(F.size("personas") == 0, F.array(F.lit(UNREPRESENTABLE))).otherwise(F.col("personas"))
+        assigned = overrides.select("customer_id", F.to_json(F.struct(personas.alias("personas"))).alias("raw_response"))
         joined = prompts.select("customer_id").join(assigned, "customer_id", "left")
         return no_model_columns(joined.withColumn("error", F.lit(None).cast("string")))

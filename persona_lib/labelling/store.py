@@ -5,7 +5,9 @@ persona_labels holds one row per customer: the validated personas, the status, t
 and model that answered (``source``), the versions of prompt and taxonomy and the hash of
 the purchase history it saw, the raw answer and the run. A label is reused instead of asking
 again while history_hash, prompt_version and taxonomy_version are unchanged -- unless it
-failed (worth retrying), or it is a no_answer from another backend.
+failed (worth retrying), or it is a no_answer from another backend. A label loaded from a file
+or table (source ``file:<name>``, ``file_labels``) is the team's answer: it is never re-sent
+to an LLM nor overwritten by a labelling round, whatever changes.
 
 An override (persona_overrides) always wins: a customer with one is never sent to an LLM,
 and ``labels_for_propagation`` uses the override in place of the LLM's label ("override as
@@ -28,6 +30,8 @@ from persona_lib.labelling.answers import FINAL_STATUSES, LABEL_STATUSES, NO_ANS
 from persona_lib.labelling.backends import read_or_empty
 from persona_lib.taxonomy import Taxonomy, load_taxonomy
 from persona_lib.tombstones import customer_hash_column, tombstone_key
+
+FILE_SOURCE = "file"
 
 
 def labels_ref(spark: SparkSession, config: AppConfig) -> storage.TableRef:
@@ -80,10 +84,12 @@ def write_labels(spark: SparkSession, config: AppConfig, labels: DataFrame) -> N
 
 def add_overrides(spark: SparkSession, config: AppConfig, rows: Iterable[Mapping],
                   taxonomy: Optional[Taxonomy] = None) -> dict:
-    """Upsert overrides: each row has customer_id, personas (list), author, optional reason.
+    """Upsert overrides: each row has customer_id, personas (list or "A|B"), author, optional reason.
 
-    Persona names must be the taxonomy's (case and spacing variants are mapped); an unknown
-    name is an InputError naming the row, so a typo never becomes a label.
+    Persona names must be the taxonomy's (case, spacing and plural variants are mapped; a
+    misspelling is an InputError naming the row and the persona it may mean, so a typo never
+    becomes a label). An empty list, "" or ["Unrepresentable"] is "none of these": stored as
+    an empty list, negative for every persona.
     """
     if taxonomy is None:
         taxonomy = load_taxonomy(config.resolve_path(config.labelling.taxonomy))
@@ -96,26 +102,95 @@ def add_overrides(spark: SparkSession, config: AppConfig, rows: Iterable[Mapping
             raise InputError(f"{where}: customer_id is required")
         if not author or not str(author).strip():
             raise InputError(f"{where}: author is required")
-        personas = row.get("personas")
-        if isinstance(personas, str):
-            personas = [p for p in personas.split("|")]
-        if not personas:
-            raise InputError(f"{where}: personas must name at least one persona")
-        names = []
-        for name in personas:
-            persona, _ = taxonomy.match(str(name).strip())
-            if persona is None or persona == UNREPRESENTABLE:
-                raise InputError(f"{where}: {name!r} is not a persona of taxonomy "
-                                 f"{taxonomy.name!r} (known: {', '.join(taxonomy.names)})")
-            if persona not in names:
-                names.append(persona)
+        names, problem = persona_names(row.get("personas"), taxonomy)
+        if problem:
+            raise InputError(f"{where}: {problem}")
         records.append((str(customer_id).strip(), names, str(author).strip(), row.get("reason"), now))
     if not records:
         return {"overrides": 0}
     frame = spark.createDataFrame(records, contracts.PERSONA_OVERRIDES)
     ref = overrides_ref(spark, config)
-    storage.merge_upsert(spark, frame, ref, contracts.PERSONA_OVERRIDES, keys=("customer_id",))
+    authors = sorted({r[2] for r in records})
+    with commit_note(spark, {"action": "override add", "authors": authors,
+                             "reasons": sorted({r[3] for r in records if r[3]})}):
+        storage.merge_upsert(spark, frame, ref, contracts.PERSONA_OVERRIDES, keys=("customer_id",))
     return {"overrides": len(records), "table": ref.summary(spark)}
+
+
+def remove_override(spark: SparkSession, config: AppConfig, customer_id: str, author: str,
+                    reason: Optional[str]) -> dict:
+    """Delete the override of ``customer_id``; its LLM or file label (if any) counts again.
+
+    Who removed it and why is the Delta commit's userMetadata (DESCRIBE HISTORY
+    persona_overrides), as for additions. No override for the customer is an InputError.
+    """
+    ref = storage.table_ref(config, "persona_overrides")  # not created by a removal
+    if not ref.exists(spark) or ref.read(spark).where(F.col("customer_id") == customer_id).limit(1).count() == 0:
+        raise InputError(f"customer_id {customer_id!r} has no override in {ref.location}")
+    with commit_note(spark, {"action": "override remove", "authors": [author], "reasons": [reason] if reason else []}):
+        ref.delta(spark).delete(F.col("customer_id") == customer_id)
+    return {"removed": 1, "customer_id": customer_id, "table": ref.summary(spark)}
+
+
+def persona_names(personas, taxonomy: Taxonomy) -> tuple[list[str], Optional[str]]:
+    """(canonical names, None) of a persona list or "A|B" text a person wrote, or ([], why not).
+
+    An empty list or text, or "Unrepresentable" alone, is "none of these": ([], None).
+    """
+    if personas is None:
+        personas = []
+    if isinstance(personas, str):
+        personas = personas.split("|") if personas.strip() else []
+    names: list[str] = []
+    for written in personas:
+        text = str(written).strip()
+        if not text:
+            return [], f"empty persona name in {'|'.join(map(str, personas))!r}"
+        persona, suggestion = taxonomy.match_strictly(text)
+        if persona is None:
+            hint = f"; did you mean {suggestion!r}?" if suggestion else ""
+            return [], (f"{text!r} is not a persona of taxonomy {taxonomy.name!r}{hint} "
+                        f"(known: {', '.join(taxonomy.names)}; empty or {UNREPRESENTABLE!r} for none of these)")
+        if persona not in names:
+            names.append(persona)
+    if UNREPRESENTABLE in names:
+        if len(names) > 1:
+            return [], f"{UNREPRESENTABLE!r} (none of these) cannot stand next to personas"
+        return [], None
+    return names, None
+
+
+class commit_note:  # noqa: N801 - used as a context manager, like a function
+    """Record ``note`` (JSON) as the userMetadata of the Delta commits made inside the block."""
+
+    KEY = "spark.databricks.delta.commitInfo.userMetadata"
+
+    def __init__(self, spark: SparkSession, note: Mapping) -> None:
+        self.spark, self.note = spark, note
+
+    def __enter__(self) -> None:
+        import json
+
+        self.previous = self.spark.conf.get(self.KEY, None)
+        self.spark.conf.set(self.KEY, json.dumps(self.note, sort_keys=True))
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is None:
+            self.spark.conf.unset(self.KEY)
+        else:
+            self.spark.conf.set(self.KEY, self.previous)
+
+
+def is_file_label(source: F.Column) -> F.Column:
+    """Labels loaded by ``personas label --from-file/--from-table`` (source file or file:<name>):
+    never sent to an LLM again, never overwritten by a labelling round."""
+    return (source == FILE_SOURCE) | source.startswith(FILE_SOURCE + ":")
+
+
+def file_labelled(spark: SparkSession, config: AppConfig) -> DataFrame:
+    """customer_id of every customer with a file label."""
+    return (read_or_empty(spark, config, "persona_labels")
+            .where(is_file_label(F.col("source"))).select("customer_id"))
 
 
 def labels_for_propagation(spark: SparkSession, config: AppConfig) -> DataFrame:
