@@ -97,10 +97,13 @@ def check_kept_and_quarantined(spark: SparkSession, config: AppConfig) -> list[s
         if keys is None:
             found.append(f"{events_key}/{quarantine_key}: no common record key among {OVERLAP_KEYS}")
             continue
-        both = events.select(*keys).join(quarantine.select(*keys), keys, "inner")
+        # Shown as file:line, the way a user finds the record, whatever the key matched on.
+        named = [c for c in ("source_file", "line_number") if c in events.columns]
+        both = events.select(*dict.fromkeys(keys + named)).join(quarantine.select(*keys), keys, "inner")
         count = both.count()
         if count:
-            shown = [":".join(str(r[k]) for k in keys) for r in both.orderBy(*keys).limit(SHOWN).collect()]
+            label = named if len(named) == 2 else keys
+            shown = [":".join(str(r[k]) for k in label) for r in both.orderBy(*keys).limit(SHOWN).collect()]
             found.append(f"{count} record(s) both in {events_key} and {quarantine_key} "
                          f"(by {', '.join(keys)}): {', '.join(shown)}")
     return found
