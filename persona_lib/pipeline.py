@@ -35,20 +35,25 @@ def _now() -> datetime:
 
 
 class StageTimer:
-    """Seconds per stage, logged as metrics (time_<stage>_s)."""
+    """Seconds per stage, logged as metrics (time_<stage>_s); a stage given a ``label`` also
+    says how long it took, one line when it ends (``say``), so a slow stage shows in the log."""
 
-    def __init__(self) -> None:
+    def __init__(self, say: Optional[Callable[[str], None]] = None) -> None:
         self.seconds: dict[str, float] = {}
+        self.say = say
 
-    def __call__(self, stage: str):
+    def __call__(self, stage: str, label: Optional[str] = None):
         timer = self
 
         class _Span:
             def __enter__(self):
                 self.start = time.perf_counter()
 
-            def __exit__(self, *exc):
-                timer.seconds[stage] = timer.seconds.get(stage, 0.0) + time.perf_counter() - self.start
+            def __exit__(self, exc_type, *exc):
+                elapsed = time.perf_counter() - self.start
+                timer.seconds[stage] = timer.seconds.get(stage, 0.0) + elapsed
+                if label and timer.say and exc_type is None:
+                    timer.say(f"{label} took {elapsed:.1f} s")
 
         return _Span()
 
@@ -61,13 +66,13 @@ def run_pipeline(spark: SparkSession, config: AppConfig,
     from persona_lib.ingest import ingest
 
     say = progress or log.info
-    timer = StageTimer()
+    timer = StageTimer(say)
     started_at = _now()
     events_ref = storage.table_ref(config, "purchase_events")
     ingest_summary = None
     if not events_ref.exists(spark):
         say("purchase_events not found: ingesting the landing files first")
-        with timer("ingest"):
+        with timer("ingest", "ingest"):
             ingest_summary = ingest(spark, config)
 
     # The caller holds the writer lock (the CLI takes it), so a 'running' row is a killed job.
@@ -94,7 +99,7 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
     tracking.log_params(_params(config))
     tracking.log_delta_input(spark, events_ref, context="purchase_events")
 
-    with timer("graph"):
+    with timer("graph", "graph"):
         customers = events.select("customer_id").distinct().cache()
         n_customers = customers.count()
         edges = graph_lib.edges_from_events(events, config.propagation.edge_weighting,
@@ -119,7 +124,7 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
     propagation_tables: dict = {}
     for round_index, target in enumerate(targets):
         with tracking.run(config, run_name=f"round-{round_index + 1}", nested=True):
-            with timer("sample"):
+            with timer("sample", f"round {round_index + 1}/{len(targets)} sampling"):
                 sample, stale = _round_sample(spark, config, customers, target, round_index, affinities, sampling)
             sampled = sample.count()
             say(f"round {round_index + 1}/{len(targets)}: labelling {sampled} sampled "
@@ -128,7 +133,7 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
                                  "sampled": sampled, "rechecks": stale,
                                  "sampler": "random" if affinities is None else "du",
                                  "labeller": config.labelling.labeller})
-            with timer("label"):
+            with timer("label", f"round {round_index + 1}/{len(targets)} labelling"):
                 label_summary = labelling.label_customers(spark, config, sample, events, run_id)
             say(f"round {round_index + 1}: label statuses {label_summary.get('statuses')}, "
                 f"cache hits {label_summary.get('cache_hits')}, LLM calls {label_summary.get('llm_calls')}")
@@ -139,7 +144,7 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
                 supersteps.append((step, messages, residual))
                 say(f"  superstep {step}: {messages} messages, largest residual {residual:.3g}")
 
-            with timer("propagate"):
+            with timer("propagate", f"round {round_index + 1}/{len(targets)} propagation"):
                 result = propagation.propagate(spark, graph, labels, config, on_superstep=on_superstep)
                 propagation_tables = propagation.write_propagation(
                     spark, config, result, propagation_id=f"{run_id}-r{round_index + 1}")
@@ -153,12 +158,12 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
     tracking.log_metrics(spend)
 
     say("fitting the persona model")
-    with timer("model"):
+    with timer("model", "persona model fit"):
         model, persona_scores = _fit_persona_model(spark, config, graph, edges, float(result.stats["epsilon"]))
     say(f"persona model: {model.figures}")
     tracking.log_metrics({f"model_{k}": v for k, v in model.figures.items()})
     say("publishing persona tables")
-    with timer("publish"):
+    with timer("publish", "publishing"):
         inputs = publishing.PublishInputs(
             run_id=run_id,
             customers=customers,
@@ -177,7 +182,7 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
     output_tables = {**outputs, "persona_labels": labels_ref.summary(spark), **propagation_tables}
 
     published = _published_figures(spark, config, outputs)
-    with timer("track"):
+    with timer("track", "MLflow tracking"):
         _log_run_artifacts(spark, config, run_id, published, convergence, outputs, model)
     metrics = {
         "customers": n_customers,
