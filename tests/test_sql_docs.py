@@ -18,6 +18,7 @@ from persona_lib.labelling import add_overrides
 from persona_lib.pipeline import run_pipeline
 from persona_lib.query import rerank_sql
 from tests.conftest import TEST_CONF
+from tests.console import assert_quiet
 from tests.landing_files import copy_landing_slice
 
 SQL_DOC = REPO_ROOT / "docs" / "sql.md"
@@ -114,6 +115,7 @@ def test_personas_sql_reads_the_current_views_from_a_fresh_process(published):
          "WHERE customer_id = :customer_id", "--param", f"customer_id={parameters['customer_id']}"],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert_quiet(result.stderr)
     answer = json.loads(result.stdout.strip().splitlines()[-1])
     assert answer == {"columns": ["customer_id", "has_personas"], "rows": [[parameters["customer_id"], True]],
                       "truncated": False}

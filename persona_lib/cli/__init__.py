@@ -1,7 +1,7 @@
 """The ``personas`` command line: one subcommand per job.
 
 Contract: logs and progress go to stderr, the result to stdout, whose last line is one JSON
-object (or array, for ``query``). Exit codes: 0 success, 2 usage, 3 bad input or config,
+object. Exit codes: 0 success, 2 usage, 3 bad input or config,
 4 a missing dependency (Java, Maven, JARs, a model), 5 another job holds the writer lock (or
 won a concurrent Delta commit), 1 anything else.
 
