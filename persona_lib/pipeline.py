@@ -42,6 +42,13 @@ class StageTimer:
         self.seconds: dict[str, float] = {}
         self.say = say
 
+    def record(self, stage: str, started: float, label: Optional[str] = None) -> None:
+        """A stage that began at ``started`` (time.perf_counter()) and ends now."""
+        elapsed = time.perf_counter() - started
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed
+        if label and self.say:
+            self.say(f"{label} took {elapsed:.1f} s")
+
     def __call__(self, stage: str, label: Optional[str] = None):
         timer = self
 
@@ -50,10 +57,7 @@ class StageTimer:
                 self.start = time.perf_counter()
 
             def __exit__(self, exc_type, *exc):
-                elapsed = time.perf_counter() - self.start
-                timer.seconds[stage] = timer.seconds.get(stage, 0.0) + elapsed
-                if label and timer.say and exc_type is None:
-                    timer.say(f"{label} took {elapsed:.1f} s")
+                timer.record(stage, self.start, label if exc_type is None else None)
 
         return _Span()
 
@@ -76,6 +80,7 @@ def run_pipeline(spark: SparkSession, config: AppConfig,
             ingest_summary = ingest(spark, config)
 
     # The caller holds the writer lock (the CLI takes it), so a 'running' row is a killed job.
+    setup_started = time.perf_counter()
     publishing.abandon_stale_runs(spark, config)
     with tracking.run(config, run_name=tracking.run_name(config, started_at=started_at),
                       tags=tracking.environment_tags()) as active:
@@ -83,7 +88,7 @@ def run_pipeline(spark: SparkSession, config: AppConfig,
         publishing.record_run(spark, config, run_id, "running", started_at, None, {})
         try:
             summary = _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer, say,
-                                              graph_lib, labelling, propagation, sampling)
+                                              graph_lib, labelling, propagation, sampling, setup_started)
         except BaseException:
             publishing.record_run(spark, config, run_id, "failed", started_at, _now(), {})
             raise
@@ -93,11 +98,13 @@ def run_pipeline(spark: SparkSession, config: AppConfig,
 
 
 def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer, say,
-                            graph_lib, labelling, propagation, sampling) -> dict:
+                            graph_lib, labelling, propagation, sampling, setup_started) -> dict:
     events_version = events_ref.version(spark)
     events = events_ref.read(spark, version=events_version)
     tracking.log_params(_params(config))
     tracking.log_delta_input(spark, events_ref, context="purchase_events")
+    # The MLflow store (created on a fresh work dir), the runs row, the run's params and input.
+    timer.record("setup", setup_started, f"run {run_id} set-up (MLflow run, runs row)")
 
     with timer("graph", "graph"):
         customers = events.select("customer_id").distinct().cache()

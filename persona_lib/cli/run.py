@@ -72,7 +72,8 @@ def human_summary(summary: dict, elapsed_s: float, location_options: str = "", t
     personas = summary.get("top_personas") or {}
     top_text = ", ".join(f"{name} ({count})" for name, count in list(personas.items())[:top]) or "none"
     seconds = summary.get("seconds") or {}
-    stages = ", ".join(f"{stage} {value:.0f} s" for stage, value in seconds.items())
+    # Stages under half a second (product labelling when it is off) say nothing.
+    stages = ", ".join(f"{stage} {value:.0f} s" for stage, value in seconds.items() if value >= 0.5)
     suffix = f" {location_options}" if location_options else ""
     uri = summary["mlflow"]["tracking_uri"]
     mlflow_hint = (f"mlflow ui --backend-store-uri {uri}  (MLflow run {summary['run_id']})"
