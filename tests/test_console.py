@@ -1,11 +1,11 @@
 """What a person at the terminal sees: stderr holds our own log lines and at most three
 others (Spark, MLflow, the JVM), a run ends with a short summary, and ``personas query
 --format table`` rounds. Pipeline commands are checked where a module already runs them
-(test_faults_ops: run, query, verify; test_sql_docs: sql after a run); here a tiny ingest."""
+(test_faults_ops: run, ingest, forget, query, verify; test_sql_docs: sql after a run), so
+that no test starts a pipeline or a Spark session for this alone."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,17 +16,9 @@ from persona_lib.cli.query import format_answer
 from persona_lib.cli.run import human_summary
 from persona_lib.config import REPO_ROOT
 from tests.conftest import TEST_CONF
-from tests.console import assert_quiet, foreign_lines
-from tests.landing_files import write_landing_file
+from tests.console import foreign_lines
 
 PERSONAS = Path(sys.executable).with_name("personas")
-
-TINY_LINES = [
-    "536365,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom",
-    "536365,71053,WHITE METAL LANTERN,6,2010-12-01 08:26:00,3.39,17850.0,United Kingdom",
-    "536366,22633,HAND WARMER UNION JACK,6,2010-12-01 08:28:00,1.85,13047.0,United Kingdom",
-]
-
 
 def personas(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(PERSONAS), *args], cwd=str(REPO_ROOT), capture_output=True, text=True, timeout=300)
@@ -48,21 +40,14 @@ def test_foreign_lines_keeps_only_what_our_loggers_and_the_cli_did_not_write():
     ]
 
 
-def test_ingest_and_sql_print_no_more_than_three_foreign_stderr_lines(tmp_path):
-    landing = tmp_path / "landing"
-    write_landing_file(landing, "2010-12-01.csv", TINY_LINES)
-    conf = tmp_path / "tiny.yaml"
-    conf.write_text(yaml.safe_dump({"base": str(TEST_CONF), "ingest": {"landing": str(landing)}}))
-    common = ["--conf", str(conf), "--workdir", str(tmp_path / "work")]
+def test_a_config_error_is_one_line_of_ours_and_nothing_else(tmp_path):
+    conf = tmp_path / "bad.yaml"
+    conf.write_text(yaml.safe_dump({"base": str(TEST_CONF), "sampling": {"budgett": 0.3}}))
 
-    ingested = personas("ingest", *common)
-    assert ingested.returncode == 0, ingested.stderr[-3000:]
-    assert_quiet(ingested.stderr)
+    failed = personas("run", "--conf", str(conf), "--workdir", str(tmp_path / "work"))
 
-    counted = personas("sql", "--format", "json", "SELECT COUNT(*) AS n FROM purchase_events", *common)
-    assert counted.returncode == 0, counted.stderr[-3000:]
-    assert json.loads(counted.stdout.strip().splitlines()[-1])["rows"] == [[3]]
-    assert_quiet(counted.stderr)
+    assert failed.returncode == 3
+    assert foreign_lines(failed.stderr) == [] and "budgett" in failed.stderr
 
 
 SUMMARY = {
