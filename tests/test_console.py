@@ -6,6 +6,8 @@ that no test starts a pipeline or a Spark session for this alone."""
 
 from __future__ import annotations
 
+import io
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from persona_lib.cli.query import format_answer
-from persona_lib.cli.run import human_summary
+from persona_lib.cli.run import human_summary, terminal_progress
 from persona_lib.config import REPO_ROOT
 from tests.conftest import TEST_CONF
 from tests.console import foreign_lines
@@ -93,3 +95,26 @@ def test_query_table_rounds_and_shows_the_first_evidence_titles():
 def test_query_table_says_what_was_not_found():
     answer = {"found": False, "customer_id": "42", "customer_found": False, "unknown_products": ["X", "Y"], "rows": []}
     assert format_answer(answer) == "not found: customer 42 and products X, Y (latest complete run)"
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_a_live_line_shows_the_latest_step_and_the_elapsed_time(caplog):
+    terminal = Terminal()
+    with caplog.at_level(logging.INFO, logger="personas.run"):
+        with terminal_progress(terminal) as say:
+            say("graph took 4.2 s")
+    assert "personas run: graph took 4.2 s [00:00]" in terminal.getvalue()
+    assert "graph took 4.2 s" in caplog.text  # the log line still goes out
+
+
+def test_off_a_terminal_or_with_quiet_there_is_no_live_line(caplog):
+    for stream, enabled in ((io.StringIO(), True), (Terminal(), False)):
+        with caplog.at_level(logging.INFO, logger="personas.run"):
+            with terminal_progress(stream, enabled=enabled) as say:
+                say("publishing took 27.4 s")
+        assert stream.getvalue() == ""
+    assert caplog.text.count("publishing took 27.4 s") == 2

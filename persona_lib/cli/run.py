@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import shlex
+import sys
+import threading
 import time
+from typing import Callable, Iterator, TextIO
 
 from persona_lib.cli import add_common_options, load_app_config
 
@@ -46,11 +50,50 @@ def run(args: argparse.Namespace) -> dict:
     # Taxonomy, labeller and budget are checked before the JVM starts: exit 3 in a second.
     validate_for_labelling(config)
     started = time.perf_counter()
-    spark = get_spark(config)
-    summary = run_pipeline(spark, config, progress=log.info)
+    with terminal_progress(sys.stderr, enabled=not args.quiet) as say:
+        spark = get_spark(config)
+        summary = run_pipeline(spark, config, progress=say)
     for line in human_summary(summary, time.perf_counter() - started, _location_options(args)):
         log.info("%s", line)
     return summary
+
+
+@contextlib.contextmanager
+def terminal_progress(stream: TextIO, enabled: bool = True) -> Iterator[Callable[[str], None]]:
+    """The pipeline's progress callback; on a terminal also a live bottom line (tqdm) with the
+    latest step and the run's elapsed time, ticking while a long stage runs.
+
+    Nothing of it where stderr is not a terminal (a scheduler's log, a pipe, the tests' capture):
+    there the log lines alone are the record."""
+    if not (enabled and stream.isatty()):
+        yield log.info
+        return
+    try:
+        from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
+    except ImportError:  # tqdm comes with MLflow; without it, the log lines alone
+        yield log.info
+        return
+    bar = tqdm(total=None, file=stream, leave=False, bar_format="{desc} [{elapsed}]", desc="personas run: starting")
+    stopped = threading.Event()
+
+    def tick() -> None:
+        while not stopped.wait(1.0):
+            bar.refresh()
+
+    def say(message: str) -> None:
+        log.info("%s", message)
+        bar.set_description_str(f"personas run: {message.strip()[:70]}")
+
+    ticker = threading.Thread(target=tick, name="personas-progress", daemon=True)
+    ticker.start()
+    try:
+        with logging_redirect_tqdm():  # log lines print above the bar instead of through it
+            yield say
+    finally:
+        stopped.set()
+        ticker.join()
+        bar.close()
 
 
 def _location_options(args: argparse.Namespace) -> str:
