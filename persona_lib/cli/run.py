@@ -68,12 +68,9 @@ def terminal_progress(stream: TextIO, enabled: bool = True) -> Iterator[Callable
     if not (enabled and stream.isatty()):
         yield log.info
         return
-    try:
-        from tqdm import tqdm
-        from tqdm.contrib.logging import logging_redirect_tqdm
-    except ImportError:  # tqdm comes with MLflow; without it, the log lines alone
-        yield log.info
-        return
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     bar = tqdm(total=None, file=stream, leave=False, bar_format="{desc} [{elapsed}]", desc="personas run: starting")
     stopped = threading.Event()
 
