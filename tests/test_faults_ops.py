@@ -265,7 +265,8 @@ def test_verify_lists_a_planted_violation(spark, site, forgotten_without_recompu
     assert result.returncode == 1
     report = last_json(result.stdout)
     assert report["checks"]["kept_and_quarantined"] == "1 violation(s)"
-    assert any(f"{event['source_file']}:{event['line_number']}" in v for v in report["violations"])
+    # verify matches records by content hash and line (OVERLAP_KEYS) and names them so.
+    assert any(f"{event['content_sha256']}:{event['line_number']}" in v for v in report["violations"])
 
 
 def test_an_answer_with_extra_keys_is_repaired_with_a_detail():
