@@ -134,7 +134,6 @@ def log_and_register(product_personas, registered_model: str, run_alias: str,
         artifacts=artifacts,
         input_example=example,
         signature=model_signature(),
-        registered_model_name=registered_model,
         # The pickled model refers to this module: persona_lib travels with the model, so it
         # loads where the package is not installed (a serving endpoint, a clean virtualenv).
         code_paths=[str(Path(__file__).resolve().parent)],
@@ -142,11 +141,27 @@ def log_and_register(product_personas, registered_model: str, run_alias: str,
                           f"numpy=={np.__version__}"],
     )
     client = MlflowClient()
-    version = info.registered_model_version
-    if version is not None:
-        client.set_registered_model_alias(registered_model, run_alias, version)
-        client.set_registered_model_alias(registered_model, "current", version)
+    version = _register(client, registered_model, info)
+    client.set_registered_model_alias(registered_model, run_alias, version)
+    client.set_registered_model_alias(registered_model, "current", version)
     return f"models:/{registered_model}@{run_alias}"
+
+
+def _register(client, registered_model: str, info) -> str:
+    """A new version of ``registered_model`` from the logged model; returns its number.
+
+    Through the client rather than ``log_model(registered_model_name=...)``, which prints
+    "Successfully registered model" and "Created version" on stderr for every run.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(registered_model)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    return client.create_model_version(registered_model, source=info.model_uri, run_id=info.run_id,
+                                       model_id=info.model_id).version
 
 
 def load_model(model_uri: str):

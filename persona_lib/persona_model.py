@@ -283,7 +283,9 @@ def fit_profile(spark: SparkSession, x: DataFrame, grid: DataFrame, personas: li
         keys = sorted(pairs)
         return SparseVector(width, keys, [pairs[k] for k in keys])
 
-    vectorise = F.udf(to_vector, VectorUDT())
+    # useArrow stated: left unset, PySpark tries to read an eval type from the type hints and
+    # warns that it cannot (they are not pandas types); this is a plain row-at-a-time UDF.
+    vectorise = F.udf(to_vector, VectorUDT(), useArrow=False)
     design = rows.select("label", vectorise("persona", "entries").alias("features")).cache()
     n = design.count()
     # sklearn's C on the summed loss = MLlib's regParam = 1 / (C x rows) on the mean loss.

@@ -36,20 +36,29 @@ def _now() -> datetime:
 
 
 class StageTimer:
-    """Seconds per stage, logged as metrics (time_<stage>_s)."""
+    """Seconds per stage, logged as metrics (time_<stage>_s); a stage given a ``label`` also
+    says how long it took, one line when it ends (``say``), so a slow stage shows in the log."""
 
-    def __init__(self) -> None:
+    def __init__(self, say: Optional[Callable[[str], None]] = None) -> None:
         self.seconds: dict[str, float] = {}
+        self.say = say
 
-    def __call__(self, stage: str):
+    def record(self, stage: str, started: float, label: Optional[str] = None) -> None:
+        """A stage that began at ``started`` (time.perf_counter()) and ends now."""
+        elapsed = time.perf_counter() - started
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed
+        if label and self.say:
+            self.say(f"{label} took {elapsed:.1f} s")
+
+    def __call__(self, stage: str, label: Optional[str] = None):
         timer = self
 
         class _Span:
             def __enter__(self):
                 self.start = time.perf_counter()
 
-            def __exit__(self, *exc):
-                timer.seconds[stage] = timer.seconds.get(stage, 0.0) + time.perf_counter() - self.start
+            def __exit__(self, exc_type, *exc):
+                timer.record(stage, self.start, label if exc_type is None else None)
 
         return _Span()
 
@@ -62,18 +71,19 @@ def run_pipeline(spark: SparkSession, config: AppConfig,
     from persona_lib.ingest import ingest
 
     say = progress or log.info
-    timer = StageTimer()
+    timer = StageTimer(say)
     started_at = _now()
     events_ref = storage.table_ref(config, "purchase_events")
     ingest_summary = None
     if not events_ref.exists(spark):
         say("purchase_events not found: ingesting the landing files first")
-        with timer("ingest"):
+        with timer("ingest", "ingest"):
             ingest_summary = ingest(spark, config)
 
     if config.sampling.budget == 0:
         _require_labels_without_llm(spark, config)
     # The caller holds the writer lock (the CLI takes it), so a 'running' row is a killed job.
+    setup_started = time.perf_counter()
     publishing.abandon_stale_runs(spark, config)
     with tracking.run(config, run_name=tracking.run_name(config, started_at=started_at),
                       tags=tracking.environment_tags()) as active:
@@ -81,7 +91,7 @@ def run_pipeline(spark: SparkSession, config: AppConfig,
         publishing.record_run(spark, config, run_id, "running", started_at, None, {})
         try:
             summary = _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer, say,
-                                              graph_lib, labelling, propagation, sampling)
+                                              graph_lib, labelling, propagation, sampling, setup_started)
         except BaseException:
             publishing.record_run(spark, config, run_id, "failed", started_at, _now(), {})
             raise
@@ -91,13 +101,15 @@ def run_pipeline(spark: SparkSession, config: AppConfig,
 
 
 def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer, say,
-                            graph_lib, labelling, propagation, sampling) -> dict:
+                            graph_lib, labelling, propagation, sampling, setup_started) -> dict:
     events_version = events_ref.version(spark)
     events = events_ref.read(spark, version=events_version)
     tracking.log_params(_params(config))
     tracking.log_delta_input(spark, events_ref, context="purchase_events")
+    # The MLflow store (created on a fresh work dir), the runs row, the run's params and input.
+    timer.record("setup", setup_started, f"run {run_id} set-up (MLflow run, runs row)")
 
-    with timer("graph"):
+    with timer("graph", "graph"):
         customers = events.select("customer_id").distinct().cache()
         n_customers = customers.count()
         edges = graph_lib.edges_from_events(events, config.graph.edge_weighting,
@@ -129,7 +141,7 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
             if no_llm:
                 sampled, stale = 0, 0
             else:
-                with timer("sample"):
+                with timer("sample", f"round {round_index + 1}/{len(targets)} sampling"):
                     sample, stale = _round_sample(spark, config, customers, target, round_index, affinities,
                                                   sampling)
                 sampled = sample.count()
@@ -144,7 +156,7 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
                     "and overrides")
                 label_summary = {}
             else:
-                with timer("label"):
+                with timer("label", f"round {round_index + 1}/{len(targets)} labelling"):
                     label_summary = labelling.label_customers(spark, config, sample, events, run_id)
                 say(f"round {round_index + 1}: label statuses {label_summary.get('statuses')}, "
                     f"cache hits {label_summary.get('cache_hits')}, LLM calls {label_summary.get('llm_calls')}")
@@ -155,7 +167,7 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
                 supersteps.append((step, messages, residual))
                 say(f"  superstep {step}: {messages} messages, largest residual {residual:.3g}")
 
-            with timer("propagate"):
+            with timer("propagate", f"round {round_index + 1}/{len(targets)} propagation"):
                 result = propagation.propagate(spark, graph, labels, config, on_superstep=on_superstep)
                 propagation_tables = propagation.write_propagation(
                     spark, config, result, propagation_id=f"{run_id}-r{round_index + 1}")
@@ -170,12 +182,12 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
     tracking.log_metrics(spend)
 
     say("fitting the persona model")
-    with timer("model"):
+    with timer("model", "persona model fit"):
         model, persona_scores = _fit_persona_model(spark, config, graph, edges, float(result.stats["epsilon"]))
     say(f"persona model: {model.figures}")
     tracking.log_metrics({f"model_{k}": v for k, v in model.figures.items()})
     say("publishing persona tables")
-    with timer("publish"):
+    with timer("publish", "publishing"):
         inputs = publishing.PublishInputs(
             run_id=run_id,
             customers=customers,
@@ -194,7 +206,7 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
     output_tables = {**outputs, "persona_labels": labels_ref.summary(spark), **propagation_tables}
 
     published = _published_figures(spark, config, outputs)
-    with timer("track"):
+    with timer("track", "MLflow tracking"):
         _log_run_artifacts(spark, config, run_id, published, convergence, outputs, model)
     metrics = {
         "customers": n_customers,

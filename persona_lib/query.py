@@ -74,16 +74,44 @@ def validate(query: Any) -> dict:
 
 def predict(query: dict, spark: SparkSession, config: AppConfig) -> list[dict]:
     """Rows for the query, best first (an empty list if the customer is unknown and no products)."""
+    return answer(query, spark, config)["rows"]
+
+
+def answer(query: dict, spark: SparkSession, config: AppConfig) -> dict:
+    """The query's rows and whether the latest complete run knows what was asked about.
+
+    ``found``: rows came back (the customer's own, or the cold-start model's from at least one
+    known product). ``answered_by``: "customer", "cold_start" or None. ``customer_found`` (None
+    when no customer was asked about) and ``unknown_products``: which part was not known.
+    """
     spec = validate(query)
     customer_id = spec["where"]["customer_id"]
+    products = spec["where"]["products"]
+    result = {"found": False, "answered_by": None, "customer_id": customer_id, "customer_found": None,
+              "unknown_products": [], "rows": []}
     if customer_id is not None:
         rows = _known_customer_rows(spark, config, customer_id, spec["limit"])
+        result["customer_found"] = bool(rows)
         if rows:
-            return [_project(r, spec["select"]) for r in rows]
-    if spec["where"]["products"]:
-        return [_project(r, spec["select"]) for r in
-                cold_start_rows(spark, config, spec["where"]["products"], spec["limit"])]
-    return []
+            return {**result, "found": True, "answered_by": "customer",
+                    "rows": [_project(r, spec["select"]) for r in rows]}
+    if products:
+        unknown = unknown_products(spark, config, products)
+        result["unknown_products"] = unknown
+        if len(unknown) < len(set(products)):
+            rows = cold_start_rows(spark, config, products, spec["limit"])
+            if rows:
+                return {**result, "found": True, "answered_by": "cold_start",
+                        "rows": [_project(r, spec["select"]) for r in rows]}
+    return result
+
+
+def unknown_products(spark: SparkSession, config: AppConfig, products: list[str]) -> list[str]:
+    """The products (in the order given) that the latest complete run has no personas for."""
+    asked = list(dict.fromkeys(products))
+    known = {r["product_id"] for r in publishing.read_current(spark, config, "product_personas")
+             .where(F.col("product_id").isin(*asked)).select("product_id").distinct().collect()}
+    return [p for p in asked if p not in known]
 
 
 def _known_customer_rows(spark: SparkSession, config: AppConfig, customer_id: str, limit: int) -> list[dict]:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import subprocess
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
@@ -136,7 +137,12 @@ def log_delta_input(spark, ref, context: str) -> None:
         # would scan it for nothing.
         digest=f"{ref.name}-v{version}"[:36], **kwargs,
     )
-    mlflow.log_input(dataset, context=context)
+    with warnings.catch_warnings():
+        # The dataset's schema is inferred with the model-signature code, which warns that
+        # integer columns cannot hold missing values at model inference time: a hint for
+        # model inputs, not for a table recorded as a run's input.
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+        mlflow.log_input(dataset, context=context)
 
 
 def log_json_artifact(payload: Any, artifact_file: str) -> None:

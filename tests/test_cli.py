@@ -125,3 +125,15 @@ def test_version_prints_the_package_version():
     result = personas("--version")
     assert result.returncode == 0
     assert result.stdout.strip() == f"personas {__version__}"
+
+
+def test_a_query_without_customer_or_products_is_a_usage_error_before_spark_starts():
+    result = personas("query", "--workdir", "/nonexistent/never-created")
+    assert result.returncode == 2, result.stderr
+    assert "--customer" in result.stderr
+
+
+def test_query_rejects_an_unknown_format_as_a_usage_error():
+    result = personas("query", "--customer", "1", "--format", "csv")
+    assert result.returncode == 2
+    assert "--format" in result.stderr

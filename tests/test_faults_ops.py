@@ -28,6 +28,7 @@ from persona_lib.config import REPO_ROOT, load_config
 from persona_lib.labelling.validation import REPAIRED, validate_answer
 from persona_lib.taxonomy import load_taxonomy
 from persona_lib.testing import TEST_CONF
+from tests.console import assert_quiet
 from tests.landing_files import copy_landing_slice, write_landing_file
 
 PERSONAS = Path(sys.executable).with_name("personas")
@@ -105,6 +106,18 @@ def test_a_second_writer_exits_5_at_once_and_the_first_completes(concurrent_firs
     assert first_code == 0, first_err[-3000:]
 
 
+def test_a_first_run_logs_each_stage_and_a_summary_with_few_foreign_lines(concurrent_first_runs):
+    first_code, first_err, second, _ = concurrent_first_runs
+    assert first_code == 0, first_err[-3000:]
+    # A fresh work dir: the MLflow store is created, the model registered for the first time.
+    assert_quiet(first_err)
+    assert_quiet(second.stderr)
+    for stage in ("ingest took", "graph took", "round 1/1 labelling took", "round 1/1 propagation took",
+                  "persona model fit took", "publishing took", "MLflow tracking took"):
+        assert stage in first_err, stage
+    assert "look: personas sql" in first_err and "ambiguous" in first_err
+
+
 def test_wait_makes_a_second_writer_wait_for_the_holder(site, concurrent_first_runs):
     conf, workdir, _ = site
     hold_seconds = 6
@@ -125,6 +138,7 @@ def test_wait_makes_a_second_writer_wait_for_the_holder(site, concurrent_first_r
     assert holder.wait(timeout=60) == 0
     assert refused.returncode == 5 and "test-holder" in refused.stderr
     assert waited.returncode == 0, waited.stderr[-2000:]
+    assert_quiet(waited.stderr)
     assert time.monotonic() - held_since >= hold_seconds
     assert "waiting for the writer lock" in waited.stderr
 
@@ -162,6 +176,7 @@ def forgotten(site, killed_run):
     # Without recompute: a new run adds nothing to what this proves (tests/test_pipeline.py forgets with one).
     result = personas("forget", "--no-recompute", "--customer", f"{PLANTED_ID}.0", *common(site))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert_quiet(result.stderr)  # a forget that re-propagates, publishes and registers the model
     return last_json(result.stdout)
 
 
@@ -210,14 +225,30 @@ def forgotten_without_recompute(spark, site, forgotten):
 def test_forget_without_recompute_keeps_the_published_run_readable(site, forgotten_without_recompute):
     gone, kept, summary = forgotten_without_recompute
     assert summary["republished_run"] and summary["recomputed"] is False
-    still_there = personas("query", "--customer", kept, *common(site))
+    still_there = personas("query", "--customer", kept, "--format", "table", *common(site))
     assert still_there.returncode == 0, still_there.stderr[-3000:]
-    assert last_json(still_there.stdout), "the kept customer's personas are served"
+    answer = last_json(still_there.stdout)
+    assert answer["found"] and answer["answered_by"] == "customer" and answer["rows"], \
+        "the kept customer's personas are served"
+    assert still_there.stdout.splitlines()[0].split() == ["$p", "persona", "why"]
+    assert_quiet(still_there.stderr)
+
+
+def test_query_answers_found_false_for_an_unknown_customer_and_products(site, forgotten_without_recompute):
+    unknown = personas("query", "--customer", "1", "--products", "NO-SUCH-PRODUCT", "--format", "table",
+                       *common(site))
+    assert unknown.returncode == 0, unknown.stderr[-3000:]
+    assert last_json(unknown.stdout) == {
+        "found": False, "answered_by": None, "customer_id": "1", "customer_found": False,
+        "unknown_products": ["NO-SUCH-PRODUCT"], "rows": []}
+    assert unknown.stdout.splitlines()[0].startswith("not found: customer 1 and products NO-SUCH-PRODUCT")
+    assert_quiet(unknown.stderr)
 
 
 def test_verify_passes_on_a_clean_work_dir(site, forgotten_without_recompute):
     result = personas("verify", *common(site))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert_quiet(result.stderr)
     report = last_json(result.stdout)
     assert report["ok"] and report["violations"] == []
     assert set(report["checks"]) == {"manifest_balance", "kept_and_quarantined", "runs_readable",
@@ -235,6 +266,7 @@ def test_verify_lists_a_planted_violation(spark, site, forgotten_without_recompu
     assert result.returncode == 1
     report = last_json(result.stdout)
     assert report["checks"]["kept_and_quarantined"] == "1 violation(s)"
+    # verify matches records by content hash and line (OVERLAP_KEYS) and names them so.
     assert any(f"{event['source_file']}:{event['line_number']}" in v for v in report["violations"])
 
 

@@ -16,6 +16,7 @@ from persona_lib import publishing
 from persona_lib.config import REPO_ROOT
 from persona_lib.query import rerank_sql
 from persona_lib.testing import TEST_CONF
+from tests.console import assert_quiet
 
 SQL_DOC = REPO_ROOT / "docs" / "sql.md"
 BLOCK = re.compile(r"```sql\n(.*?)```", re.S)
@@ -99,6 +100,7 @@ def test_personas_sql_reads_the_current_views_from_a_fresh_process(published):
          "WHERE customer_id = :customer_id", "--param", f"customer_id={parameters['customer_id']}"],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert_quiet(result.stderr)
     answer = json.loads(result.stdout.strip().splitlines()[-1])
     assert answer == {"columns": ["customer_id", "has_personas"], "rows": [[parameters["customer_id"], True]],
                       "truncated": False}

@@ -1,7 +1,7 @@
 """The ``personas`` command line: one subcommand per job.
 
 Contract: logs and progress go to stderr, the result to stdout, whose last line is one JSON
-object (or array, for ``query``). Exit codes: 0 success, 2 usage, 3 bad input or config,
+object. Exit codes: 0 success, 2 usage, 3 bad input or config,
 4 a missing dependency (Java, Maven, JARs, a model), 5 another job holds the writer lock (or
 won a concurrent Delta commit), 1 anything else.
 
@@ -18,8 +18,10 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 import traceback
+import warnings
 from typing import Any, Optional, Sequence
 
 from persona_lib import __version__
@@ -97,6 +99,66 @@ def load_app_config(args: argparse.Namespace):
     return load_config(args.conf, workdir=args.workdir, catalog=catalog, schema=schema)
 
 
+# Python warnings of our dependencies that are not about anything a user can act on.
+_IGNORED_WARNINGS = (
+    # MLflow's schema inference, also used for dataset records, where missing values do not matter.
+    ("Hint: Inferred schema contains integer column", "mlflow"),
+    # PySpark, for a UDF whose type hints are not pandas types.
+    ("Cannot infer the eval type from type hints", "pyspark"),
+)
+# Log messages of our dependencies' loggers, at WARNING or above, that are not problems.
+_IGNORED_LOG_MESSAGES = {
+    # Every pyfunc logged from a Python object (the cold-start model): a caution about loading
+    # pickles from untrusted sources, and this one is our own.
+    "mlflow.pyfunc": "serialized using CloudPickle",
+    # Once per machine, on the first chart.
+    "matplotlib.font_manager": "building the font cache",
+}
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, fragment: str) -> None:
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.fragment not in record.getMessage()
+
+
+def configure_console(quiet: bool = False) -> None:
+    """The one place that decides what reaches stderr: our ``personas.*`` lines (INFO, or
+    WARNING with --quiet), and from the libraries only warnings and errors.
+
+    Spark's JVM log is set by persona_lib/log4j2.properties (persona_lib.spark). MLflow reads
+    its settings from the environment when it is imported, so they are set here, before any
+    handler imports it; a variable the user set already wins.
+    """
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # MLflow logs its database set-up and model validation at INFO, and draws a progress bar
+    # for every artifact download (loading or registering a model).
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if "mlflow" in sys.modules:  # imported already (main() called in-process): set it directly
+        logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # spark-submit merges the driver's stderr into its stdout (PythonRunner), so nothing may
+    # log after the result line: py4j logs its connection shut-down at INFO on exit.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    # A failed SQL statement reaches the user as one InputError line; PySpark also logs it
+    # as a kilobytes-long JSON record with the JVM stack.
+    logging.getLogger("SQLQueryContextLogger").setLevel(logging.CRITICAL)
+    for name, fragment in _IGNORED_LOG_MESSAGES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) and f.fragment == fragment for f in logger.filters):
+            logger.addFilter(_DropMessages(fragment))
+    for message, module in _IGNORED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, module=module)
+
+
 def emit(result: Any) -> None:
     """The result: one JSON line on stdout (the last line a script reads)."""
     sys.stdout.write(json.dumps(result, default=str, sort_keys=False) + "\n")
@@ -108,17 +170,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        logging.basicConfig(
-            level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
-        # spark-submit merges the driver's stderr into its stdout (PythonRunner), so nothing may
-        # log after the result line: py4j logs its connection shut-down at INFO on exit.
-        logging.getLogger("py4j").setLevel(logging.WARNING)
-        # A failed SQL statement reaches the user as one InputError line; PySpark also logs it
-        # as a kilobytes-long JSON record with the JVM stack.
-        logging.getLogger("SQLQueryContextLogger").setLevel(logging.CRITICAL)
+        configure_console(quiet=getattr(args, "quiet", False))
         result = _run_handler(args)
     except PersonasError as exc:
         print(f"personas: error: {exc}", file=sys.stderr)
