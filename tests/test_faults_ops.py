@@ -266,7 +266,7 @@ def test_verify_lists_a_planted_violation(spark, site, forgotten_without_recompu
     assert result.returncode == 1
     report = last_json(result.stdout)
     assert report["checks"]["kept_and_quarantined"] == "1 violation(s)"
-    # verify matches records by content hash and line (OVERLAP_KEYS) and names them so.
+    # verify matches records by content hash and line and names them by file and line, as users find them.
     assert any(f"{event['source_file']}:{event['line_number']}" in v for v in report["violations"])
 
 
