@@ -176,7 +176,7 @@ def forgotten(site, killed_run):
     # Without recompute: a new run adds nothing to what this proves (tests/test_pipeline.py forgets with one).
     result = personas("forget", "--no-recompute", "--customer", f"{PLANTED_ID}.0", *common(site))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert_quiet(result.stderr)  # a forget that re-propagates, publishes and registers the model
+    assert_quiet(result.stderr)
     return last_json(result.stdout)
 
 

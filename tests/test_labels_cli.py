@@ -23,6 +23,7 @@ from persona_lib import storage
 from persona_lib.config import REPO_ROOT, load_config
 from persona_lib.ingest import ingest
 from tests.conftest import TEST_CONF
+from tests.console import assert_quiet
 from tests.landing_files import copy_landing_slice
 
 PERSONAS = Path(sys.executable).with_name("personas")
@@ -102,10 +103,12 @@ def loaded(site, tmp_path_factory):
         f"{c}.0,unrepresentable",    # the id as the landing files write it; none of these
         f"{a},{TEA}|{GARDEN}",       # the same answer again is not a conflict
     ])
-    loaded = last_json(personas("label", "--from-file", str(labels), *common))
+    from_file = personas("label", "--from-file", str(labels), *common)
     # Every ingested customer goes to the replay labeller: the file's three must not.
-    llm = last_json(personas("label", "--labeller", "replay", "--budget", "100000", *common))
-    return loaded, llm
+    from_llm = personas("label", "--labeller", "replay", "--budget", "100000", *common)
+    for result in (from_file, from_llm):
+        assert_quiet(result.stderr)
+    return last_json(from_file), last_json(from_llm)
 
 
 def test_file_labels_land_with_source_file_and_none_of_these_as_unrepresentable(spark, site, loaded):
