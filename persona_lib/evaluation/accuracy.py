@@ -43,7 +43,6 @@ from persona_lib.sampling import budget_per_round, sample_customers
 log = logging.getLogger("personas.evaluation")
 
 
-
 @dataclass
 class GplrRun:
     """One simulated GPLR run: who was labelled, their answers and the final affinities."""
@@ -136,7 +135,7 @@ def production_predictions(spark: SparkSession, context: "AccuracyContext", run:
     model, scores = persona_model.fit_and_score(spark, config, model_inputs)
     no_overrides = spark.createDataFrame([], "customer_id string, personas array<string>")
     inputs = publishing.PublishInputs(
-        run_id=f"evaluation-{run.seconds:.0f}", customers=customers_of(context.graph), edges=context.pairs,
+        run_id="evaluation", customers=customers_of(context.graph), edges=context.pairs,
         customer_affinity=run.result.customer_affinity, product_affinity=run.result.product_affinity,
         llm_labels=labels, overrides=no_overrides,
         products=spark.createDataFrame([], "product_id string, title string"),

@@ -9,7 +9,7 @@ standardised persona score
     persona(u, i) = sum_m q_u(m) * pop_m(i),   pop_m(i) = share of persona-m customers who bought i
 
 q_u: the customer's personas from the pipeline on the train graph (LLM answers for the
-labelled, the learned choice for the rest), as a uniform distribution over its personas.
+labelled, the published persona model for the rest), as a uniform distribution over its personas.
 The blend weight is chosen on a validation split carved from TRAIN (never from test): the
 weight with the best NDCG@10 when ALS is fitted on the rest of train.
 
@@ -152,7 +152,7 @@ def evaluate_recommend(spark: SparkSession, config: AppConfig, persona_source: s
     """The baseline and the persona-conditioned recommender on split_test, NDCG@K and F1@K.
 
     ``persona_source``: "pipeline" conditions on GPLR's personas at ``recommend_budget``
-    (LLM answers for the labelled, the learned choice for the rest); "recorded" on the
+    (LLM answers for the labelled, the published persona model for the rest); "recorded" on the
     recorded GPT-4 label of EVERY customer, the ceiling of what these personas can add.
     """
     if persona_source not in PERSONA_SOURCES:
@@ -166,9 +166,10 @@ def evaluate_recommend(spark: SparkSession, config: AppConfig, persona_source: s
         customer_personas = context.answers.select("customer_id", "persona")
     else:
         run = accuracy.run_gplr(spark, context.graph, context.answers, config, cfg.recommend_budget, "du", 0)
-        predicted, _ = accuracy.production_predictions(spark, context, run, config, with_product_labels=True)
-        customer_personas = run.seed_labels.select("customer_id", "persona") \
-            .unionByName(predicted.select("customer_id", "persona")).localCheckpoint(eager=True)
+        # The published table holds every customer: the labelled with their answers, the rest decided.
+        published = accuracy.production_predictions(spark, context, run, config, with_product_labels=True)
+        customer_personas = published.customer_personas.select(
+            "customer_id", F.explode("personas").alias("persona")).localCheckpoint(eager=True)
     train = context.pairs
     test = data.test_pairs(spark, config)
     items = index_items(train).localCheckpoint(eager=True)
