@@ -63,9 +63,8 @@ def published_site(spark, tmp_path_factory) -> PublishedSite:
     ingest(spark, config)
     overridden = (storage.table_ref(config, "purchase_events").read(spark)
                   .select("customer_id").distinct().orderBy("customer_id").first()["customer_id"])
-    site = PublishedSite(conf, config, {}, overridden)
-    add_overrides(spark, config, [{"customer_id": overridden, "personas": list(site.override_personas),
-                                   "author": "tests", "reason": site.override_reason}])
+    add_overrides(spark, config, [{"customer_id": overridden, "personas": list(PublishedSite.override_personas),
+                                   "author": "tests", "reason": PublishedSite.override_reason}])
     return PublishedSite(conf, config, run_pipeline(spark, config), overridden)
 
 
