@@ -18,7 +18,11 @@ from pyspark.sql import SparkSession
 from persona_lib.config import AppConfig
 from persona_lib.jars import required_jars
 
-FAST_JVM_FLAGS = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1"
+# C1-only compilation starts Spark's JVM fastest, but its default code cache is 48 MB, which a
+# long-lived session (the test suite's one JVM, a notebook, a long job) fills: the JVM then fails
+# a query with "Out of space in CodeCache for method handle intrinsic". 256 MB is reserved
+# address space, not resident memory.
+FAST_JVM_FLAGS = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=256m"
 
 
 def on_databricks() -> bool:
