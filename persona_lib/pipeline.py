@@ -25,6 +25,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from persona_lib import publishing, storage, tracking
+from persona_lib import rounds as rounds_lib
 from persona_lib.config import AppConfig
 from persona_lib.labelling.answers import LABEL_STATUSES
 
@@ -67,7 +68,7 @@ def run_pipeline(spark: SparkSession, config: AppConfig,
                  progress: Optional[Callable[[str], None]] = None) -> dict:
     """Run the whole pipeline; returns the summary the CLI prints."""
     from persona_lib import graph as graph_lib
-    from persona_lib import labelling, propagation, sampling
+    from persona_lib import labelling, propagation
     from persona_lib.ingest import ingest
 
     say = progress or log.info
@@ -91,7 +92,7 @@ def run_pipeline(spark: SparkSession, config: AppConfig,
         publishing.record_run(spark, config, run_id, "running", started_at, None, {})
         try:
             summary = _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer, say,
-                                              graph_lib, labelling, propagation, sampling, setup_started)
+                                              graph_lib, labelling, propagation, setup_started)
         except BaseException:
             publishing.record_run(spark, config, run_id, "failed", started_at, _now(), {})
             raise
@@ -101,7 +102,7 @@ def run_pipeline(spark: SparkSession, config: AppConfig,
 
 
 def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer, say,
-                            graph_lib, labelling, propagation, sampling, setup_started) -> dict:
+                            graph_lib, labelling, propagation, setup_started) -> dict:
     events_version = events_ref.version(spark)
     events = events_ref.read(spark, version=events_version)
     tracking.log_params(_params(config))
@@ -129,54 +130,56 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
     no_llm = config.sampling.budget == 0
     # Budget 0: no LLM sampling, so one round propagates the file labels and overrides (more
     # rounds would repeat it exactly).
-    rounds = 1 if no_llm else config.sampling.rounds
-    targets = _cumulative(sampling.budget_per_round(n_customers, config.sampling.budget, rounds))
+    plan = rounds_lib.RoundPlan.from_budget(n_customers, config.sampling.budget,
+                                            1 if no_llm else config.sampling.rounds, config.sampling.seed)
+    store_labels = rounds_lib.StoreLabels(spark, config, customers, events, run_id, asks_llm=not no_llm)
+    n_rounds = len(plan.targets)
     round_figures = []
     convergence = []  # per round: residual and messages per superstep, against theta and epsilon
-    affinities: Optional[DataFrame] = None
-    result = None
+    supersteps: list[tuple[int, int, float]] = []  # this round's (superstep, messages, largest residual)
     propagation_tables: dict = {}
-    for round_index, target in enumerate(targets):
-        with tracking.run(config, run_name=f"round-{round_index + 1}", nested=True):
-            if no_llm:
-                sampled, stale = 0, 0
-            else:
-                with timer("sample", f"round {round_index + 1}/{len(targets)} sampling"):
-                    sample, stale = _round_sample(spark, config, customers, target, round_index, affinities,
-                                                  sampling)
-                sampled = sample.count()
-            say(f"round {round_index + 1}/{len(targets)}: labelling {sampled} sampled "
-                f"(+{stale} to re-check for changed histories), label store target {target}")
-            tracking.log_params({"round": round_index + 1, "rounds": len(targets), "label_store_target": target,
-                                 "sampled": sampled, "rechecks": stale,
-                                 "sampler": "random" if affinities is None else "du",
-                                 "labeller": config.labelling.labeller})
-            if no_llm:
-                say("sampling.budget is 0: no customer is sent to the LLM; propagating the file labels "
-                    "and overrides")
-                label_summary = {}
-            else:
-                with timer("label", f"round {round_index + 1}/{len(targets)} labelling"):
-                    label_summary = labelling.label_customers(spark, config, sample, events, run_id)
-                say(f"round {round_index + 1}: label statuses {label_summary.get('statuses')}, "
-                    f"cache hits {label_summary.get('cache_hits')}, LLM calls {label_summary.get('llm_calls')}")
-            labels = labelling.labels_for_propagation(spark, config)
-            supersteps: list[tuple[int, int, float]] = []  # (superstep, messages, largest residual)
 
-            def on_superstep(step: int, messages: int, residual: float, supersteps=supersteps) -> None:
-                supersteps.append((step, messages, residual))
-                say(f"  superstep {step}: {messages} messages, largest residual {residual:.3g}")
+    def on_superstep(step: int, messages: int, residual: float) -> None:
+        supersteps.append((step, messages, residual))
+        say(f"  superstep {step}: {messages} messages, largest residual {residual:.3g}")
 
-            with timer("propagate", f"round {round_index + 1}/{len(targets)} propagation"):
-                result = propagation.propagate(spark, graph, labels, config, on_superstep=on_superstep)
-                propagation_tables = propagation.write_propagation(
-                    spark, config, result, propagation_id=f"{run_id}-r{round_index + 1}")
-            affinities = storage.table_ref(config, "customer_affinity").read(spark)
-            figures = _round_figures(label_summary, result.stats)
-            _log_round(result.stats, figures, supersteps, round_index)
-            round_figures.append(figures)
-            convergence.append({"residuals": [r for _, _, r in supersteps], "messages": [m for _, m, _ in supersteps],
-                                "epsilon": result.stats["epsilon"], "theta": result.stats["theta"]})
+    def walk(seeds: DataFrame, round_index: int):
+        supersteps.clear()
+        result = propagation.propagate(spark, graph, seeds, config.propagation, on_superstep=on_superstep)
+        propagation_tables.update(propagation.write_propagation(
+            spark, config, result, propagation_id=f"{run_id}-r{round_index + 1}"))
+        return result
+
+    def on_sampled(round_index: int, sampled: int, rechecks: int, sampler: str) -> None:
+        target = plan.targets[round_index]
+        say(f"round {round_index + 1}/{n_rounds}: labelling {sampled} sampled "
+            f"(+{rechecks} to re-check for changed histories), label store target {target}")
+        tracking.log_params({"round": round_index + 1, "rounds": n_rounds, "label_store_target": target,
+                             "sampled": sampled, "rechecks": rechecks, "sampler": sampler,
+                             "labeller": config.labelling.labeller})
+        if no_llm:
+            say("sampling.budget is 0: no customer is sent to the LLM; propagating the file labels "
+                "and overrides")
+
+    def on_round(record: rounds_lib.RoundRecord) -> None:
+        if not no_llm:
+            summary = record.label_summary
+            say(f"round {record.index + 1}: label statuses {summary.get('statuses')}, "
+                f"cache hits {summary.get('cache_hits')}, LLM calls {summary.get('llm_calls')}")
+        stats = record.result.stats
+        figures = _round_figures(record.label_summary, stats)
+        _log_round(stats, figures, list(supersteps), record.index)
+        round_figures.append(figures)
+        convergence.append({"residuals": [r for _, _, r in supersteps], "messages": [m for _, m, _ in supersteps],
+                            "epsilon": stats["epsilon"], "theta": stats["theta"]})
+
+    hooks = rounds_lib.RoundHooks(
+        round_scope=lambda i: tracking.run(config, run_name=f"round-{i + 1}", nested=True),
+        stage=timer, on_sampled=on_sampled, on_round=on_round)
+    # With the DU sampler every round walks: the next round's DU score reads its affinities,
+    # and each round's walk is published as a version of the propagation tables.
+    records = rounds_lib.run_rounds(customers, plan, store_labels, walk, hooks)
+    result = records[-1].result
     spend = _llm_spend(round_figures, product_summary)
     without_seed = _personas_without_seed(spark, config)
     tracking.log_metrics(spend)
@@ -261,42 +264,6 @@ def _refresh_catalog_views(spark, config) -> None:
         publishing.register_views(spark, config)
 
 
-def _cumulative(per_round: list[int]) -> list[int]:
-    totals, running = [], 0
-    for n in per_round:
-        running += n
-        totals.append(running)
-    return totals
-
-
-def _round_sample(spark, config, customers, target, round_index, affinities, sampling):
-    """The customers to send to the labeller this round, and how many were re-checks."""
-    store = storage.table_ref(config, "persona_labels")
-    overrides = storage.table_ref(config, "persona_overrides")
-    answered = (store.read(spark).select("customer_id").join(customers, "customer_id")
-                if store.exists(spark) else spark.createDataFrame([], "customer_id string"))
-    overridden = (overrides.read(spark).select("customer_id")
-                  if overrides.exists(spark) else spark.createDataFrame([], "customer_id string"))
-    excluded = answered.unionByName(overridden).distinct().cache()
-    spent = excluded.count()
-    need = max(0, target - spent)
-    label_distribution = _label_distribution(spark, config) if affinities is not None else None
-    picked = sampling.sample_customers(
-        customers, excluded, need, config.sampling.seed, round_index,
-        affinities=affinities, label_distribution=label_distribution)
-    # Materialised now: the sample is a function of the label store, which labelling is about
-    # to change; evaluated again afterwards it would be the next customers, not these.
-    if round_index > 0:
-        return picked.localCheckpoint(), 0
-    # Round 1 re-sends answered customers too; unchanged ones are cache hits, not LLM calls.
-    # A label from a file is never re-sent.
-    from persona_lib.labelling.store import is_file_label
-
-    from_llm = store.read(spark).where(~is_file_label(F.col("source"))).select("customer_id") \
-        .join(customers, "customer_id") if store.exists(spark) else answered
-    recheck = from_llm.join(overridden, "customer_id", "left_anti")
-    return picked.unionByName(recheck).distinct().localCheckpoint(), recheck.count()
-
 
 def _require_labels_without_llm(spark, config) -> None:
     """Budget 0 asks no LLM: without a file label or an override there is nothing to spread,
@@ -324,13 +291,6 @@ def _personas_without_seed(spark, config) -> list[str]:
                     "propagation gives them to nobody: %s", len(missing), taxonomy.name, ", ".join(missing))
     return missing
 
-
-def _label_distribution(spark, config) -> dict:
-    from persona_lib import labelling
-
-    rows = labelling.labels_for_propagation(spark, config).groupBy("persona").count().collect()
-    total = sum(r["count"] for r in rows) or 1
-    return {r["persona"]: r["count"] / total for r in rows}
 
 
 def _product_labels(spark, config) -> Optional[DataFrame]:

@@ -63,9 +63,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from persona_lib import storage
     from persona_lib.errors import InputError
-    from persona_lib.labelling import label_customers
-    from persona_lib.labelling.backends import read_or_empty
-    from persona_lib.sampling import budget_per_round, sample_customers
+    from persona_lib.rounds import RoundPlan, StoreLabels, run_rounds
     from persona_lib.spark import get_spark
 
     spark = get_spark(config)
@@ -76,18 +74,18 @@ def run(args: argparse.Namespace) -> dict:
     events = events_ref.read(spark)
     customers = events.select("customer_id").distinct()
     total = customers.count()
-    # The whole budget in one uniform draw: DU rounds need affinities, which `personas run`
-    # computes between rounds. The draw is deterministic, so a re-run asks for the same
-    # customers and is served from the label store.
-    n = budget_per_round(total, budget, 1)[0]
-    if n == 0:
+    # Algorithm 1's first round for the whole budget: DU rounds need affinities, which
+    # `personas run` computes between rounds. The draw is deterministic and re-sends the
+    # customers labelled before, so a re-run asks for the same customers and is served from
+    # the label store.
+    plan = RoundPlan.from_budget(total, budget, 1, seed, sampler="random")
+    if plan.targets[0] == 0:
         log.info("budget %s: no customer is sent to the LLM", budget)
         return {"customers": total, "budget": budget, "labeller": labeller, "run_id": run_id,
                 "requested": 0, "llm_calls": 0}
-    excluded = None if labeller == "manual" else read_or_empty(spark, config, "persona_overrides").select("customer_id")
-    sample = sample_customers(customers, excluded, n, seed, round_index=0)
-    log.info("labelling %d of %d customers with %s (run %s)", n, total, labeller, run_id)
-    summary = label_customers(spark, config, sample, events, run_id, labeller=labeller)
+    log.info("labelling %d of %d customers with %s (run %s)", plan.targets[0], total, labeller, run_id)
+    store_labels = StoreLabels(spark, config, customers, events, run_id, labeller=labeller)
+    summary = run_rounds(customers, plan, store_labels, propagate=None)[0].label_summary
     return {"customers": total, "budget": budget, **summary}
 
 

@@ -32,13 +32,12 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from persona_lib import persona_model, publishing
-from persona_lib.config import SAMPLERS, AppConfig
-from persona_lib.errors import ConfigError
+from persona_lib.config import AppConfig
 from persona_lib.evaluation import data, metrics
 from persona_lib.evaluation.published import published_scores
 from persona_lib.graph import PurchaseGraph, build_graph, edges_from_pairs
 from persona_lib.propagation import PropagationResult, propagate
-from persona_lib.sampling import budget_per_round, sample_customers
+from persona_lib.rounds import RoundPlan, run_rounds
 
 log = logging.getLogger("personas.evaluation")
 
@@ -63,31 +62,47 @@ def replay(sample: DataFrame, answers: DataFrame) -> DataFrame:
     return answers.join(sample.select("customer_id"), "customer_id", "left_semi")
 
 
+class ReplayLabels:
+    """The recorded answers as the LLM (rounds.RoundLabels): labelling a sample is a join of
+    the sample with the answers, kept in memory instead of a label store."""
+
+    def __init__(self, spark: SparkSession, answers: DataFrame) -> None:
+        self._answers = answers
+        self.labelled = spark.createDataFrame([], "customer_id string")
+        self.seed_labels = spark.createDataFrame([], "customer_id string, persona string")
+
+    def spent(self) -> DataFrame:
+        return self.labelled
+
+    def rechecks(self, round_index: int) -> DataFrame:
+        return self.labelled.limit(0)  # recorded answers never go stale
+
+    def label(self, sample: DataFrame, round_index: int) -> dict:
+        # Materialised: the DU sample depends on the affinities, which the next walk replaces.
+        self.labelled = self.labelled.unionByName(sample.select("customer_id")).localCheckpoint(eager=True)
+        self.seed_labels = replay(self.labelled, self._answers).localCheckpoint(eager=True)
+        return {"requested": self.labelled.count()}
+
+    def seeds(self) -> DataFrame:
+        return self.seed_labels
+
+    def distribution(self) -> dict[str, int]:
+        return _persona_counts(self.seed_labels)
+
+
 def run_gplr(spark: SparkSession, graph: PurchaseGraph, answers: DataFrame, config: AppConfig,
              budget: float, sampler: str, seed: int) -> GplrRun:
     """Sample ``budget`` of the customers over ``config.sampling.rounds`` rounds, label them by
-    replay, and propagate (Algorithm 1). ``sampler`` "random" draws every round at random."""
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"evaluation sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
+    replay, and propagate: Algorithm 1 as `personas run` runs it (persona_lib.rounds), with
+    the recorded answers as the LLM. ``sampler`` "random" draws every round at random."""
     started = time.monotonic()
-    customers = customers_of(graph)
-    rounds = budget_per_round(graph.customer_count, budget, config.sampling.rounds)
-    labelled: Optional[DataFrame] = None
-    result: Optional[PropagationResult] = None
-    seed_labels = None
-    for round_index, size in enumerate(rounds):
-        use_du = sampler == "du" and round_index > 0
-        distribution = _persona_counts(seed_labels) if use_du else None
-        picked = sample_customers(customers, labelled, size, seed, round_index,
-                                  affinities=result.customer_affinity if use_du else None,
-                                  label_distribution=distribution)
-        # Materialised: the DU order depends on the affinities, which are replaced next round.
-        labelled = (picked if labelled is None else labelled.unionByName(picked)).localCheckpoint(eager=True)
-        seed_labels = replay(labelled, answers).localCheckpoint(eager=True)
-        if sampler == "du" or round_index == len(rounds) - 1:
-            result = propagate(spark, graph, seed_labels, config.propagation)
-    personas = sorted(_persona_counts(seed_labels))
-    return GplrRun(labelled, seed_labels, result, personas, time.monotonic() - started)
+    plan = RoundPlan.from_budget(graph.customer_count, budget, config.sampling.rounds, seed, sampler)
+    labels = ReplayLabels(spark, answers)
+    records = run_rounds(customers_of(graph), plan, labels,
+                         lambda seeds, round_index: propagate(spark, graph, seeds, config.propagation))
+    personas = sorted(labels.distribution())
+    return GplrRun(labels.labelled, labels.seed_labels, records[-1].result, personas,
+                   time.monotonic() - started)
 
 
 def predict_top_k(affinity: DataFrame, k: int) -> DataFrame:
