@@ -23,10 +23,29 @@ def session_workdir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def spark(session_workdir):
+def spark(session_workdir, request):
     session = build_local_spark(load_config(TEST_CONF, workdir=str(session_workdir)))
     yield session
+    request.config.stash[CODE_CACHE] = code_cache_use(session)
     session.stop()
+
+
+CODE_CACHE = pytest.StashKey[str]()
+
+
+def code_cache_use(session) -> str:
+    # The one JVM lives for the whole run: its JIT code cache must not fill (persona_lib.spark).
+    jvm = session.sparkContext._jvm
+    pools = [pool for pool in jvm.java.lang.management.ManagementFactory.getMemoryPoolMXBeans()
+             if "code" in pool.getName().lower()]
+    used = sum(pool.getUsage().getUsed() for pool in pools)
+    reserved = sum(max(pool.getUsage().getMax(), 0) for pool in pools)
+    return f"JVM code cache: {used / 2**20:.0f} MiB used of {reserved / 2**20:.0f} MiB"
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if CODE_CACHE in config.stash:
+        terminalreporter.write_line(config.stash[CODE_CACHE])
 
 
 @dataclass(frozen=True)
