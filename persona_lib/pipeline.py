@@ -168,7 +168,7 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
                 say(f"  superstep {step}: {messages} messages, largest residual {residual:.3g}")
 
             with timer("propagate", f"round {round_index + 1}/{len(targets)} propagation"):
-                result = propagation.propagate(spark, graph, labels, config, on_superstep=on_superstep)
+                result = propagation.propagate(spark, graph, labels, config.propagation, on_superstep=on_superstep)
                 propagation_tables = propagation.write_propagation(
                     spark, config, result, propagation_id=f"{run_id}-r{round_index + 1}")
             affinities = storage.table_ref(config, "customer_affinity").read(spark)
@@ -568,7 +568,8 @@ def republish(spark: SparkSession, config: AppConfig, reason: str,
         edges = graph_lib.edges_from_events(events, config.graph.edge_weighting,
                                             config.graph.half_life_days)
         graph = graph_lib.build_graph(edges)
-        result = propagation.propagate(spark, graph, labelling.labels_for_propagation(spark, config), config)
+        result = propagation.propagate(spark, graph, labelling.labels_for_propagation(spark, config),
+                                           config.propagation)
         propagation.write_propagation(spark, config, result, propagation_id=f"{run_id}-{reason}")
         say(f"{reason}: re-propagated in {result.stats['supersteps']} supersteps")
         model, persona_scores = _fit_persona_model(spark, config, graph, edges, float(result.stats["epsilon"]))
