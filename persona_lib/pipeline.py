@@ -528,7 +528,8 @@ def republish(spark: SparkSession, config: AppConfig, reason: str,
         edges = graph_lib.edges_from_events(events, config.graph.edge_weighting,
                                             config.graph.half_life_days)
         graph = graph_lib.build_graph(edges)
-        result = propagation.propagate(spark, graph, labelling.labels_for_propagation(spark, config), config)
+        result = propagation.propagate(spark, graph, labelling.labels_for_propagation(spark, config),
+                                           config.propagation)
         propagation.write_propagation(spark, config, result, propagation_id=f"{run_id}-{reason}")
         say(f"{reason}: re-propagated in {result.stats['supersteps']} supersteps")
         model, persona_scores = _fit_persona_model(spark, config, graph, edges, float(result.stats["epsilon"]))

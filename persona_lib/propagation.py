@@ -1,20 +1,49 @@
-"""Error-bounded persona propagation: RevAff as synchronous supersteps, and an exact reference.
+"""Error-bounded persona propagation: RevAff as synchronous supersteps, along GraphFrames' lines.
 
-See ``RevAffPropagation`` for the model, the bound and the supersteps; ``propagate`` is the
-entry point the pipeline calls, ``write_propagation`` writes the Delta outputs.
+Model (Shi et al., "You Are What You Bought", SIGIR 2025, arXiv 2504.17304, Sec. 4): P is
+the customer->product transition (w_uv / W_u), P' the product->customer one (w_vw / W_v),
+W the weight sum of a node (its degree when unweighted, the paper's case), L the seed
+matrix (``seeds_from_labels``). The affinity is
+
+    Psi = (1 / lhat) * sum_{l=1..lhat} (P P')^l L        (no restart: not PageRank)
+
+Layer 0 holds L as sparse (id, persona, value) entries on the labelled customers; layers
+alternate customers (even) and products (odd). Superstep t + 1 sends, for every entry of
+layer t at or above the threshold theta (``push_threshold``), ``value * w / W_receiver``
+along each edge of the vertex (the reverse push of the paper's Algorithm 2, all frontier
+entries at once instead of a max-heap), and layer t + 1 is the per-(id, persona) sum of the
+messages, which is both that layer's estimate and its residual. Psi_hat = (1 / lhat) * sum
+of the even layers 2, 4, ..., 2 * lhat; the product affinity P' L is layer 1. Method
+"exact" is the same supersteps with threshold 0 (the reference on Spark).
+
+As in GraphFrames' AggregateMessages and Pregel, the parts are kept apart:
+
+- seeding: ``labels_in_graph``, ``seeds_from_labels`` (L as rows), ``seed_layer`` (layer 0);
+- the epsilon rule: ``default_epsilon`` (its scale), ``choose_epsilon`` (which one a run
+  uses) and ``push_threshold`` (theta, with the proof of the bound);
+- message and aggregation: ``push`` (one superstep over the edges in either direction,
+  ``TO_DST`` or ``TO_SRC``) and ``broadcast_push`` (the same superstep with the sending layer
+  broadcast as a matrix: the kernel for product layers);
+- activity: ``at_or_above`` (which entries send) and ``layer_activity`` (what they send);
+- loop policy: ``run_supersteps``, generic, returning the layers and a ``SuperstepTrace``.
+
+``propagate`` wires them for RevAff; ``write_propagation`` writes the Delta outputs. Column
+conventions are GraphFrames' (vertices ``id``, edges ``src`` = customer and ``dst`` =
+product, messages aggregated per ``id``), so a GraphFrames engine could drive the same
+superstep where its JVM library is on the session.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
-from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark import Broadcast, StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, IntegerType, LongType, StringType, StructField, StructType
 
@@ -33,15 +62,19 @@ SEEDS_SCHEMA = StructType([
     StructField("persona", StringType(), False),
     StructField("mass", DoubleType(), False),
 ])
+# GraphFrames' column names: a vertex's id, an edge's source (customer) and destination (product).
+ID, SRC, DST = "id", "src", "dst"
 # One sparse entry of a layer: vertex id, persona index, value (estimate = residual received).
 LAYER_SCHEMA = StructType([
-    StructField("id", LongType(), False),
+    StructField(ID, LongType(), False),
     StructField("persona", IntegerType(), False),
     StructField("value", DoubleType(), False),
 ])
 
 SuperstepCallback = Callable[[int, int, float], None]
 
+
+# -- seeding ------------------------------------------------------------------------------
 
 def seeds_from_labels(labels: DataFrame, beta: float) -> DataFrame:
     """L as rows: (customer_id, persona, mass) from (customer_id, persona) label rows.
@@ -68,6 +101,41 @@ def seeds_from_labels(labels: DataFrame, beta: float) -> DataFrame:
     )
 
 
+def labels_in_graph(labels: DataFrame, graph: PurchaseGraph, missing_label_policy: str = "skip"
+                    ) -> tuple[DataFrame, int]:
+    """(the labels of customers in the graph, how many labelled customers are not in it).
+
+    ``missing_label_policy`` "error" raises, naming some of the missing customers.
+    """
+    labels = labels.select(F.col("customer_id").cast("string"), F.col("persona").cast("string"))
+    customers = graph.customers().select(F.col("key").alias("customer_id"))
+    missing = labels.join(customers, "customer_id", "left_anti").select("customer_id").distinct()
+    missing_count = missing.count()
+    if missing_count and missing_label_policy == "error":
+        examples = [r["customer_id"] for r in missing.limit(5).collect()]
+        raise InputError(
+            f"labels: {missing_count} labelled customer(s) are not in the purchase graph, e.g. "
+            f"customer_id {examples}; set propagation.missing_label_policy: skip to drop them")
+    if missing_count:
+        log.warning("labels: skipped %d labelled customer(s) not in the purchase graph", missing_count)
+    return labels.join(customers, "customer_id", "left_semi"), missing_count
+
+
+def seed_layer(seeds: DataFrame, graph: PurchaseGraph, persona_names: list[str]) -> DataFrame:
+    """Layer 0: the seed rows as (id, persona index into ``persona_names``, value)."""
+    if not persona_names:
+        return empty_layer(seeds.sparkSession)
+    index_of = F.create_map(*[lit for i, n in enumerate(persona_names) for lit in (F.lit(n), F.lit(i))])
+    customers = graph.customers().select(ID, F.col("key").alias("customer_id"))
+    return (
+        seeds.join(customers, "customer_id")
+        .select(ID, index_of[F.col("persona")].cast("int").alias("persona"), F.col("mass").alias("value"))
+        .repartition(graph.partitions, ID)  # co-partitioned with the edges' src
+    )
+
+
+# -- the epsilon rule ---------------------------------------------------------------------
+
 def default_epsilon(total_seed_mass: float, customers: int, personas: int, relative: float) -> float:
     """The default absolute error bound: ``relative`` x the mean affinity of a (customer, persona).
 
@@ -85,262 +153,329 @@ def default_epsilon(total_seed_mass: float, customers: int, personas: int, relat
     return relative * total_seed_mass / (customers * personas)
 
 
-@dataclass
+def choose_epsilon(requested: Optional[float], configured: Optional[float], total_seed_mass: float,
+                   customers: int, personas: int, relative: float) -> float:
+    """A run's absolute bound: the caller's, else the config's, else ``default_epsilon``."""
+    epsilon = requested if requested is not None else configured
+    if epsilon is None:
+        epsilon = default_epsilon(total_seed_mass, customers, personas, relative)
+    if epsilon < 0:
+        raise InputError(f"propagation.epsilon must be >= 0, got {epsilon}")
+    return epsilon
+
+
+def push_threshold(epsilon: float, lhat: int) -> float:
+    """theta = epsilon / (2 * lhat): an entry below theta is never sent.
+
+    Bound (the paper's Theorem 3, restated for the frontier form): with this theta,
+    |Psi_hat[u, m] - Psi[u, m]| <= epsilon for every customer u and persona m. Each push
+    operator is row-stochastic (weights or not), so mass left behind at one layer, each
+    entry < theta, loses at most theta at every later layer; layer 2l misses at most
+    2l * theta and the average over l at most (lhat + 1) * theta <= epsilon. Only the order
+    of the pushes differs from the paper, and the proof does not use it. The proof needs
+    only that every entry left behind is below theta, so it holds whichever layers the
+    superstep loop runs and whatever the edge weights.
+    """
+    return epsilon / (2 * lhat)
+
+
+# -- message and aggregation: one superstep over the edges ---------------------------------
+
+@dataclass(frozen=True)
+class Direction:
+    """Which way a superstep crosses the edges (GraphFrames' sendToDst / sendToSrc)."""
+
+    sender: str      # edge column with the sending vertex's id
+    receiver: str    # edge column with the receiving vertex's id
+    transition: str  # edge column the message value is multiplied by: w / W of the walk's end
+
+
+# A customer layer sends to products, a product layer to customers (graph.PurchaseGraph).
+TO_DST = Direction(sender=SRC, receiver=DST, transition="to_product")
+TO_SRC = Direction(sender=DST, receiver=SRC, transition="to_customer")
+
+
+def push(frontier: DataFrame, edges: DataFrame, direction: Direction) -> DataFrame:
+    """One superstep over the edges: frontier (id, persona, value) -> (id, persona, value) sums.
+
+    GraphFrames' aggregateMessages: every frontier entry sends ``value * transition`` along
+    each edge of its vertex in ``direction``; the messages are summed per receiving ``id``
+    and persona. From customers (``TO_DST``) the frontier and the edges are both
+    hash-partitioned by the customer id, so the join needs no edge shuffle, and the product
+    sums are pre-aggregated per partition before their shuffle.
+    """
+    joined = frontier.join(edges, frontier[ID] == edges[direction.sender])
+    messages = joined.select(F.col(direction.receiver).alias(ID), "persona",
+                             (F.col("value") * F.col(direction.transition)).alias("value"))
+    return messages.groupBy(ID, "persona").agg(F.sum("value").alias("value"))
+
+
+def broadcast_push(frontier: DataFrame, edges: DataFrame, direction: Direction = TO_SRC
+                   ) -> tuple[DataFrame, Broadcast]:
+    """``push`` with the frontier broadcast as a matrix; returns the sums and the broadcast.
+
+    The kernel for the product -> customer superstep (``TO_SRC``). A product layer is at
+    most products x personas entries (about 20 MB at 50k products and 51 personas, the
+    paper's largest graph) while this superstep touches every edge of every product in the
+    frontier: near-dense, |E| x personas messages if exploded. So the layer is broadcast as
+    a (senders x personas) matrix and each partition of the edges (hash-partitioned by
+    customer) forms its receivers' sums with one vectorised gather-and-segment-sum per Arrow
+    batch; the per-batch partial sums of a customer are combined by a groupBy that needs no
+    shuffle (the partitioning is by customer already). Same arithmetic as ``push``; the test
+    suite checks both against scipy. The caller destroys the broadcast once the sums are
+    materialised.
+    """
+    layer = frontier.toPandas()  # <= senders x personas rows, by construction
+    persona_count = int(layer["persona"].max()) + 1 if len(layer) else 1
+    sender_ids, position = np.unique(layer[ID].to_numpy(dtype=np.int64), return_inverse=True)
+    matrix = np.zeros((len(sender_ids), persona_count))
+    matrix[position, layer["persona"].to_numpy(dtype=np.int64)] = layer["value"].to_numpy(dtype=float)
+    shared = frontier.sparkSession.sparkContext.broadcast((sender_ids, matrix))
+    sender, receiver, transition = direction.sender, direction.receiver, direction.transition
+
+    def receiver_sums(batches):
+        ids, values = shared.value
+        for batch in batches:
+            yield _segment_sums(batch[sender].to_numpy(dtype=np.int64), batch[receiver].to_numpy(dtype=np.int64),
+                                batch[transition].to_numpy(dtype=float), ids, values)
+
+    sums = edges.select(SRC, DST, transition).mapInPandas(receiver_sums, LAYER_SCHEMA)
+    return sums.groupBy(ID, "persona").agg(F.sum("value").alias("value")), shared
+
+
+def _segment_sums(senders: np.ndarray, receivers: np.ndarray, transitions: np.ndarray,
+                  sender_ids: np.ndarray, layer: np.ndarray) -> pd.DataFrame:
+    """(receiver id, persona, sum over its edges of transition x layer[sender]) of one batch of edges."""
+    found = np.zeros(len(senders), dtype=bool)
+    slot = np.zeros(len(senders), dtype=np.int64)
+    if len(sender_ids):
+        slot = np.minimum(np.searchsorted(sender_ids, senders), len(sender_ids) - 1)
+        found = sender_ids[slot] == senders
+    receiver = receivers[found]
+    order = np.argsort(receiver, kind="stable")
+    receiver = receiver[order]
+    transition = transitions[found][order]
+    weighted = layer[slot[found][order]] * transition[:, None]
+    starts = (np.flatnonzero(np.r_[True, receiver[1:] != receiver[:-1]]) if receiver.size
+              else np.zeros(0, dtype=np.int64))
+    sums = np.add.reduceat(weighted, starts, axis=0) if receiver.size else np.zeros((0, layer.shape[1]))
+    rows, personas = np.nonzero(sums)
+    return pd.DataFrame({ID: receiver[starts][rows], "persona": personas.astype(np.int32),
+                         "value": sums[rows, personas]})
+
+
+# -- activity -----------------------------------------------------------------------------
+
+def at_or_above(theta: float) -> Column:
+    """The entries of a layer that send: every non-zero one at threshold 0 (exact), else >= theta."""
+    return (F.col("value") > 0) & (F.col("value") >= F.lit(theta))
+
+
+@dataclass(frozen=True)
+class LayerActivity:
+    active: int         # entries that send in the next superstep
+    messages: int       # messages they send: the sum of their vertices' degrees
+    left_behind: float  # largest entry that does not send (0.0: none)
+
+
+def layer_activity(layer: DataFrame, degrees: DataFrame, active: Column) -> LayerActivity:
+    """What a layer sends: one aggregation over (layer x degrees); ``degrees``: (id, degree)."""
+    row = layer.join(degrees, ID).agg(
+        F.count(F.when(active, 1)).alias("active"),
+        F.sum(F.when(active, F.col("degree"))).alias("messages"),
+        F.max(F.when(~active, F.col("value"))).alias("left"),
+    ).first()
+    return LayerActivity(int(row["active"]), int(row["messages"] or 0), float(row["left"] or 0.0))
+
+
+# -- loop policy --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SuperstepTrace:
+    """What a superstep loop did."""
+
+    supersteps: int
+    messages: tuple[int, ...]     # messages sent in each superstep
+    residuals: tuple[float, ...]  # after each superstep: the largest entry left behind so far
+    max_residual: float           # the largest entry never sent, the cut-off layer's included
+    converged: bool               # False: stopped by max_supersteps before the last layer
+
+
+def run_supersteps(layer0: DataFrame, send: Callable[[DataFrame, int], DataFrame], active: Column,
+                   degrees: DataFrame, last_layer: int, max_supersteps: int,
+                   materialise: Callable[[DataFrame, int], DataFrame],
+                   on_superstep: Optional[SuperstepCallback] = None) -> tuple[list[DataFrame], SuperstepTrace]:
+    """Pregel's loop, apart from what a superstep does: (layers 0..n, the trace).
+
+    Superstep t selects the ``active`` entries of layer t - 1 (the frontier), ``send(frontier,
+    t)`` makes layer t from them, ``materialise(layer, t)`` persists or checkpoints it. The
+    loop stops when no entry is active, after layer ``last_layer``, or when the next
+    superstep would exceed ``max_supersteps``: then it is not converged and the whole last
+    layer counts as left behind. ``on_superstep(t, messages, largest left behind so far)``
+    is called after each superstep. Only per-superstep scalars reach the driver.
+    """
+    layers = [materialise(layer0, 0)]
+    figures = layer_activity(layers[0], degrees, active)
+    largest_left = figures.left_behind
+    messages: list[int] = []
+    residuals: list[float] = []
+    converged = True
+    for step in range(1, last_layer + 1):
+        if figures.active == 0:
+            break
+        if step > max_supersteps:
+            converged = False
+            largest_left = max(largest_left, float(layers[-1].agg(F.max("value")).first()[0] or 0.0))
+            log.warning("propagation stopped at max_supersteps=%d before layer %d", max_supersteps, last_layer)
+            break
+        layers.append(materialise(send(layers[-1].where(active), step), step))
+        messages.append(figures.messages)
+        if step < last_layer:
+            figures = layer_activity(layers[-1], degrees, active)
+            largest_left = max(largest_left, figures.left_behind)
+        residuals.append(largest_left)
+        if on_superstep is not None:
+            on_superstep(step, messages[-1], largest_left)
+    trace = SuperstepTrace(supersteps=len(messages), messages=tuple(messages), residuals=tuple(residuals),
+                           max_residual=float(largest_left), converged=converged)
+    return layers, trace
+
+
+def materialise_layer(layer: DataFrame, index: int, checkpoint_interval: int, checkpoint_storage: str) -> DataFrame:
+    """Every ``checkpoint_interval``-th layer checkpointed (local or reliable), the others persisted.
+
+    The checkpoint cuts the lineage: a later layer's plan starts here, not at the seeds, so
+    it does not grow with lhat. The other layers are persisted because each is read twice
+    (as the next frontier and as an estimate).
+    """
+    if checkpoint_interval > 0 and index > 0 and index % checkpoint_interval == 0:
+        return (layer.localCheckpoint(eager=True) if checkpoint_storage == "local"
+                else layer.checkpoint(eager=True))
+    return layer.persist(StorageLevel.MEMORY_AND_DISK)
+
+
+# -- RevAff: the parts wired together -----------------------------------------------------
+
+@dataclass(frozen=True)
+class PropagationRun:
+    """The settings and sizes of one propagation."""
+
+    method: str
+    epsilon: float  # the bound the scores hold; 0.0 for exact
+    lhat: int
+    beta: float
+    theta: float
+    seeds: int           # labelled customers in the graph
+    skipped_labels: int  # labelled customers not in the graph
+    personas: int
+    edges: int
+
+
+@dataclass(frozen=True)
 class PropagationResult:
     customer_affinity: DataFrame  # customer_id, persona, score
     product_affinity: DataFrame   # product_id, persona, score
-    stats: dict = field(default_factory=dict)
+    run: PropagationRun
+    trace: SuperstepTrace
+
+    @property
+    def stats(self) -> dict:
+        """The run and its trace as one flat record: the CLI's JSON and propagation_runs' row."""
+        trace = self.trace
+        return {**asdict(self.run), "supersteps": trace.supersteps, "messages": list(trace.messages),
+                "max_residual": trace.max_residual, "converged": trace.converged}
 
 
-class RevAffPropagation:
-    """Persona affinities by a fixed-length customer-product-customer walk, within epsilon.
+def propagate(spark: SparkSession, graph: PurchaseGraph, labels: DataFrame, config: PropagationConfig,
+              method: Optional[str] = None, epsilon: Optional[float] = None,
+              on_superstep: Optional[SuperstepCallback] = None) -> PropagationResult:
+    """Affinities of every customer and product to every labelled persona (see the module doc).
 
-    Model (Shi et al., "You Are What You Bought", SIGIR 2025, arXiv 2504.17304, Sec. 4):
-    P is the customer->product transition (w_uv / W_u), P' the product->customer one
-    (w_vw / W_v), W the weight sum of a node (its degree when unweighted, the paper's case),
-    L the seed matrix (``seeds_from_labels``). The affinity is
+    ``labels``: (customer_id, persona), one row per label. ``config``: the propagation
+    settings (``AppConfig.propagation``). ``method``/``epsilon`` override the config;
+    epsilon None and config epsilon null -> ``default_epsilon``. Every customer score is
+    within epsilon of the exact walk affinity (``push_threshold``).
 
-        Psi = (1 / lhat) * sum_{l=1..lhat} (P P')^l L        (no restart: not PageRank)
-
-    Supersteps. Layer 0 holds L as sparse (vertex, persona, value) entries on the labelled
-    customers; layers alternate customers (even) and products (odd). Superstep t + 1 sends,
-    for every entry of layer t at or above the threshold theta, ``value * w / W_receiver``
-    along each edge of the vertex (the reverse push of the paper's Algorithm 2, all frontier
-    entries at once instead of a max-heap), and layer t + 1 is the per-(vertex, persona) sum
-    of the messages, which is both that layer's estimate and its residual. Entries below
-    theta are never sent, so messages stay sparse and shrink. It stops after layer 2 * lhat,
-    when no entry is at or above theta, or at ``max_supersteps`` (then ``converged`` is
-    False). Psi_hat = (1 / lhat) * sum of the even layers 2, 4, ..., 2 * lhat; the product
-    affinity P' L is layer 1.
-
-    Bound (the paper's Theorem 3, restated for the frontier form): with theta = epsilon /
-    (2 * lhat), |Psi_hat[u, m] - Psi[u, m]| <= epsilon for every customer u and persona m.
-    Each push operator is row-stochastic (weights or not), so mass left behind at one layer,
-    each entry < theta, loses at most theta at every later layer; layer 2l misses at most
-    2l * theta and the average over l at most (lhat + 1) * theta <= epsilon. Only the order
-    of the pushes differs from the paper, and the proof does not use it.
-
-    Method "exact" is the same supersteps with threshold 0: 2 * lhat synchronous message
-    passes over every edge carrying every non-zero entry (the reference on Spark).
-
-    Engineering: edges are hash-partitioned by customer id (``build_graph``), so a customer
-    layer joins them without a shuffle; a product layer is at most products x personas
-    entries (about 20 MB at 50k products and 51 personas, the paper's largest graph) and is
-    broadcast (``broadcast_product_layer``), so the customer layer it produces is summed in
-    place, where the edges already live, by a vectorised kernel instead of |E| x personas
-    message rows. Every ``checkpoint_interval`` layers a layer is checkpointed (local or
-    reliable, config) so lineage does not grow with lhat; other layers are persisted because
-    each is read twice (as the next frontier and as an estimate). Besides that broadcast
-    product layer, only per-persona and per-superstep scalars reach the driver.
+    Engineering: edges are hash-partitioned by customer id (``graph.build_graph``), so a
+    customer layer joins them without a shuffle (``push``); a product layer is broadcast
+    (``broadcast_push``) unless ``broadcast_product_layer`` is off. Layers are persisted or
+    checkpointed (``materialise_layer``). Besides that broadcast product layer, only
+    per-persona and per-superstep scalars reach the driver.
     """
+    if not isinstance(config, PropagationConfig):
+        raise TypeError(f"propagate() takes a PropagationConfig (AppConfig.propagation), "
+                        f"got {type(config).__name__}")
+    _validate(config)
+    method = method or config.method
+    if method not in METHODS:
+        raise InputError(f"propagation method {method!r} is not one of {list(METHODS)}")
+    in_graph_labels, skipped_customers = labels_in_graph(labels, graph, config.missing_label_policy)
+    seeds = seeds_from_labels(in_graph_labels, config.beta)
+    # One pass for the per-run scalars; the persona set is small (taxonomy-sized).
+    mass_row = seeds.agg(F.sum("mass").alias("mass"), F.countDistinct("customer_id").alias("seeded"),
+                         F.collect_set("persona").alias("personas")).first()
+    persona_names = sorted(mass_row["personas"] or [])
+    epsilon = choose_epsilon(epsilon, config.epsilon, float(mass_row["mass"] or 0.0), graph.customer_count,
+                             len(persona_names), config.epsilon_relative)
+    exact = method == "exact"
+    theta = 0.0 if exact else push_threshold(epsilon, config.lhat)
+    run = PropagationRun(method=method, epsilon=0.0 if exact else float(epsilon), lhat=config.lhat,
+                         beta=config.beta, theta=theta, seeds=int(mass_row["seeded"] or 0),
+                         skipped_labels=skipped_customers, personas=len(persona_names), edges=graph.edge_count)
+    broadcasts: list[Broadcast] = []  # product layers shared with the executors in this run
 
-    def __init__(self, spark: SparkSession, graph: PurchaseGraph, config: PropagationConfig):
-        _validate(config)
-        self.spark = spark
-        self.graph = graph
-        self.config = config
-        self._broadcasts: list = []  # product layers shared with the executors in this run
+    def send(frontier: DataFrame, step: int) -> DataFrame:
+        if step % 2 == 1:  # odd supersteps leave a customer layer, even ones a product layer
+            return push(frontier, graph.edges, TO_DST)
+        if config.broadcast_product_layer:
+            sums, shared = broadcast_push(frontier, graph.edges, TO_SRC)
+            broadcasts.append(shared)
+            return sums
+        return push(frontier, graph.edges, TO_SRC)
 
-    def run(self, labels: DataFrame, method: Optional[str] = None, epsilon: Optional[float] = None,
-            on_superstep: Optional[SuperstepCallback] = None) -> PropagationResult:
-        cfg = self.config
-        method = method or cfg.method
-        if method not in METHODS:
-            raise InputError(f"propagation method {method!r} is not one of {list(METHODS)}")
-        in_graph_labels, skipped_customers = self._labels_in_graph(labels)
-        seeds = seeds_from_labels(in_graph_labels, cfg.beta)
-        # One pass for the per-run scalars; the persona set is small (taxonomy-sized).
-        mass_row = seeds.agg(F.sum("mass").alias("mass"), F.countDistinct("customer_id").alias("seeded"),
-                             F.collect_set("persona").alias("personas")).first()
-        persona_names = sorted(mass_row["personas"] or [])
-        total_mass = float(mass_row["mass"] or 0.0)
-        if epsilon is None:
-            epsilon = cfg.epsilon
-        if epsilon is None:
-            epsilon = default_epsilon(total_mass, self.graph.customer_count, len(persona_names), cfg.epsilon_relative)
-        if epsilon < 0:
-            raise InputError(f"propagation.epsilon must be >= 0, got {epsilon}")
-        lhat = cfg.lhat
-        theta = 0.0 if method == "exact" else epsilon / (2 * lhat)
-        stats = {
-            "method": method, "epsilon": 0.0 if method == "exact" else float(epsilon), "lhat": lhat,
-            "beta": cfg.beta, "theta": theta, "seeds": int(mass_row["seeded"] or 0),
-            "skipped_labels": skipped_customers, "personas": len(persona_names),
-            "edges": self.graph.edge_count, "supersteps": 0, "messages": [], "max_residual": 0.0,
-            "converged": True,
-        }
-        layers = self._supersteps(self._seed_layer(seeds, persona_names), theta, stats, on_superstep)
-        customer_layers = [layers[t] for t in range(2, len(layers), 2)]
-        customer_affinity = self._named(self._average(customer_layers, lhat), CUSTOMER, persona_names)
-        product_layer = layers[1] if len(layers) > 1 else self._empty_layer()
-        product_affinity = self._named(product_layer, PRODUCT, persona_names)
-        # The outputs are materialised, then the layers are released: the outputs must not
-        # recompute the supersteps lazily after their inputs are gone.
-        customer_affinity = customer_affinity.localCheckpoint(eager=True)
-        product_affinity = product_affinity.localCheckpoint(eager=True)
-        for layer in layers:
-            layer.unpersist()
-        for shared in self._broadcasts:
-            shared.destroy()
-        self._broadcasts.clear()
-        return PropagationResult(customer_affinity, product_affinity, stats)
+    def materialise(layer: DataFrame, index: int) -> DataFrame:
+        return materialise_layer(layer, index, config.checkpoint_interval, config.checkpoint_storage)
 
-    # -- supersteps -------------------------------------------------------------------------
-
-    def _supersteps(self, layer0: DataFrame, theta: float, stats: dict,
-                    on_superstep: Optional[SuperstepCallback]) -> list[DataFrame]:
-        cfg = self.config
-        layers = [self._materialise(layer0, 0)]
-        pushable, messages, left_behind = self._layer_figures(layers[0], theta)
-        largest_left = left_behind
-        for step in range(1, 2 * cfg.lhat + 1):
-            if pushable == 0:
-                break
-            if step > cfg.max_supersteps:
-                stats["converged"] = False
-                largest_left = max(largest_left, self._largest(layers[-1]))
-                log.warning("propagation stopped at max_supersteps=%d before layer %d",
-                            cfg.max_supersteps, 2 * cfg.lhat)
-                break
-            frontier = layers[-1].where(_at_or_above(theta))
-            sending = CUSTOMER if (step - 1) % 2 == 0 else PRODUCT
-            layers.append(self._materialise(self._push(frontier, sending), step))
-            stats["messages"].append(messages)
-            stats["supersteps"] = step
-            if step < 2 * cfg.lhat:
-                pushable, messages, left_behind = self._layer_figures(layers[-1], theta)
-                largest_left = max(largest_left, left_behind)
-            if on_superstep is not None:
-                on_superstep(step, stats["messages"][-1], largest_left)
-        stats["max_residual"] = float(largest_left)
-        return layers
-
-    def _push(self, frontier: DataFrame, sending: str) -> DataFrame:
-        """One aggregateMessages round: frontier x edges -> per (receiver, persona) sums."""
-        edges = self.graph.edges
-        if sending == CUSTOMER:
-            # Frontier and edges are both hash-partitioned by the customer id: no edge shuffle;
-            # the product sums are pre-aggregated per partition before their shuffle.
-            joined = frontier.join(edges, frontier["id"] == edges["src"])
-            messages = joined.select(F.col("dst").alias("id"), "persona",
-                                     (F.col("value") * F.col("to_product")).alias("value"))
-        elif self.config.broadcast_product_layer:
-            return self._push_broadcast_products(frontier)
-        else:
-            joined = edges.join(frontier, frontier["id"] == edges["dst"])
-            messages = joined.select(F.col("src").alias("id"), "persona",
-                                     (F.col("value") * F.col("to_customer")).alias("value"))
-        return messages.groupBy("id", "persona").agg(F.sum("value").alias("value"))
-
-    def _push_broadcast_products(self, frontier: DataFrame) -> DataFrame:
-        """The product -> customer round with the product layer broadcast as a matrix.
-
-        A product layer is at most products x personas entries (about 20 MB at 50k products
-        and 51 personas, the paper's largest graph) while this round touches every edge of
-        every product in the frontier: near-dense, |E| x personas messages if exploded. So
-        the layer is broadcast as a (products x personas) matrix and each partition of the
-        edges (hash-partitioned by customer) forms its customers' sums with one vectorised
-        gather-and-segment-sum per Arrow batch; the per-batch partial sums of a customer are
-        combined by a groupBy that needs no shuffle (the partitioning is by customer already).
-        Same arithmetic as the message form; the test suite checks both against scipy.
-        """
-        layer = frontier.toPandas()  # <= products x personas rows, by construction
-        persona_count = int(layer["persona"].max()) + 1 if len(layer) else 1
-        product_ids, position = np.unique(layer["id"].to_numpy(dtype=np.int64), return_inverse=True)
-        matrix = np.zeros((len(product_ids), persona_count))
-        matrix[position, layer["persona"].to_numpy(dtype=np.int64)] = layer["value"].to_numpy(dtype=float)
-        shared = self.spark.sparkContext.broadcast((product_ids, matrix))
-        self._broadcasts.append(shared)
-
-        def customer_sums(batches):
-            ids, values = shared.value
-            for batch in batches:
-                yield _segment_sums(batch, ids, values)
-
-        sums = self.graph.edges.select("src", "dst", "to_customer").mapInPandas(customer_sums, LAYER_SCHEMA)
-        return sums.groupBy("id", "persona").agg(F.sum("value").alias("value"))
-
-    def _materialise(self, layer: DataFrame, index: int) -> DataFrame:
-        cfg = self.config
-        if cfg.checkpoint_interval > 0 and index > 0 and index % cfg.checkpoint_interval == 0:
-            # Cuts the lineage: a later layer's plan starts here, not at the seeds.
-            return (layer.localCheckpoint(eager=True) if cfg.checkpoint_storage == "local"
-                    else layer.checkpoint(eager=True))
-        return layer.persist(StorageLevel.MEMORY_AND_DISK)
-
-    def _layer_figures(self, layer: DataFrame, theta: float) -> tuple[int, int, float]:
-        """(entries to push, messages they send = sum of their degrees, largest entry left)."""
-        degrees = self.graph.vertices.select("id", "degree")
-        pushes = _at_or_above(theta)
-        row = layer.join(degrees, "id").agg(
-            F.count(F.when(pushes, 1)).alias("pushable"),
-            F.sum(F.when(pushes, F.col("degree"))).alias("messages"),
-            F.max(F.when(~pushes, F.col("value"))).alias("left"),
-        ).first()
-        return int(row["pushable"]), int(row["messages"] or 0), float(row["left"] or 0.0)
-
-    @staticmethod
-    def _largest(layer: DataFrame) -> float:
-        return float(layer.agg(F.max("value")).first()[0] or 0.0)
-
-    # -- seeds and outputs ------------------------------------------------------------------
-
-    def _labels_in_graph(self, labels: DataFrame) -> tuple[DataFrame, int]:
-        labels = labels.select(F.col("customer_id").cast("string"), F.col("persona").cast("string"))
-        customers = self.graph.customers().select(F.col("key").alias("customer_id"))
-        missing = labels.join(customers, "customer_id", "left_anti").select("customer_id").distinct()
-        missing_count = missing.count()
-        if missing_count and self.config.missing_label_policy == "error":
-            examples = [r["customer_id"] for r in missing.limit(5).collect()]
-            raise InputError(
-                f"labels: {missing_count} labelled customer(s) are not in the purchase graph, e.g. "
-                f"customer_id {examples}; set propagation.missing_label_policy: skip to drop them")
-        if missing_count:
-            log.warning("labels: skipped %d labelled customer(s) not in the purchase graph", missing_count)
-        return labels.join(customers, "customer_id", "left_semi"), missing_count
-
-    def _seed_layer(self, seeds: DataFrame, persona_names: list[str]) -> DataFrame:
-        if not persona_names:
-            return self._empty_layer()
-        index_of = F.create_map(*[lit for i, n in enumerate(persona_names) for lit in (F.lit(n), F.lit(i))])
-        customers = self.graph.customers().select("id", F.col("key").alias("customer_id"))
-        return (
-            seeds.join(customers, "customer_id")
-            .select("id", index_of[F.col("persona")].cast("int").alias("persona"), "mass")
-            .withColumnRenamed("mass", "value")
-            .repartition(self.graph.partitions, "id")  # co-partitioned with the edges' src
-        )
-
-    def _average(self, customer_layers: list[DataFrame], lhat: int) -> DataFrame:
-        if not customer_layers:
-            return self._empty_layer()
-        union = customer_layers[0]
-        for layer in customer_layers[1:]:
-            union = union.unionByName(layer)
-        return union.groupBy("id", "persona").agg((F.sum("value") / F.lit(float(lhat))).alias("value"))
-
-    def _named(self, layer: DataFrame, kind: str, persona_names: list[str]) -> DataFrame:
-        key = "customer_id" if kind == CUSTOMER else "product_id"
-        vertices = self.graph.vertices.where(F.col("kind") == kind).select("id", F.col("key").alias(key))
-        names = F.array(*[F.lit(n) for n in persona_names]) if persona_names else F.array().cast("array<string>")
-        return layer.join(vertices, "id").select(
-            key, F.element_at(names, F.col("persona") + 1).alias("persona"), F.col("value").alias("score"))
-
-    def _empty_layer(self) -> DataFrame:
-        return self.spark.createDataFrame([], LAYER_SCHEMA)
+    layers, trace = run_supersteps(
+        seed_layer(seeds, graph, persona_names), send, at_or_above(theta), graph.vertices.select(ID, "degree"),
+        last_layer=2 * config.lhat, max_supersteps=config.max_supersteps, materialise=materialise,
+        on_superstep=on_superstep)
+    customer_affinity = named_scores(average_layers(layers[2::2], config.lhat, spark), graph, CUSTOMER,
+                                     persona_names)
+    product_layer = layers[1] if len(layers) > 1 else empty_layer(spark)
+    product_affinity = named_scores(product_layer, graph, PRODUCT, persona_names)
+    # The outputs are materialised, then the layers are released: the outputs must not
+    # recompute the supersteps lazily after their inputs are gone.
+    customer_affinity = customer_affinity.localCheckpoint(eager=True)
+    product_affinity = product_affinity.localCheckpoint(eager=True)
+    for layer in layers:
+        layer.unpersist()
+    for shared in broadcasts:
+        shared.destroy()
+    return PropagationResult(customer_affinity, product_affinity, run, trace)
 
 
-def propagate(spark: SparkSession, graph: PurchaseGraph, labels: DataFrame,
-              config: PropagationConfig | AppConfig, method: Optional[str] = None,
-              epsilon: Optional[float] = None, on_superstep: Optional[SuperstepCallback] = None
-              ) -> PropagationResult:
-    """Affinities of every customer and product to every labelled persona (see RevAffPropagation).
+def average_layers(layers: list[DataFrame], lhat: int, spark: SparkSession) -> DataFrame:
+    """(1 / lhat) x the per-(id, persona) sum of the layers (the customer layers 2, 4, ...)."""
+    if not layers:
+        return empty_layer(spark)
+    union = layers[0]
+    for layer in layers[1:]:
+        union = union.unionByName(layer)
+    return union.groupBy(ID, "persona").agg((F.sum("value") / F.lit(float(lhat))).alias("value"))
 
-    ``labels``: (customer_id, persona), one row per label. ``method``/``epsilon`` override
-    the config; epsilon None and config epsilon null -> ``default_epsilon``.
-    """
-    propagation_config = config.propagation if isinstance(config, AppConfig) else config
-    return RevAffPropagation(spark, graph, propagation_config).run(labels, method, epsilon, on_superstep)
+
+def named_scores(layer: DataFrame, graph: PurchaseGraph, kind: str, persona_names: list[str]) -> DataFrame:
+    """A layer as (customer_id or product_id, persona name, score)."""
+    key = "customer_id" if kind == CUSTOMER else "product_id"
+    vertices = graph.vertices.where(F.col("kind") == kind).select(ID, F.col("key").alias(key))
+    names = F.array(*[F.lit(n) for n in persona_names]) if persona_names else F.array().cast("array<string>")
+    return layer.join(vertices, ID).select(
+        key, F.element_at(names, F.col("persona") + 1).alias("persona"), F.col("value").alias("score"))
+
+
+def empty_layer(spark: SparkSession) -> DataFrame:
+    return spark.createDataFrame([], LAYER_SCHEMA)
 
 
 def write_propagation(spark: SparkSession, config: AppConfig, result: PropagationResult,
@@ -351,42 +486,17 @@ def write_propagation(spark: SparkSession, config: AppConfig, result: Propagatio
     runs_ref = storage.table_ref(config, "propagation_runs")
     storage.overwrite(result.customer_affinity, customer_ref, contracts.CUSTOMER_AFFINITY)
     storage.overwrite(result.product_affinity, product_ref, contracts.PRODUCT_AFFINITY)
-    stats = result.stats
+    run, trace = result.run, result.trace
     run_row = {
-        "propagation_id": propagation_id, "method": stats["method"], "epsilon": stats["epsilon"],
-        "lhat": stats["lhat"], "beta": stats["beta"], "seeds": stats["seeds"], "edges": stats["edges"],
-        "supersteps": stats["supersteps"], "messages": [int(m) for m in stats["messages"]],
-        "max_residual": stats["max_residual"], "converged": stats["converged"],
+        "propagation_id": propagation_id, "method": run.method, "epsilon": run.epsilon,
+        "lhat": run.lhat, "beta": run.beta, "seeds": run.seeds, "edges": run.edges,
+        "supersteps": trace.supersteps, "messages": [int(m) for m in trace.messages],
+        "max_residual": trace.max_residual, "converged": trace.converged,
         "computed_at": datetime.now(timezone.utc).replace(tzinfo=None),
     }
     storage.append(spark.createDataFrame([run_row], contracts.PROPAGATION_RUNS), runs_ref,
                    contracts.PROPAGATION_RUNS)
     return {ref.name: ref.summary(spark) for ref in (customer_ref, product_ref, runs_ref)}
-
-
-def _segment_sums(edges: pd.DataFrame, product_ids: np.ndarray, product_layer: np.ndarray) -> pd.DataFrame:
-    """(customer id, persona, sum over its edges of to_customer x product_layer[product]) of a batch."""
-    dst = edges["dst"].to_numpy(dtype=np.int64)
-    found = np.zeros(len(dst), dtype=bool)
-    slot = np.zeros(len(dst), dtype=np.int64)
-    if len(product_ids):
-        slot = np.minimum(np.searchsorted(product_ids, dst), len(product_ids) - 1)
-        found = product_ids[slot] == dst
-    src = edges["src"].to_numpy(dtype=np.int64)[found]
-    order = np.argsort(src, kind="stable")
-    src = src[order]
-    transition = edges["to_customer"].to_numpy(dtype=float)[found][order]
-    weighted = product_layer[slot[found][order]] * transition[:, None]
-    starts = np.flatnonzero(np.r_[True, src[1:] != src[:-1]]) if src.size else np.zeros(0, dtype=np.int64)
-    sums = np.add.reduceat(weighted, starts, axis=0) if src.size else np.zeros((0, product_layer.shape[1]))
-    rows, personas = np.nonzero(sums)
-    return pd.DataFrame({"id": src[starts][rows], "persona": personas.astype(np.int32),
-                         "value": sums[rows, personas]})
-
-
-def _at_or_above(theta: float):
-    # Exact (theta 0) sends every non-zero entry; RevAff only entries at or above theta.
-    return (F.col("value") > 0) & (F.col("value") >= F.lit(theta))
 
 
 def _validate(config: PropagationConfig) -> None:

@@ -22,7 +22,7 @@ def top_persona(spark, config, purchase_rows, weighting):
     labels = spark.createDataFrame([("gardener", "Gardening Lover"), ("baker", "Baking and Confectionery Fans")],
                                    "customer_id string, persona string")
     edges = edges_from_events(events(spark, purchase_rows), weighting=weighting, half_life_days=30.0, as_of=NOW)
-    result = propagate(spark, build_graph(edges), labels, config,
+    result = propagate(spark, build_graph(edges), labels, config.propagation,
                        method="exact")
     scores = result.customer_affinity.where(F.col("customer_id") == "shopper").orderBy(F.desc("score")).collect()
     return scores[0]["persona"]

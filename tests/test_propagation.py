@@ -19,8 +19,23 @@ from chispa import assert_approx_df_equality
 from persona_lib.config import REPO_ROOT, PropagationConfig
 from persona_lib.errors import InputError
 from persona_lib.graph import build_graph, edges_from_pairs
-from persona_lib.propagation import default_epsilon, propagate, seeds_from_labels, write_propagation
-from persona_lib.testing.reference import exact_affinity
+from persona_lib.propagation import (
+    TO_DST,
+    TO_SRC,
+    at_or_above,
+    average_layers,
+    broadcast_push,
+    default_epsilon,
+    labels_in_graph,
+    named_scores,
+    propagate,
+    push,
+    run_supersteps,
+    seed_layer,
+    seeds_from_labels,
+    write_propagation,
+)
+from persona_lib.testing.reference import exact_affinity, seed_matrix, walk_matrices
 
 PAPER_DATA = REPO_ROOT / "data" / "gplr_online_retail"
 BASE = PropagationConfig(lhat=1, beta=0.5, epsilon=None, method="revaff")
@@ -207,7 +222,7 @@ def test_max_supersteps_reached_is_reported_as_not_converged(spark, awkward):
 
 def test_write_propagation_writes_the_three_tables(spark, awkward, config):
     _, labels, graph = awkward
-    result = propagate(spark, graph, spark.createDataFrame(labels), config, epsilon=0.01)
+    result = propagate(spark, graph, spark.createDataFrame(labels), config.propagation, epsilon=0.01)
     tables = write_propagation(spark, config, result, "p-1")
     assert set(tables) == {"customer_affinity", "product_affinity", "propagation_runs"}
     runs = spark.read.format("delta").load(tables["propagation_runs"]["location"]).collect()
@@ -218,6 +233,103 @@ def test_write_propagation_writes_the_three_tables(spark, awkward, config):
     reference = exact_affinity(awkward[0], labels, 1).product_frame()
     merged = reference.merge(products, on=["product_id", "persona"], how="left").fillna(0.0)
     assert (merged["score_x"] - merged["score_y"]).abs().max() <= 0.01 / 2 + SLACK
+
+
+def test_propagate_takes_only_the_propagation_settings(spark, awkward, config):
+    _, labels, graph = awkward
+    with pytest.raises(TypeError, match="PropagationConfig"):
+        propagate(spark, graph, spark.createDataFrame(labels), config)
+
+
+# -- the parts on their own: push step and superstep loop ------------------------------------
+
+# Customers 1, 2; products 10, 11; edges 1-10, 1-11, 2-10. to_product = w / W(product):
+# 10 has two buyers; to_customer = w / W(customer): customer 1 bought two products.
+PUSH_EDGES = [(1, 10, 0.5, 0.5), (1, 11, 1.0, 0.5), (2, 10, 0.5, 1.0)]
+EDGES_DDL = "src long, dst long, to_product double, to_customer double"
+LAYER_DDL = "id long, persona int, value double"
+
+
+def test_push_to_dst_sums_value_times_transition_per_receiving_id(spark):
+    edges = spark.createDataFrame(PUSH_EDGES, EDGES_DDL)
+    customers = spark.createDataFrame([(1, 0, 0.6), (2, 0, 0.4), (2, 1, 1.0)], LAYER_DDL)
+    # Product 10, persona 0: 0.6 x 0.5 + 0.4 x 0.5; product 11: 0.6 x 1.0; persona 1: 1.0 x 0.5.
+    expected = spark.createDataFrame([(10, 0, 0.5), (10, 1, 0.5), (11, 0, 0.6)], LAYER_DDL)
+    broadcast_sums, shared = broadcast_push(customers, edges, TO_DST)
+    for sums in (push(customers, edges, TO_DST), broadcast_sums):
+        assert_approx_df_equality(sums, expected, precision=1e-15, ignore_row_order=True,
+                                  ignore_nullable=True)
+    shared.destroy()
+
+
+def test_push_to_src_and_its_broadcast_kernel_agree(spark):
+    edges = spark.createDataFrame(PUSH_EDGES, EDGES_DDL)
+    products = spark.createDataFrame([(10, 0, 0.5), (11, 1, 0.2)], LAYER_DDL)
+    # Customer 1 gets half of each of its products' values, customer 2 all of product 10's.
+    expected = spark.createDataFrame([(1, 0, 0.25), (1, 1, 0.1), (2, 0, 0.5)], LAYER_DDL)
+    sums, shared = broadcast_push(products, edges, TO_SRC)
+    assert_approx_df_equality(sums, expected, precision=1e-15, ignore_row_order=True, ignore_nullable=True)
+    shared.destroy()
+    assert_approx_df_equality(push(products, edges, TO_SRC), expected, precision=1e-15,
+                              ignore_row_order=True, ignore_nullable=True)
+
+
+TINY_PAIRS = pd.DataFrame([("a", "x"), ("a", "y"), ("b", "x"), ("c", "y"), ("c", "z"), ("d", "z"), ("e", "w")],
+                          columns=["customer_id", "product_id"])
+TINY_LABELS = pd.DataFrame([("a", "Tea"), ("b", "Tea"), ("b", "Gift"), ("d", "Gift")],
+                           columns=["customer_id", "persona"])
+
+
+@pytest.fixture(scope="module")
+def tiny_walk(spark):
+    graph = build_graph(edges_from_pairs(spark.createDataFrame(TINY_PAIRS)))
+    in_graph, _ = labels_in_graph(spark.createDataFrame(TINY_LABELS), graph)
+    layer0 = seed_layer(seeds_from_labels(in_graph, 0.5), graph, ["Gift", "Tea"])
+    yield graph, layer0
+    graph.unpersist()
+
+
+def oracle_layers(last_layer: int) -> tuple[list, np.ndarray, np.ndarray]:
+    """scipy: layers 0..last_layer as dense matrices, and the customer and product degrees."""
+    walk = walk_matrices(TINY_PAIRS)
+    seeds, _ = seed_matrix(TINY_LABELS, walk.customers, 0.5)
+    layers = [seeds.toarray()]
+    for t in range(1, last_layer + 1):
+        layers.append((walk.to_customers if t % 2 else walk.to_products) @ layers[-1])
+    return layers, np.diff(walk.to_products.indptr), np.diff(walk.to_customers.indptr)
+
+
+def run_tiny_loop(graph, layer0, last_layer: int, max_supersteps: int = 64):
+    def send(frontier, step):
+        return push(frontier, graph.edges, TO_DST if step % 2 else TO_SRC)
+
+    return run_supersteps(layer0, send, at_or_above(0.0), graph.vertices.select("id", "degree"),
+                          last_layer=last_layer, max_supersteps=max_supersteps,
+                          materialise=lambda layer, index: layer.cache())
+
+
+def test_superstep_loop_trace_and_scores_match_scipy(spark, tiny_walk):
+    graph, layer0 = tiny_walk
+    layers, trace = run_tiny_loop(graph, layer0, last_layer=4)
+    exact, customer_degree, product_degree = oracle_layers(4)
+    # A layer sends one message per edge of every vertex holding a non-zero entry.
+    degree_of_layer = [customer_degree if t % 2 == 0 else product_degree for t in range(4)]
+    expected_messages = tuple(int(((exact[t] > 0) * degree_of_layer[t][:, None]).sum()) for t in range(4))
+    assert (trace.supersteps, trace.messages, trace.converged) == (4, expected_messages, True)
+    assert trace.residuals == (0.0, 0.0, 0.0, 0.0) and trace.max_residual == 0.0
+    scores = named_scores(average_layers(layers[2::2], 2, spark), graph, "customer", ["Gift", "Tea"])
+    reference = exact_affinity(TINY_PAIRS, TINY_LABELS, lhat=2).customer_frame()
+    assert_approx_df_equality(scores.orderBy("customer_id", "persona"),
+                              spark.createDataFrame(reference.sort_values(["customer_id", "persona"])),
+                              precision=1e-12, ignore_nullable=True)
+
+
+def test_superstep_loop_cut_off_is_not_converged_and_leaves_the_last_layer_behind(spark, tiny_walk):
+    graph, layer0 = tiny_walk
+    layers, trace = run_tiny_loop(graph, layer0, last_layer=4, max_supersteps=3)
+    exact, _, _ = oracle_layers(3)
+    assert (trace.supersteps, len(trace.messages), len(layers), trace.converged) == (3, 3, 4, False)
+    assert trace.max_residual == pytest.approx(exact[3].max(), rel=1e-12)
 
 
 def paper_pairs() -> pd.DataFrame:

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> dict:
     def progress(step: int, messages: int, max_residual: float) -> None:
         log.info("superstep %d: %d messages, largest residual left %.3g", step, messages, max_residual)
 
-    result = propagate(spark, graph, labels, config, method=args.method, epsilon=args.epsilon,
+    result = propagate(spark, graph, labels, config.propagation, method=args.method, epsilon=args.epsilon,
                        on_superstep=progress)
     propagation_id = args.propagation_id or f"propagate-{uuid.uuid4().hex[:12]}"
     tables = write_propagation(spark, config, result, propagation_id)
