@@ -28,16 +28,16 @@ import importlib.util
 import os
 import re
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import yaml
-from pyspark.sql import DataFrame, Window
-from pyspark.sql import functions as F
 
 from persona_lib.config import AppConfig
 from persona_lib.errors import DependencyError, InputError
-from persona_lib.prompts import safe_title
 from persona_lib.taxonomy import Taxonomy, taxonomy_from_mapping
+
+if TYPE_CHECKING:  # the command line builds its parser from this module without starting PySpark
+    from pyspark.sql import DataFrame
 
 MIN_PERSONAS, MAX_PERSONAS = 5, 20
 DEFAULT_CUSTOMERS = 40
@@ -108,6 +108,11 @@ def sample_baskets(events: DataFrame, customers: int, seed: int,
     ``chars_per_customer``. Customers whose purchases sum to nothing (all returned) are not
     drawn.
     """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from persona_lib.prompts import safe_title
+
     if customers < 1:
         raise ValueError(f"customers must be positive, got {customers}")
     per_product = (

@@ -15,8 +15,13 @@ log = logging.getLogger("personas.taxonomy")
 
 def add_parser(subparsers) -> None:
     from persona_lib.taxonomy_propose import (
-        DEFAULT_CHARS_PER_CUSTOMER, DEFAULT_CUSTOMERS, DEFAULT_MAX_TOKENS, MAX_PERSONAS, MIN_PERSONAS,
-        PROPOSAL_BACKENDS)
+        DEFAULT_CHARS_PER_CUSTOMER,
+        DEFAULT_CUSTOMERS,
+        DEFAULT_MAX_TOKENS,
+        MAX_PERSONAS,
+        MIN_PERSONAS,
+        PROPOSAL_BACKENDS,
+    )
 
     parser = subparsers.add_parser("taxonomy", help="propose a persona taxonomy from sampled baskets (a draft to edit)")
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
