@@ -184,10 +184,25 @@ def _load_mapping(text: str) -> dict:
         except yaml.YAMLError:
             # Prose after the YAML breaks it: retry without the trailing lines that are not YAML.
             loaded = _load_leading_yaml(candidate)
-        if isinstance(loaded, dict) and "personas" in loaded:
+        loaded = _unwrapped(loaded)
+        if loaded is not None:
             return loaded
     raise InputError("the answer holds no YAML mapping with a 'personas' list "
                      "(expected name, max_personas, personas: [{name, definition}])")
+
+
+def _unwrapped(loaded: object) -> Optional[dict]:
+    """The taxonomy mapping of a loaded answer: as is, under one wrapping key
+    (``taxonomy: {...}``), or a bare list of persona entries; None if none of these."""
+    if isinstance(loaded, dict) and "personas" in loaded:
+        return loaded
+    if isinstance(loaded, dict) and len(loaded) == 1:
+        inner = next(iter(loaded.values()))
+        if isinstance(inner, dict) and "personas" in inner:
+            return inner
+    if isinstance(loaded, list) and loaded and all(isinstance(e, dict) and "name" in e for e in loaded):
+        return {"personas": loaded}
+    return None
 
 
 def _load_leading_yaml(text: str) -> object:

@@ -62,6 +62,13 @@ def test_a_json_answer_parses_and_a_missing_k_gets_the_default():
     assert taxonomy.max_personas == mapping["max_personas"] == min(tp.DEFAULT_K, 6)
 
 
+def test_a_wrapped_mapping_or_a_bare_persona_list_parses():
+    entries = [{"name": n, "definition": d} for n, d in SIX]
+    wrapped, _ = tp.parse_proposal(yaml.safe_dump({"taxonomy": {"name": "x", "personas": entries}}), "draft")
+    bare, _ = tp.parse_proposal("```\n" + yaml.safe_dump(entries) + "```", "draft")
+    assert wrapped.names == bare.names == tuple(n for n, _ in SIX)
+
+
 def test_too_few_personas_is_an_input_error_saying_how_many():
     with pytest.raises(InputError, match=r"holds 3 personas; a proposal needs 5 to 20"):
         tp.parse_proposal(answer_yaml(SIX[:3], k=2), "draft")

@@ -89,13 +89,14 @@ def run_propose(args: argparse.Namespace) -> dict:
     answer = tp.ask(labeller, config, prompt, args.max_tokens)
     answer_path = tp.sidecar(out, ".answer.txt")
     try:
-        if answer.error and not answer.text:
-            raise InputError(f"{answer.source} gave no answer: {answer.error}")
+        if answer.error:
+            # A cut answer may still parse, silently short of its last personas: never a draft.
+            raise InputError(f"{answer.source} gave no complete answer: {answer.error}"
+                             + (" (raise --max-tokens)" if "max_tokens" in answer.error else ""))
         _, mapping = tp.parse_proposal(answer.text, name, where=f"the answer of {answer.source}")
     except InputError as exc:
         answer_path.write_text(answer.text or "", encoding="utf-8")
-        cut = f" ({answer.error})" if answer.error else ""
-        raise InputError(f"{exc}{cut}; the raw answer is in {answer_path}, the prompt in {prompt_path}") from exc
+        raise InputError(f"{exc}; the raw answer is in {answer_path}, the prompt in {prompt_path}") from exc
     out.write_text(tp.draft_text(mapping, answer, prompt, seed, baskets), encoding="utf-8")
     taxonomy = load_taxonomy(out)  # the draft must load as it is written
     log.info("wrote a draft taxonomy of %d personas to %s (edit before use)", len(taxonomy.personas), out)
