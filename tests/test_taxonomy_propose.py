@@ -254,7 +254,7 @@ def test_propose_with_replay_writes_a_draft_that_loads_and_the_prompt_with_the_b
     prompt = Path(summary["prompt_path"]).read_text()
     assert prompt == (tmp_path / "grocery.yaml.prompt.txt").read_text()
     # Five customers, each with its three products most bought first.
-    assert prompt.count("<customer ") == 5
+    assert prompt.count("</customer>") == 5 + 1  # and once in the instructions
     listed = sorted({line.split(" ")[1] for line in prompt.splitlines() if line.startswith("TITLE ")})
     assert len(listed) == 5
     assert f"TITLE {listed[0]} 2, 3 times\nTITLE {listed[0]} 1, 2 times\nTITLE {listed[0]} 0, 1 time" in prompt
