@@ -202,6 +202,8 @@ class LabellingConfig:
     taxonomy: str = "conf/personas/online_retail.yaml"
     replay_answers: str = "data/gplr_online_retail/user_labels.csv.gz"
     replay_model: str = "gpt-4-turbo"
+    # The replay backend of `personas taxonomy propose`: a recorded persona-set answer.
+    replay_proposal: str = "data/gplr_online_retail/taxonomy_proposal.yaml"
     prompt_token_budget: int = 1500
     max_failure_rate: float = 0.05
     vllm: VllmConfig = field(default_factory=VllmConfig)

@@ -27,7 +27,8 @@ from typing import Any, Optional, Sequence
 from persona_lib import __version__
 from persona_lib.errors import PersonasError, UsageError
 
-SUBCOMMANDS = ("ingest", "synth", "label", "override", "propagate", "run", "query", "sql", "serve", "forget", "evaluate", "bench", "verify")
+SUBCOMMANDS = ("ingest", "synth", "label", "override", "propagate", "run", "query", "sql", "serve", "forget", "evaluate", "bench", "verify",
+               "taxonomy")
 
 # Delta's optimistic-concurrency conflicts: another writer committed first.
 _CONCURRENT_WRITE_ERRORS = (
