@@ -53,6 +53,18 @@ def _local_path(path: str) -> Optional[Path]:
     return Path(path)
 
 
+def check_local_paths(config: AppConfig) -> None:
+    """Before Spark starts: a mapped source or catalogue path on local disk must exist (an
+    ``InputError`` names the key and the resolved path)."""
+    for key, spec in (("ingest.source", config.ingest.source), ("ingest.products", config.ingest.products)):
+        if FORMAT_LOCATION.get(spec.format) != "path" or not spec.path:
+            continue
+        resolved = str(config.resolve_path(spec.path))
+        local = _local_path(resolved)
+        if local is not None and not local.exists():
+            raise InputError(f"{key}.path: {resolved} not found (format {spec.format})")
+
+
 def read_table(spark: SparkSession, config: AppConfig, spec, key: str) -> DataFrame:
     """Read ``spec`` (an ``IngestSourceConfig`` or ``ProductCatalogConfig``) found at config
     key ``key`` (``ingest.source`` / ``ingest.products``)."""

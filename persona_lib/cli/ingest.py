@@ -36,9 +36,12 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     from persona_lib.ingest import ingest
+    from persona_lib.ingest_sources import check_local_paths
     from persona_lib.spark import get_spark
 
     config = load_app_config(args)
+    if args.landing is None:
+        check_local_paths(config)
     spark = get_spark(config)
     source = config.ingest.source
     log.info("ingesting %s cut from %s", args.cut, args.landing or source.path or source.table
