@@ -458,14 +458,15 @@ def load_config(path: str | os.PathLike[str] | None = None, workdir: str | None 
 
 def _legacy_landing_source(raw: dict[str, Any]) -> dict[str, Any]:
     """A config that names ``ingest.landing`` and no ``ingest.source.format`` (written before
-    ingest.source existed) reads the landing folder: ``format: uci_landing``."""
+    ingest.source existed) reads the landing folder: ``format: uci_landing``. ``format: ""``
+    says there is no source."""
     ingest = raw.get("ingest")
     if not isinstance(ingest, dict) or "landing" not in ingest:
         return raw
     source = ingest.get("source")
     if source is None:
         source = {}
-    if not isinstance(source, dict) or source.get("format"):
+    if not isinstance(source, dict) or "format" in source:
         return raw
     return {**raw, "ingest": {**ingest, "source": {**source, "format": "uci_landing"}}}
 

@@ -663,25 +663,14 @@ def ingest_source(spark: SparkSession, config: AppConfig) -> dict:
         events = ingest_sources.to_source_events(classified, ingested_at, catalogue)
         quarantine = ingest_sources.to_source_quarantine(classified, ingested_at)
         _check_record_outcomes(events, quarantine)
-        this_source = F.col("t.content_sha256") == F.lit(fingerprint)
-        _merge_source_rows(spark, events, events_ref, contracts.PURCHASE_EVENTS, ["event_id"], this_source,
+        _merge_source_rows(spark, events, events_ref, contracts.PURCHASE_EVENTS, ["event_id"], fingerprint,
                            ingest_sources.EVENT_CONTENT)
         _merge_source_rows(spark, quarantine, quarantine_ref, contracts.QUARANTINE,
-                           ["content_sha256", "line_number"], this_source, ())
+                           ["content_sha256", "line_number"], fingerprint, ())
     finally:
         classified.unpersist()
     events_df = _refresh_products(spark, config, events_ref, products_ref)
-    storage.ensure_table(spark, log_ref, contracts.INGEST_LOG)
-    log_row = spark.createDataFrame(
-        [(uuid.uuid4().hex, name, fingerprint, INGESTED, None, rows_in, kept, quarantined, forgotten, ingested_at)],
-        contracts.INGEST_LOG)
-    (
-        log_ref.delta(spark).alias("t")
-        .merge(log_row.alias("s"), "t.source_file = s.source_file AND t.content_sha256 = s.content_sha256")
-        .whenMatchedUpdateAll()
-        .whenNotMatchedInsertAll()
-        .execute()
-    )
+    _write_source_manifest(spark, log_ref, name, fingerprint, (rows_in, kept, quarantined, forgotten), ingested_at)
     sizes = event_table_sizes(events_df) if events_df is not None else \
         {"customers": 0, "products": 0, "pairs": 0, "events": 0}
     return {
@@ -704,18 +693,59 @@ def ingest_source(spark: SparkSession, config: AppConfig) -> dict:
     }
 
 
-def _merge_source_rows(spark, rows: DataFrame, ref: storage.TableRef, schema, keys, this_source,
+def _write_source_manifest(spark, log_ref, name: str, fingerprint: str, counts: tuple, ingested_at) -> None:
+    """The source's ingest_log row: written when new or when its counts changed, so the row
+    says which run last changed the tables, and a re-run on the same data commits nothing."""
+    storage.ensure_table(spark, log_ref, contracts.INGEST_LOG)
+    count_columns = ("rows_in", "rows_kept", "rows_quarantined", "rows_forgotten")
+    existing = (log_ref.read(spark)  # the source's one row
+                .where((F.col("source_file") == name) & (F.col("content_sha256") == fingerprint))
+                .select("status", *count_columns).first())
+    if existing is not None and (existing["status"], *[existing[c] for c in count_columns]) == (INGESTED, *counts):
+        return
+    log_row = spark.createDataFrame([(uuid.uuid4().hex, name, fingerprint, INGESTED, None, *counts, ingested_at)],
+                                    contracts.INGEST_LOG)
+    (
+        log_ref.delta(spark).alias("t")
+        .merge(log_row.alias("s"), "t.source_file = s.source_file AND t.content_sha256 = s.content_sha256")
+        .whenMatchedUpdateAll()
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+
+
+def _merge_source_rows(spark, rows: DataFrame, ref: storage.TableRef, schema, keys, fingerprint: str,
                        content_columns) -> None:
     """The table's rows of one source become ``rows``: new keys inserted, a key whose content
-    changed updated, and this source's keys no longer in it deleted; unchanged rows are
-    not touched, so a re-run on the same data writes nothing new."""
+    changed updated, and this source's keys no longer in it deleted. Only the difference
+    goes into the MERGE, and none at all when there is none, so a re-run on the same data
+    rewrites no file and commits nothing."""
     storage.ensure_table(spark, ref, schema)
+    incoming = storage.conform(rows, schema, ref.name)
+    current = ref.read(spark).where(F.col("content_sha256") == F.lit(fingerprint))
+    same = [incoming[c].eqNullSafe(current[c]) for c in (*keys, *content_columns)]
+    changed = incoming.join(current, same[0] if len(same) == 1 else _all(same), "left_anti")
+    gone = current.join(incoming.select(*keys), list(keys), "left_anti")
+    difference = (changed.withColumn("_delete", F.lit(False))
+                  .unionByName(gone.select(*schema.fieldNames()).withColumn("_delete", F.lit(True))))
+    if difference.isEmpty():
+        return
     condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
-    merge = ref.delta(spark).alias("t").merge(storage.conform(rows, schema, ref.name).alias("s"), condition)
-    if content_columns:
-        changed = " OR ".join(f"NOT (t.`{c}` <=> s.`{c}`)" for c in content_columns)
-        merge = merge.whenMatchedUpdateAll(condition=changed)
-    merge.whenNotMatchedInsertAll().whenNotMatchedBySourceDelete(this_source).execute()
+    every_column = {f"`{c}`": f"s.`{c}`" for c in schema.fieldNames()}
+    (
+        ref.delta(spark).alias("t").merge(difference.alias("s"), condition)
+        .whenMatchedDelete(condition="s._delete")
+        .whenMatchedUpdate(set=every_column)
+        .whenNotMatchedInsert(condition="NOT s._delete", values=every_column)
+        .execute()
+    )
+
+
+def _all(conditions):
+    combined = conditions[0]
+    for condition in conditions[1:]:
+        combined = combined & condition
+    return combined
 
 
 def _write_contents(spark, config, rules, records, to_ingest, rewrite, committed,
