@@ -663,8 +663,9 @@ def ingest_source(spark: SparkSession, config: AppConfig) -> dict:
         events = ingest_sources.to_source_events(classified, ingested_at, catalogue)
         quarantine = ingest_sources.to_source_quarantine(classified, ingested_at)
         _check_record_outcomes(events, quarantine)
+        # line_number too: it must stay distinct from the quarantined duplicates' (personas verify).
         _merge_source_rows(spark, events, events_ref, contracts.PURCHASE_EVENTS, ["event_id"], fingerprint,
-                           ingest_sources.EVENT_CONTENT)
+                           (*ingest_sources.EVENT_CONTENT, "line_number"))
         _merge_source_rows(spark, quarantine, quarantine_ref, contracts.QUARANTINE,
                            ["content_sha256", "line_number"], fingerprint, ())
     finally:
