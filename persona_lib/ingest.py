@@ -728,18 +728,22 @@ def _merge_source_rows(spark, rows: DataFrame, ref: storage.TableRef, schema, ke
     changed = incoming.join(current, same[0] if len(same) == 1 else _all(same), "left_anti")
     gone = current.join(incoming.select(*keys), list(keys), "left_anti")
     difference = (changed.withColumn("_delete", F.lit(False))
-                  .unionByName(gone.select(*schema.fieldNames()).withColumn("_delete", F.lit(True))))
-    if difference.isEmpty():
-        return
-    condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
-    every_column = {f"`{c}`": f"s.`{c}`" for c in schema.fieldNames()}
-    (
-        ref.delta(spark).alias("t").merge(difference.alias("s"), condition)
-        .whenMatchedDelete(condition="s._delete")
-        .whenMatchedUpdate(set=every_column)
-        .whenNotMatchedInsert(condition="NOT s._delete", values=every_column)
-        .execute()
-    )
+                  .unionByName(gone.select(*schema.fieldNames()).withColumn("_delete", F.lit(True)))
+                  .persist(StorageLevel.MEMORY_AND_DISK))
+    try:
+        if difference.isEmpty():
+            return
+        condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+        every_column = {f"`{c}`": f"s.`{c}`" for c in schema.fieldNames()}
+        (
+            ref.delta(spark).alias("t").merge(difference.alias("s"), condition)
+            .whenMatchedDelete(condition="s._delete")
+            .whenMatchedUpdate(set=every_column)
+            .whenNotMatchedInsert(condition="NOT s._delete", values=every_column)
+            .execute()
+        )
+    finally:
+        difference.unpersist()
 
 
 def _all(conditions):
