@@ -130,7 +130,10 @@ def _id_text(column: Column, dtype: T.DataType) -> Column:
     if isinstance(dtype, (T.ByteType, T.ShortType, T.IntegerType, T.LongType)):
         return column.cast("string")
     if isinstance(dtype, (T.FloatType, T.DoubleType, T.DecimalType)):
-        return F.when(column == F.floor(column), F.floor(column).cast("decimal(38,0)").cast("string")) \
+        # NaN equals its own floor in Spark: it is no id (null, so unparsable), not "0".
+        not_a_number = F.isnan(column) if not isinstance(dtype, T.DecimalType) else F.lit(False)
+        return F.when(not_a_number, F.lit(None).cast("string")) \
+            .when(column == F.floor(column), F.floor(column).cast("decimal(38,0)").cast("string")) \
             .otherwise(column.cast("string"))
     return F.trim(column.cast("string"))
 
@@ -228,7 +231,7 @@ def classify_source_rows(typed: DataFrame, mapping: dict[str, tuple[str, ...]], 
         (F.col("quantity").isNull(), F.lit(f"{where('quantity')} is missing or not a number")),
         (quantity_not_finite, F.lit(f"{where('quantity')} is not a finite number")),
         (F.col("event_ts").isNull(), F.lit(f"{where('event_ts')} is missing or not a timestamp ({ts_hint})")),
-        (given("customer_id") & (F.col("_customer_digits") == ""),
+        (given("customer_id") & (F.coalesce(F.col("_customer_digits"), F.lit("")) == ""),
          F.lit(f"{where('customer_id')} is not an integer id (digits with an optional .0)")),
     ]
     if "unit_price" in mapping:

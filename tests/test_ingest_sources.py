@@ -76,6 +76,14 @@ def test_typed_source_columns_are_coerced_without_text_round_trips(spark):
         ("17850", "85123", 0.25, "1", None)
 
 
+def test_a_nan_customer_in_a_float_column_is_quarantined_not_kept_as_customer_zero(spark):
+    schema = "cust_no double, sku string, qty double, sold_at timestamp, order_no string, price double"
+    classified = coerce(spark, [(float("nan"), "A", 1.0, dt.datetime(2024, 3, 1), "B1", 1.0),
+                                (1001.0, "A", 1.0, dt.datetime(2024, 3, 1), "B2", 1.0)], SOURCE, schema)
+    assert sorted((r["customer_id"] or "", r["reason"] or "") for r in classified.collect()) == \
+        [("", "unparsable_value"), ("1001", "")]
+
+
 def test_unmapped_optional_columns_are_null(spark):
     source = IngestSourceConfig(format="parquet", path="/unused", columns=SourceColumns(
         customer_id="cust_no", product_id="sku", quantity="qty", event_ts="sold_at"))
