@@ -71,10 +71,10 @@ def main(argv=None) -> dict:
         source = "online_retail"
     else:
         rows = [(str(c), f"P{(c * 7 + i) % 500}", f"SYNTHETIC PRODUCT TITLE {(c * 7 + i) % 500}",
-                 1 + (c + i) % 5, dt.datetime(2011, 1, 1) + dt.timedelta(days=i))
+                 float(1 + (c + i) % 5), dt.datetime(2011, 1, 1) + dt.timedelta(days=i))
                 for c in range(args.customers + 2) for i in range(20)]
         events = spark.createDataFrame(rows, "customer_id string, product_id string, "
-                                             "product_title string, quantity int, event_ts timestamp")
+                                             "product_title string, quantity double, event_ts timestamp")
         source = "synthetic"
     customers = events.select("customer_id").distinct().orderBy("customer_id").limit(args.customers + 2)
     # A handful of ids: one ordered window is fine here.

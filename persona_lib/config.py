@@ -20,7 +20,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 import yaml
 
@@ -73,7 +73,68 @@ class TablesConfig:
 
 
 @dataclass(frozen=True)
+class SourceColumns:
+    """Which source column holds each purchase_events field (null: the source has none).
+
+    customer_id, product_id, quantity and event_ts are required; title may be a list of
+    columns, joined by a space."""
+
+    customer_id: Optional[str] = None
+    product_id: Optional[str] = None
+    quantity: Optional[str] = None
+    event_ts: Optional[str] = None
+    unit_price: Optional[str] = None
+    basket_id: Optional[str] = None
+    title: Union[str, tuple[str, ...], None] = None
+    country: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class IngestSourceConfig:
+    """``ingest.source``: where purchases come from.
+
+    ``uci_landing`` reads the bundled Online Retail landing CSV files (the folder
+    ``ingest.landing``, or ``path`` when given) with their fixed columns; every other format
+    reads a table through the ``columns`` mapping. Empty ``format``: no source configured, so
+    ``personas run`` never ingests anything on its own."""
+
+    format: str = ""  # uci_landing | delta | parquet | csv | table | query
+    path: Optional[str] = None  # delta, parquet, csv (and uci_landing: the landing folder)
+    table: Optional[str] = None  # table: a metastore / catalog table name
+    query: Optional[str] = None  # query: Spark SQL
+    columns: SourceColumns = field(default_factory=SourceColumns)
+    # Source columns that identify a purchase (e.g. a line id); empty: all the mapped columns.
+    key: tuple[str, ...] = ()
+    # A string event_ts column is parsed with this Spark datetime pattern (null: ISO 8601).
+    timestamp_format: Optional[str] = None
+    # Reader options (csv: header, delimiter, ...); csv defaults to header=true.
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProductColumns:
+    product_id: Optional[str] = None
+    title: Union[str, tuple[str, ...], None] = None
+    group: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ProductCatalogConfig:
+    """``ingest.products``: an optional product catalogue (titles for the products table)."""
+
+    format: str = ""  # empty: no catalogue; else delta | parquet | csv | table | query
+    path: Optional[str] = None
+    table: Optional[str] = None
+    query: Optional[str] = None
+    columns: ProductColumns = field(default_factory=ProductColumns)
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class IngestConfig:
+    source: IngestSourceConfig = field(default_factory=IngestSourceConfig)
+    products: ProductCatalogConfig = field(default_factory=ProductCatalogConfig)
+    # The landing folder of format uci_landing (the key before ingest.source existed).
     landing: str = "data/online_retail/landing"
     file_glob: str = "*.csv*"
     non_product_codes: tuple[str, ...] = (
@@ -383,7 +444,7 @@ def load_config(path: str | os.PathLike[str] | None = None, workdir: str | None 
     model into that Unity Catalog schema (``with_catalog_schema``).
     """
     config_path = Path(path) if path else DEFAULT_CONFIG_PATH
-    raw = _read_with_bases(config_path, seen=())
+    raw = _legacy_landing_source(_read_with_bases(config_path, seen=()))
     config = _build(AppConfig, raw, where=str(config_path))
     validate(config, where=str(config_path))
     if "base_dir" not in raw:
@@ -395,6 +456,21 @@ def load_config(path: str | os.PathLike[str] | None = None, workdir: str | None 
     if workdir:
         config = config.with_workdir(workdir)
     return config
+
+
+def _legacy_landing_source(raw: dict[str, Any]) -> dict[str, Any]:
+    """A config that names ``ingest.landing`` and no ``ingest.source.format`` (written before
+    ingest.source existed) reads the landing folder: ``format: uci_landing``. ``format: ""``
+    says there is no source."""
+    ingest = raw.get("ingest")
+    if not isinstance(ingest, dict) or "landing" not in ingest:
+        return raw
+    source = ingest.get("source")
+    if source is None:
+        source = {}
+    if not isinstance(source, dict) or "format" in source:
+        return raw
+    return {**raw, "ingest": {**ingest, "source": {**source, "format": "uci_landing"}}}
 
 
 _UC_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -452,7 +528,10 @@ def with_catalog_schema(config: AppConfig, catalog: Optional[str], schema: Optio
         tables=dataclasses.replace(config.tables, **tables),
         workdir=on_volume(config.workdir),
         base_dir=on_volume(config.base_dir),
-        ingest=dataclasses.replace(config.ingest, landing=on_volume(config.ingest.landing)),
+        ingest=dataclasses.replace(
+            config.ingest, landing=on_volume(config.ingest.landing),
+            source=dataclasses.replace(config.ingest.source, path=config.ingest.source.path
+                                       and on_volume(config.ingest.source.path))),
         labelling=dataclasses.replace(config.labelling, vllm=dataclasses.replace(
             config.labelling.vllm, model_path=on_volume(config.labelling.vllm.model_path))),
         tracking=dataclasses.replace(config.tracking, registered_model=model),
@@ -510,6 +589,9 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if value is None:
             return None
+        # str | tuple (a column or a list of columns): a list takes the tuple.
+        if isinstance(value, (list, tuple)):
+            args = [a for a in args if typing.get_origin(a) is tuple] or args
         return _coerce(args[0], value, where)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
@@ -547,6 +629,11 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
 LABELLERS = ("replay", "vllm", "openai", "manual")
 ON_CHANGED_FILE = ("reject", "replace")
 CUTS = ("default", "paper")
+SOURCE_FORMATS = ("uci_landing", "delta", "parquet", "csv", "table", "query")
+CATALOG_FORMATS = ("delta", "parquet", "csv", "table", "query")
+# Where each format finds its data: the key of ingest.source (or ingest.products) it needs.
+FORMAT_LOCATION = {"delta": "path", "parquet": "path", "csv": "path", "table": "table", "query": "query"}
+REQUIRED_SOURCE_COLUMNS = ("customer_id", "product_id", "quantity", "event_ts")
 PROPAGATION_METHODS = ("revaff", "exact")
 EDGE_WEIGHTINGS = ("none", "count", "recency")
 SAMPLERS = ("random", "du")
@@ -610,6 +697,7 @@ def validate(config: AppConfig, where: str = "config") -> None:
         problems.append(f"ingest.unit_price_max must be positive, got {ingest.unit_price_max}")
     if ingest.quantity_max <= 0:
         problems.append(f"ingest.quantity_max must be positive, got {ingest.quantity_max}")
+    problems += _source_problems(ingest)
     graph = config.graph
     if graph.edge_weighting not in EDGE_WEIGHTINGS:
         problems.append(f"graph.edge_weighting: {graph.edge_weighting!r}; expected one of {list(EDGE_WEIGHTINGS)}")
@@ -618,6 +706,38 @@ def validate(config: AppConfig, where: str = "config") -> None:
     problems += _labelling_problems(config)
     if problems:
         raise ConfigError(f"{where}: " + "; ".join(problems))
+
+
+def _source_problems(ingest: IngestConfig) -> list[str]:
+    problems = []
+    source = ingest.source
+    if source.format and source.format not in SOURCE_FORMATS:
+        problems.append(f"ingest.source.format: {source.format!r}; expected one of {list(SOURCE_FORMATS)}")
+    elif source.format and source.format != "uci_landing":
+        location = FORMAT_LOCATION[source.format]
+        if not getattr(source, location):
+            problems.append(f"ingest.source.{location} is required by format {source.format!r}")
+        unmapped = [c for c in REQUIRED_SOURCE_COLUMNS if not getattr(source.columns, c)]
+        if unmapped:
+            problems.append(f"ingest.source.columns: {', '.join(unmapped)} must name a source column "
+                            f"(required: {', '.join(REQUIRED_SOURCE_COLUMNS)})")
+    catalog = ingest.products
+    if catalog.format:
+        if catalog.format not in CATALOG_FORMATS:
+            problems.append(f"ingest.products.format: {catalog.format!r}; expected one of {list(CATALOG_FORMATS)}")
+        else:
+            location = FORMAT_LOCATION[catalog.format]
+            if not getattr(catalog, location):
+                problems.append(f"ingest.products.{location} is required by format {catalog.format!r}")
+            if not catalog.columns.product_id:
+                problems.append("ingest.products.columns.product_id must name a catalogue column")
+    return problems
+
+
+def _column_names(mapped: Union[str, tuple[str, ...], None]) -> tuple[str, ...]:
+    if mapped is None:
+        return ()
+    return (mapped,) if isinstance(mapped, str) else tuple(mapped)
 
 
 def budget_problem(budget: float, key: str = "sampling.budget",

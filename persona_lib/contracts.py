@@ -42,14 +42,17 @@ PURCHASE_EVENTS = _schema(
     ("customer_id", StringType(), False),
     ("product_id", StringType(), False),
     ("product_title", StringType(), True),
-    ("invoice_no", StringType(), False),
-    ("quantity", IntegerType(), False),
-    ("unit_price", DoubleType(), False),
+    # Null where a mapped source has no basket / price column (ingest.source.columns: null).
+    ("invoice_no", StringType(), True),
+    # DOUBLE: weights and fractional quantities are normal in grocery.
+    ("quantity", DoubleType(), False),
+    ("unit_price", DoubleType(), True),
     ("event_ts", TimestampType(), False),
     ("country", StringType(), True),
     ("source_file", StringType(), False),
     ("line_number", LongType(), False),
-    # The landing file content the event came from (its ingest_log row); null for synthetic events.
+    # The landing file content the event came from, or a mapped source's fingerprint (its
+    # ingest_log row); null for synthetic events.
     ("content_sha256", StringType(), True),
     ("ingested_at", TimestampType(), False),
 )
@@ -245,13 +248,21 @@ class TableContract:
 
 CONTRACTS: Tuple[TableContract, ...] = (
     TableContract("purchase_events", PURCHASE_EVENTS, ("event_id",), "ingest",
-                  "One kept landing record; event_id = sha256(content_sha256:line_number), the "
-                  "file content's hash and the line the record starts on, never the file name. "
-                  "source_file is the name the content was first ingested under."),
+                  "One kept purchase. From landing files (ingest.source.format uci_landing): "
+                  "event_id = sha256(content_sha256:line_number), the file content's hash and the "
+                  "line the record starts on, never the file name; source_file is the name the "
+                  "content was first ingested under. From a mapped source (delta, parquet, csv, "
+                  "table, query): source_file names the source, content_sha256 is the source's "
+                  "fingerprint (its format, location and column mapping), event_id = "
+                  "sha256(fingerprint and the row's key: ingest.source.key, else every mapped "
+                  "column) and line_number a 63-bit hash of the same; invoice_no, unit_price, "
+                  "product_title and country are null where the mapping names no column."),
     TableContract("products", PRODUCTS, ("product_id",), "ingest",
                   "One product; title is its most frequent title."),
     TableContract("quarantine", QUARANTINE, ("content_sha256", "line_number"), "ingest",
-                  "One rejected landing record with exactly one reason; detail says what is wrong."),
+                  "One rejected source record with exactly one reason; detail says what is wrong "
+                  "and names the field. For a mapped source the raw columns hold the mapped "
+                  "columns' values as text and raw_line the source row as JSON."),
     TableContract("ingest_log", INGEST_LOG, ("source_file", "content_sha256"), "ingest",
                   "The file manifest, written last by each ingestion (its commit marker): one row "
                   "per file name and content. status: ingested (the tables hold its rows; records "
@@ -335,6 +346,9 @@ writes. Names are the keys of `tables:` in the config: each resolves to a Delta 
 Conventions: `customer_id` is a string holding the integer id ("17850", never "17850.0");
 `product_id` is the upper-cased, trimmed StockCode (the paper cut keys products by their
 stripped title); persona names are the taxonomy's exact names; timestamps are UTC.
+A mapped source (`ingest.source`, README "Run on your data") follows the same conventions:
+its customer column must hold integer ids (text digits, integers, or integral floats), its
+product column is trimmed and upper-cased, and its quantity may be fractional.
 
 Landing files are read as RFC 4180 CSV (quoted fields may hold commas, quotes and line
 breaks; a UTF-8 BOM is dropped); a record is one CSV record, and `line_number` the line it
@@ -353,6 +367,13 @@ kept record of the same delivery, by file name then line, or the same purchase, 
 every purchase_events column but the keys, as an event ingested by an earlier run; `detail`
 names the first). The paper cut keeps
 non-positive quantities and prices and non-product codes, as the paper did.
+
+A mapped source's rows get the reasons unparsable_value (a required field missing or not
+coercible: `detail` names the field and its source column), missing_customer,
+out_of_range_value, non_positive_quantity, non_positive_price (when a price column is
+mapped) and duplicate_line (equal in its key, or in every mapped column, to another row:
+one of them is kept). Cancellation, excluded_country and non_product_code are rules of the
+Online Retail files only.
 
 The paper cut and the synthetic data use the same contracts in their own tables
 (`paper_*`, `synth_*`).

@@ -51,7 +51,7 @@ from pyspark.sql.window import Window
 
 from persona_lib import contracts, storage
 from persona_lib.config import AppConfig, IngestConfig
-from persona_lib.errors import InputError
+from persona_lib.errors import ConfigError, InputError
 from persona_lib.ingest_files import customer_id_digits, header_problem, open_content, split_records
 from persona_lib.tombstones import UNREADABLE_ID_REASONS, customer_hash_column, raw_id_tokens, tombstone_key
 
@@ -181,15 +181,17 @@ def file_rows(name: str, content: bytes, known_contents: frozenset = frozenset()
     return rows
 
 
-def list_local_files(landing: str, file_glob: str) -> Optional[list[str]]:
-    """Names of the landing files on local disk (None for remote storage, which Spark lists)."""
+def list_local_files(landing: str, file_glob: str, key: str = "ingest.landing") -> Optional[list[str]]:
+    """Names of the landing files on local disk (None for remote storage, which Spark lists).
+
+    ``key``: where the folder was set, for the error."""
     if "://" in landing or landing.startswith("dbfs:"):
         return None
     folder = Path(landing)
     if not folder.exists():
-        raise InputError(f"landing folder not found: {landing}")
+        raise InputError(f"landing folder not found: {landing} (set by {key})")
     if not folder.is_dir():
-        raise InputError(f"landing path is not a folder: {landing}")
+        raise InputError(f"landing path is not a folder: {landing} (set by {key})")
     return sorted(p.name for p in folder.glob(file_glob) if p.is_file())
 
 
@@ -261,7 +263,8 @@ def classify_lines(records: DataFrame, rules: CutRules, settings: IngestConfig,
     blank = lambda c: F.coalesce(F.trim(F.col(c)), F.lit("")) == ""  # noqa: E731
     typed = raw.select(
         "*",
-        F.expr("try_cast(trim(raw_quantity) AS INT)").alias("quantity"),
+        # Whole units in the landing files (as always), held as DOUBLE like every quantity.
+        F.expr("try_cast(trim(raw_quantity) AS INT)").cast("double").alias("quantity"),
         F.expr("try_cast(trim(raw_unit_price) AS DOUBLE)").alias("unit_price"),
         F.expr(f"try_to_timestamp(trim(raw_invoice_date), '{settings.timestamp_format}')").alias("event_ts"),
         # Ids stay text: digits with an optional ".0", which is dropped ("17850.0" -> "17850").
@@ -501,13 +504,33 @@ def _distinct_contents(spark: SparkSession, ref: storage.TableRef) -> set[str]:
 
 def ingest(spark: SparkSession, config: AppConfig, cut: str = "default",
            landing: Optional[str] = None) -> dict:
-    """Run one ingestion; returns the summary the CLI prints (counts of this run, table sizes after).
+    """Run one ingestion of ``ingest.source``; returns the summary the CLI prints (counts of
+    this run, table sizes after).
 
-    Files that cannot be read or that conflict are listed in ``files_failed``; the others
-    are ingested and committed regardless (the CLI then exits 3)."""
+    ``landing`` (a folder) or the paper cut read landing files whatever the source says.
+    Landing files that cannot be read or that conflict are listed in ``files_failed``; the
+    others are ingested and committed regardless (the CLI then exits 3)."""
+    source = config.ingest.source
+    if landing is None and cut == "default" and source.format != "uci_landing":
+        if not source.format:
+            raise ConfigError("ingest.source.format is not set: name the purchase source (delta, parquet, "
+                              "csv, table or query with its columns mapping, or uci_landing for the bundled "
+                              "landing files; README \"Run on your data\")")
+        return ingest_source(spark, config)
+    return ingest_landing(spark, config, cut, landing)
+
+
+def landing_folder(config: AppConfig) -> str:
+    """The landing folder format uci_landing reads: ingest.source.path, else ingest.landing."""
+    return str(config.resolve_path(config.ingest.source.path or config.ingest.landing))
+
+
+def ingest_landing(spark: SparkSession, config: AppConfig, cut: str = "default",
+                   landing: Optional[str] = None) -> dict:
+    """Ingest the landing CSV files of ``landing`` (default: ``landing_folder``)."""
     rules = cut_rules(config, cut)
     settings = config.ingest
-    landing_path = landing or str(config.resolve_path(settings.landing))
+    landing_path = landing or landing_folder(config)
     ingested_at = pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s").to_pydatetime()
     ingest_id = uuid.uuid4().hex
     events_ref = storage.table_ref(config, rules.events_table)
@@ -515,7 +538,8 @@ def ingest(spark: SparkSession, config: AppConfig, cut: str = "default",
     products_ref = storage.table_ref(config, rules.products_table)
     log_ref = storage.table_ref(config, rules.log_table)
 
-    listed = list_local_files(landing_path, settings.file_glob)
+    key = "--landing" if landing else "ingest.source.path" if settings.source.path else "ingest.landing"
+    listed = list_local_files(landing_path, settings.file_glob, key)
     manifest = _read_manifest(spark, log_ref)
     current = manifest.current
     records = read_landing_records(spark, landing_path, settings.file_glob, set(current.values()))
@@ -548,12 +572,7 @@ def ingest(spark: SparkSession, config: AppConfig, cut: str = "default",
     finally:
         records.unpersist()
 
-    events_df = events_ref.read(spark) if events_ref.exists(spark) else None
-    if events_df is not None:
-        # A no-op when nothing changed (only changed rows go into the MERGE); after a run that
-        # died between the events and the products commits, it brings products up to date.
-        storage.merge_upsert(spark, products_from_events(events_df), products_ref, contracts.PRODUCTS,
-                             ["product_id"])
+    events_df = _refresh_products(spark, config, events_ref, products_ref)
     _write_manifest(spark, log_ref, manifest, plan, per_file, ingest_id, ingested_at)
 
     sizes = event_table_sizes(events_df) if events_df is not None else \
@@ -584,6 +603,154 @@ def ingest(spark: SparkSession, config: AppConfig, cut: str = "default",
         "tables": {ref.name: ref.summary(spark) for ref in (events_ref, products_ref, quarantine_ref, log_ref)
                    if ref.exists(spark)},
     }
+
+
+def _refresh_products(spark, config, events_ref, products_ref) -> Optional[DataFrame]:
+    """Merge the products of every event (catalogue titles first, when ``ingest.products`` is
+    set) into products; returns the events read, or None when there are none."""
+    from persona_lib.ingest_sources import read_catalogue
+
+    events_df = events_ref.read(spark) if events_ref.exists(spark) else None
+    if events_df is None:
+        return None
+    # A no-op when nothing changed (only changed rows go into the MERGE); after a run that
+    # died between the events and the products commits, it brings products up to date.
+    products = products_from_events(events_df)
+    catalogue = read_catalogue(spark, config)
+    if catalogue is not None:
+        products = (products.join(catalogue.withColumnRenamed("title", "_catalogue_title"), "product_id", "left")
+                    .withColumn("title", F.coalesce("_catalogue_title", "title")).drop("_catalogue_title"))
+    storage.merge_upsert(spark, products, products_ref, contracts.PRODUCTS, ["product_id"])
+    return events_df
+
+
+def ingest_source(spark: SparkSession, config: AppConfig) -> dict:
+    """Ingest the mapped source ``ingest.source`` (persona_lib.ingest_sources): one
+    ingest_log row for the source, rows in = kept + quarantined + forgotten, and a MERGE
+    that makes a re-run on the same data change nothing."""
+    from persona_lib import ingest_sources
+
+    rules = cut_rules(config, "default")
+    source = config.ingest.source
+    name = ingest_sources.source_name(config, source)
+    fingerprint = ingest_sources.source_fingerprint(name)
+    ingested_at = pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s").to_pydatetime()
+    events_ref = storage.table_ref(config, rules.events_table)
+    quarantine_ref = storage.table_ref(config, rules.quarantine_table)
+    products_ref = storage.table_ref(config, rules.products_table)
+    log_ref = storage.table_ref(config, rules.log_table)
+
+    raw = ingest_sources.read_table(spark, config, source, "ingest.source")
+    catalogue = ingest_sources.read_catalogue(spark, config)
+    tombstones_ref = storage.table_ref(config, "tombstones")
+    tombstones = tombstones_ref.read(spark) if tombstones_ref.exists(spark) else None
+    classified = drop_forgotten(
+        ingest_sources.coerce_source(raw, source, config.ingest, name, fingerprint),
+        tombstones, tombstone_key(config) if tombstones is not None else None,
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        rows_in = raw.count()
+        outcomes = classified.groupBy(F.when(F.col("forgotten"), F.lit("(forgotten)"))
+                                      .otherwise(F.coalesce("reason", F.lit("(kept)"))).alias("outcome")) \
+            .count().collect()  # one row per reason
+        counts = {r["outcome"]: int(r["count"]) for r in outcomes}
+        kept = counts.pop("(kept)", 0)
+        forgotten = counts.pop("(forgotten)", 0)
+        quarantined = sum(counts.values())
+        if rows_in != kept + quarantined + forgotten:
+            raise IngestInvariantError(f"{name}: rows lost or doubled in ingestion ({rows_in} in, {kept} kept, "
+                                       f"{quarantined} quarantined, {forgotten} forgotten), nothing written")
+        events = ingest_sources.to_source_events(classified, ingested_at, catalogue)
+        quarantine = ingest_sources.to_source_quarantine(classified, ingested_at)
+        _check_record_outcomes(events, quarantine)
+        # line_number too: it must stay distinct from the quarantined duplicates' (personas verify).
+        _merge_source_rows(spark, events, events_ref, contracts.PURCHASE_EVENTS, ["event_id"], fingerprint,
+                           (*ingest_sources.EVENT_CONTENT, "line_number"))
+        _merge_source_rows(spark, quarantine, quarantine_ref, contracts.QUARANTINE,
+                           ["content_sha256", "line_number"], fingerprint, ())
+    finally:
+        classified.unpersist()
+    events_df = _refresh_products(spark, config, events_ref, products_ref)
+    _write_source_manifest(spark, log_ref, name, fingerprint, (rows_in, kept, quarantined, forgotten), ingested_at)
+    sizes = event_table_sizes(events_df) if events_df is not None else \
+        {"customers": 0, "products": 0, "pairs": 0, "events": 0}
+    return {
+        "cut": rules.name,
+        "source": name,
+        "format": source.format,
+        "files": 1,
+        "files_ingested": 1,
+        "files_replaced": 0,
+        "files_skipped": 0,
+        "files_failed": [],
+        **sizes,
+        "rows_in": rows_in,
+        "rows_kept": kept,
+        "quarantined": dict(sorted(counts.items())),
+        "forgotten": forgotten,
+        "balanced": True,
+        "tables": {ref.name: ref.summary(spark) for ref in (events_ref, products_ref, quarantine_ref, log_ref)
+                   if ref.exists(spark)},
+    }
+
+
+def _write_source_manifest(spark, log_ref, name: str, fingerprint: str, counts: tuple, ingested_at) -> None:
+    """The source's ingest_log row: written when new or when its counts changed, so the row
+    says which run last changed the tables, and a re-run on the same data commits nothing."""
+    storage.ensure_table(spark, log_ref, contracts.INGEST_LOG)
+    count_columns = ("rows_in", "rows_kept", "rows_quarantined", "rows_forgotten")
+    existing = (log_ref.read(spark)  # the source's one row
+                .where((F.col("source_file") == name) & (F.col("content_sha256") == fingerprint))
+                .select("status", *count_columns).first())
+    if existing is not None and (existing["status"], *[existing[c] for c in count_columns]) == (INGESTED, *counts):
+        return
+    log_row = spark.createDataFrame([(uuid.uuid4().hex, name, fingerprint, INGESTED, None, *counts, ingested_at)],
+                                    contracts.INGEST_LOG)
+    (
+        log_ref.delta(spark).alias("t")
+        .merge(log_row.alias("s"), "t.source_file = s.source_file AND t.content_sha256 = s.content_sha256")
+        .whenMatchedUpdateAll()
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+
+
+def _merge_source_rows(spark, rows: DataFrame, ref: storage.TableRef, schema, keys, fingerprint: str,
+                       content_columns) -> None:
+    """The table's rows of one source become ``rows``: new keys inserted, a key whose content
+    changed updated, and this source's keys no longer in it deleted. Only the difference
+    goes into the MERGE, and none at all when there is none, so a re-run on the same data
+    rewrites no file and commits nothing."""
+    storage.ensure_table(spark, ref, schema)
+    incoming = storage.conform(rows, schema, ref.name)
+    current = ref.read(spark).where(F.col("content_sha256") == F.lit(fingerprint))
+    same = [incoming[c].eqNullSafe(current[c]) for c in (*keys, *content_columns)]
+    changed = incoming.join(current, same[0] if len(same) == 1 else _all(same), "left_anti")
+    gone = current.join(incoming.select(*keys), list(keys), "left_anti")
+    difference = (changed.withColumn("_delete", F.lit(False))
+                  .unionByName(gone.select(*schema.fieldNames()).withColumn("_delete", F.lit(True)))
+                  .persist(StorageLevel.MEMORY_AND_DISK))
+    try:
+        if difference.isEmpty():
+            return
+        condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+        every_column = {f"`{c}`": f"s.`{c}`" for c in schema.fieldNames()}
+        (
+            ref.delta(spark).alias("t").merge(difference.alias("s"), condition)
+            .whenMatchedDelete(condition="s._delete")
+            .whenMatchedUpdate(set=every_column)
+            .whenNotMatchedInsert(condition="NOT s._delete", values=every_column)
+            .execute()
+        )
+    finally:
+        difference.unpersist()
+
+
+def _all(conditions):
+    combined = conditions[0]
+    for condition in conditions[1:]:
+        combined = combined & condition
+    return combined
 
 
 def _write_contents(spark, config, rules, records, to_ingest, rewrite, committed,

@@ -27,6 +27,7 @@ from pyspark.sql import functions as F
 from persona_lib import publishing, storage, tracking
 from persona_lib import rounds as rounds_lib
 from persona_lib.config import AppConfig
+from persona_lib.errors import ConfigError
 from persona_lib.labelling.answers import LABEL_STATUSES
 
 log = logging.getLogger("personas.pipeline")
@@ -77,7 +78,12 @@ def run_pipeline(spark: SparkSession, config: AppConfig,
     events_ref = storage.table_ref(config, "purchase_events")
     ingest_summary = None
     if not events_ref.exists(spark):
-        say("purchase_events not found: ingesting the landing files first")
+        source = config.ingest.source
+        if not source.format:
+            # Never the bundled demo data unless the config names it (format: uci_landing).
+            raise ConfigError(f"tables.purchase_events: {events_ref.location} not found and ingest.source is not "
+                              "set, so there is nothing to ingest; check the table name or set ingest.source")
+        say(f"purchase_events not found: ingesting ingest.source ({source.format}) first")
         with timer("ingest", "ingest"):
             ingest_summary = ingest(spark, config)
 

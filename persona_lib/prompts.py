@@ -36,7 +36,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from persona_lib.taxonomy import UNREPRESENTABLE, Taxonomy
@@ -100,6 +100,14 @@ def prompt_template(taxonomy: Taxonomy, token_budget: int) -> PromptTemplate:
     return PromptTemplate(SYSTEM_PROMPT, prefix, version)
 
 
+def quantity_text(quantity: Column) -> Column:
+    """A quantity as the prompt and history_hash write it: whole numbers without ".0" (6, not
+    6.0: the same text as when quantity was an INT, so stored labels stay valid), fractions as
+    Spark prints a double (1.5)."""
+    return F.when(quantity == F.floor(quantity), F.floor(quantity).cast("string")) \
+        .otherwise(quantity.cast("string"))
+
+
 def build_prompts(events: DataFrame, customers: DataFrame, taxonomy: Taxonomy,
                   token_budget: int) -> DataFrame:
     """Per customer of ``customers``: the prompt suffix listing its purchases within budget.
@@ -122,7 +130,7 @@ def build_prompts(events: DataFrame, customers: DataFrame, taxonomy: Taxonomy,
     )
     title = safe_title(F.coalesce("product_title", F.lit("")))
     line = F.concat(F.when(title != "", title).otherwise(F.col("product_id")), F.lit(", "),
-                    F.col("quantity").cast("string"),
+                    quantity_text(F.col("quantity")),
                     F.when(F.col("quantity") == 1, F.lit(" time")).otherwise(F.lit(" times")))
     order = Window.partitionBy("customer_id").orderBy(
         F.desc("quantity"), F.desc("last_ts"), F.asc("product_id"))
@@ -142,7 +150,7 @@ def build_prompts(events: DataFrame, customers: DataFrame, taxonomy: Taxonomy,
         F.count(F.when(F.col("listed"), True)).alias("products_listed"),
         F.count(F.when(~F.col("listed"), True)).alias("products_left_out"),
         F.sha2(F.array_join(F.array_sort(F.collect_list(
-            F.concat_ws(":", "product_id", F.col("quantity").cast("string")))), "\n"),
+            F.concat_ws(":", "product_id", quantity_text(F.col("quantity"))))), "\n"),
             256).alias("history_hash"),
     )
     empty_history = F.sha2(F.lit(""), 256)

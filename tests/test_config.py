@@ -73,3 +73,51 @@ def test_a_budget_of_zero_a_fraction_or_a_whole_count_is_valid(budget):
 def test_a_negative_or_fractional_count_budget_is_a_config_error_naming_the_key(budget, message):
     with pytest.raises(ConfigError, match=f"sampling.budget.*{message}"):
         validate_for_labelling(load_config().replace("sampling", budget=budget))
+
+
+SOURCE = """ingest:
+  source:
+    format: delta
+    path: /data/orders
+    columns: {customer_id: cust_no, product_id: sku, quantity: qty, event_ts: sold_at,
+              unit_price: null, basket_id: order_no, title: null, country: null}
+  products:
+    format: csv
+    path: /data/catalogue.csv
+    columns: {product_id: sku, title: [kind, brand], group: category}
+"""
+
+
+def test_the_issue_source_yaml_loads_typed(tmp_path):
+    config = load_config(write(tmp_path, "s.yaml", SOURCE))
+    source, catalogue = config.ingest.source, config.ingest.products
+    assert (source.format, source.path, source.columns.customer_id, source.columns.unit_price) == \
+        ("delta", "/data/orders", "cust_no", None)
+    assert (catalogue.columns.title, catalogue.columns.group) == (("kind", "brand"), "category")
+
+
+def test_an_unknown_source_or_column_key_is_an_error_naming_it(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['sku'\]"):
+        load_config(write(tmp_path, "c.yaml", SOURCE.replace("product_id: sku, quantity", "sku: sku, quantity")))
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['paths'\]"):
+        load_config(write(tmp_path, "p.yaml", SOURCE.replace("path: /data/orders", "paths: /data/orders")))
+
+
+def test_an_unknown_format_a_missing_location_or_an_unmapped_required_column_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"ingest\.source\.format: 'xlsx'"):
+        load_config(write(tmp_path, "f.yaml", SOURCE.replace("format: delta", "format: xlsx")))
+    with pytest.raises(ConfigError, match=r"ingest\.source\.table is required by format 'table'"):
+        load_config(write(tmp_path, "t.yaml", SOURCE.replace("format: delta", "format: table")))
+    with pytest.raises(ConfigError, match=r"ingest\.source\.columns: quantity, event_ts must name a source column"):
+        load_config(write(tmp_path, "m.yaml", SOURCE.replace("quantity: qty, event_ts: sold_at",
+                                                             "quantity: null, event_ts: null")))
+    with pytest.raises(ConfigError, match=r"ingest\.products\.format: 'json'"):
+        load_config(write(tmp_path, "j.yaml", SOURCE.replace("format: csv", "format: json")))
+
+
+def test_the_bundled_configs_read_the_landing_files_and_a_bare_landing_key_still_does(tmp_path):
+    assert load_config().ingest.source.format == "uci_landing"
+    legacy = load_config(write(tmp_path, "l.yaml", "ingest:\n  landing: /data/landing\n"))
+    assert (legacy.ingest.source.format, legacy.ingest.landing) == ("uci_landing", "/data/landing")
+    # Without either, there is no source: personas run will not ingest anything on its own.
+    assert load_config(write(tmp_path, "n.yaml", "sampling:\n  rounds: 2\n")).ingest.source.format == ""

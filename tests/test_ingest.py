@@ -63,9 +63,9 @@ def test_kept_line_is_normalised_to_the_contract(spark, config, tmp_path):
     actual = events.select("event_id", "customer_id", "product_id", "product_title", "quantity",
                            "unit_price", F.date_format("event_ts", "yyyy-MM-dd HH:mm:ss").alias("ts"))
     expected = spark.createDataFrame(
-        [(expected_id, "17850", "85123A", "WHITE HANGING HEART T-LIGHT HOLDER", 6, 2.55, "2010-12-01 08:26:00")],
+        [(expected_id, "17850", "85123A", "WHITE HANGING HEART T-LIGHT HOLDER", 6.0, 2.55, "2010-12-01 08:26:00")],
         "event_id string, customer_id string, product_id string, product_title string, "
-        "quantity int, unit_price double, ts string",
+        "quantity double, unit_price double, ts string",
     )
     assert_df_equality(actual, expected, ignore_nullable=True)
 

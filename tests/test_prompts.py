@@ -39,6 +39,24 @@ def test_products_are_summed_and_listed_most_bought_then_most_recent(spark):
         "<purchases>\nTEAPOT, 5 times\nMUG, 5 times\nCUP, 1 time\nSPOON, 1 time\n</purchases>")
 
 
+def test_fractional_quantities_are_listed_as_fractions_and_whole_doubles_as_whole_numbers(spark):
+    double_schema = EVENTS_SCHEMA.replace("quantity int", "quantity double")
+    rows = [("1", "A", "BANANAS", 0.75, day(1)), ("1", "A", "BANANAS", 0.75, day(2)),
+            ("1", "B", "MILK", 2.0, day(3))]
+    prompts = build_prompts(spark.createDataFrame(rows, double_schema), customers(spark, "1"), TAXONOMY, 1000)
+    assert suffixes(prompts)["1"] == "<purchases>\nMILK, 2 times\nBANANAS, 1.5 times\n</purchases>"
+
+
+def test_a_whole_double_quantity_hashes_as_the_same_integer_quantity(spark):
+    # Labels stored while quantity was an INT stay valid now that it is a DOUBLE.
+    as_int = build_prompts(events(spark, [("1", "A", "MUG", 6, day(1))]), customers(spark, "1"), TAXONOMY, 1000)
+    as_double = build_prompts(
+        spark.createDataFrame([("1", "A", "MUG", 6.0, day(1))], EVENTS_SCHEMA.replace("quantity int", "quantity double")),
+        customers(spark, "1"), TAXONOMY, 1000)
+    assert as_int.first()["history_hash"] == as_double.first()["history_hash"]
+    assert as_int.first()["prompt_suffix"] == as_double.first()["prompt_suffix"]
+
+
 def test_the_list_is_cut_to_the_token_budget_with_a_note(spark):
     rows = [("1", f"P{i}", f"PRODUCT NUMBER {i:02d}", 10 - i, day(1)) for i in range(6)]
     # Each line "PRODUCT NUMBER 0i, n times" is 26 characters + newline -> 7 tokens.
