@@ -112,7 +112,7 @@ def generate_events(spark: SparkSession, params: SynthConfig, ingested_at=None) 
         F.format_string("P%06d", product_index).alias("product_id"),
         F.format_string("SYNTHETIC PRODUCT %d OF PERSONA %02d", rank, persona_index).alias("product_title"),
         F.format_string("S%d-%d", F.col("customer_index") + 1, day).alias("invoice_no"),
-        (1 + F.floor(F.col("u_quantity") * 12)).cast("int").alias("quantity"),
+        (1 + F.floor(F.col("u_quantity") * 12)).cast("double").alias("quantity"),
         F.round(F.lit(0.5) + (product_index % 97) / F.lit(10.0), 2).alias("unit_price"),
         event_ts.alias("event_ts"),
         F.lit("Synthland").alias("country"),
