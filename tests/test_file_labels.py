@@ -26,7 +26,7 @@ CUSTOMERS = ("12346", "12347", "12350")
 def ingested(spark, config):
     """The config, with purchase_events holding one event of each of CUSTOMERS."""
     at = dt.datetime(2011, 1, 18)
-    rows = [(f"e{c}", c, "23166", "JAR", "536365", 1, 1.0, at, "United Kingdom", "f.csv", i + 2, None, at)
+    rows = [(f"e{c}", c, "23166", "JAR", "536365", 1.0, 1.0, at, "United Kingdom", "f.csv", i + 2, None, at)
             for i, c in enumerate(CUSTOMERS)]
     events = spark.createDataFrame(rows, contracts.PURCHASE_EVENTS)
     storage.overwrite(events, storage.table_ref(config, "purchase_events"), contracts.PURCHASE_EVENTS)

@@ -226,7 +226,7 @@ def site(spark, tmp_path_factory):
     config = load_config(conf, workdir=str(workdir))
     when = dt.datetime(2011, 3, 1, 10)
     rows = [{"event_id": f"e{c}-{p}", "customer_id": str(20000 + c), "product_id": f"P{p}",
-             "product_title": f"TITLE {c} {p}", "invoice_no": f"I{c}", "quantity": p + 1,
+             "product_title": f"TITLE {c} {p}", "invoice_no": f"I{c}", "quantity": float(p + 1),
              "unit_price": 1.5, "event_ts": when, "country": "United Kingdom", "source_file": "test",
              "line_number": c * 10 + p, "content_sha256": None, "ingested_at": when}
             for c in range(12) for p in range(3)]
