@@ -430,18 +430,23 @@ def record_id():
     return F.sha2(F.concat_ws(":", "content_sha256", F.col("line_number").cast("string")), 256)
 
 
-def to_quarantine(classified: DataFrame, ingested_at) -> DataFrame:
+# quarantine column -> the column of the classified lines of the landing files that holds it
+# raw (a mapped source names its own: ingest_sources.QUARANTINE_RAW_COLUMNS).
+LANDING_QUARANTINE_COLUMNS = {
+    "invoice_no": "raw_invoice_no", "stock_code": "raw_stock_code", "description": "raw_description",
+    "quantity": "raw_quantity", "invoice_date": "raw_invoice_date", "unit_price": "raw_unit_price",
+    "customer_id": "raw_customer_id", "country": "raw_country",
+}
+
+
+def to_quarantine(classified: DataFrame, ingested_at,
+                  raw_columns: dict[str, str] = LANDING_QUARANTINE_COLUMNS) -> DataFrame:
+    """The quarantine rows of classified lines: every rejected, not forgotten, line with its
+    raw fields as they were read (``raw_columns``)."""
     rejected = classified.where(F.col("reason").isNotNull() & ~F.col("forgotten"))
     return rejected.select(
         "source_file", "line_number", "content_sha256", "reason", "detail", "raw_line",
-        F.col("raw_invoice_no").alias("invoice_no"),
-        F.col("raw_stock_code").alias("stock_code"),
-        F.col("raw_description").alias("description"),
-        F.col("raw_quantity").alias("quantity"),
-        F.col("raw_invoice_date").alias("invoice_date"),
-        F.col("raw_unit_price").alias("unit_price"),
-        F.col("raw_customer_id").alias("customer_id"),
-        F.col("raw_country").alias("country"),
+        *[F.col(raw).alias(column) for column, raw in raw_columns.items()],
         F.lit(ingested_at).cast("timestamp").alias("ingested_at"),
     )
 
@@ -661,7 +666,7 @@ def ingest_source(spark: SparkSession, config: AppConfig) -> dict:
             raise IngestInvariantError(f"{name}: rows lost or doubled in ingestion ({rows_in} in, {kept} kept, "
                                        f"{quarantined} quarantined, {forgotten} forgotten), nothing written")
         events = ingest_sources.to_source_events(classified, ingested_at, catalogue)
-        quarantine = ingest_sources.to_source_quarantine(classified, ingested_at)
+        quarantine = to_quarantine(classified, ingested_at, ingest_sources.QUARANTINE_RAW_COLUMNS)
         _check_record_outcomes(events, quarantine)
         # line_number too: it must stay distinct from the quarantined duplicates' (personas verify).
         _merge_source_rows(spark, events, events_ref, contracts.PURCHASE_EVENTS, ["event_id"], fingerprint,

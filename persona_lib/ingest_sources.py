@@ -316,20 +316,13 @@ def to_source_events(classified: DataFrame, ingested_at, catalogue_titles: Optio
     )
 
 
-def to_source_quarantine(classified: DataFrame, ingested_at) -> DataFrame:
-    rejected = classified.where(F.col("reason").isNotNull() & ~F.col("forgotten"))
-    return rejected.select(
-        "source_file", "line_number", "content_sha256", "reason", "detail", "raw_line",
-        F.col("raw_basket_id").alias("invoice_no"),
-        F.col("raw_product_id").alias("stock_code"),
-        F.col("raw_title").alias("description"),
-        F.col("raw_quantity").alias("quantity"),
-        F.col("raw_event_ts").alias("invoice_date"),
-        F.col("raw_unit_price").alias("unit_price"),
-        F.col("raw_customer_id").alias("customer_id"),
-        F.col("raw_country").alias("country"),
-        F.lit(ingested_at).cast("timestamp").alias("ingested_at"),
-    )
+# quarantine column -> the classified column holding that field of the source row as read,
+# for ingest.to_quarantine (the landing files name theirs in ingest.LANDING_QUARANTINE_COLUMNS).
+QUARANTINE_RAW_COLUMNS = {
+    "invoice_no": "raw_basket_id", "stock_code": "raw_product_id", "description": "raw_title",
+    "quantity": "raw_quantity", "invoice_date": "raw_event_ts", "unit_price": "raw_unit_price",
+    "customer_id": "raw_customer_id", "country": "raw_country",
+}
 
 
 def read_catalogue(spark: SparkSession, config: AppConfig,
