@@ -270,7 +270,6 @@ def _refresh_catalog_views(spark, config) -> None:
         publishing.register_views(spark, config)
 
 
-
 def _require_labels_without_llm(spark, config) -> None:
     """Budget 0 asks no LLM: without a file label or an override there is nothing to spread,
     which is a mistake to say before a run starts, not an empty publication."""
@@ -296,7 +295,6 @@ def _personas_without_seed(spark, config) -> list[str]:
         log.warning("%d persona(s) of taxonomy %r have no seed (no labelled customer has them), so "
                     "propagation gives them to nobody: %s", len(missing), taxonomy.name, ", ".join(missing))
     return missing
-
 
 
 def _product_labels(spark, config) -> Optional[DataFrame]:
@@ -507,7 +505,6 @@ def _params(config: AppConfig) -> dict:
     except Exception as exc:  # noqa: BLE001 - the versions are also on every label row
         log.warning("could not read taxonomy/prompt versions: %s", exc)
     return params
-
 
 
 def republish(spark: SparkSession, config: AppConfig, reason: str,
