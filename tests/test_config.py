@@ -228,3 +228,12 @@ def test_base_dir_is_no_longer_a_key_and_says_why(tmp_path):
 def test_every_path_key_names_a_text_setting():
     for key in PATH_KEYS:
         assert isinstance(config_value(AppConfig(), key), (str, type(None))), key
+
+
+def test_a_missing_evaluation_folder_names_the_key_and_the_resolved_path(tmp_path):
+    from persona_lib.evaluation.data import data_dir
+
+    config = load_config(write(tmp_path, "c.yaml", "evaluation:\n  data_dir: ../gplr\n"))
+    with pytest.raises(ConfigError, match=re.escape(f"evaluation.data_dir: {tmp_path.parent / 'gplr'} not found")):
+        data_dir(config)
+    assert data_dir(load_config(TEST_CONF)) == REPO_ROOT / "data" / "gplr_online_retail"
