@@ -59,24 +59,29 @@ def test_a_grocery_export_is_ingested_labelled_from_a_file_and_published_through
     published = personas("run", "--conf", str(conf))
     assert published["rounds"][0]["llm_calls"] == 0 and published["customers"] == HOUSEHOLDS
 
-    events = sql(conf, "SELECT count(*) AS events, count_if(quantity <> floor(quantity)) AS weighed, "
-                       "min(typeof(quantity)) AS type, count_if(product_id NOT LIKE 'SKU%') AS foreign_products, "
-                       "count(DISTINCT customer_id) AS customers FROM purchase_events")
-    assert events[0]["weighed"] > 0 and events[0]["type"] == "double"
+    # One `personas sql` (one JVM) for every table the checks read.
+    rows = sql(conf, """
+        SELECT 'events' AS kind, CAST(count_if(quantity <> floor(quantity)) AS STRING) AS a,
+               min(typeof(quantity)) AS b, CAST(count_if(product_id NOT LIKE 'SKU%') AS STRING) AS c,
+               CAST(count(DISTINCT customer_id) AS STRING) AS d FROM purchase_events
+        UNION ALL SELECT 'log', source_file, NULL, NULL, NULL FROM ingest_log
+        UNION ALL SELECT 'title', title, NULL, NULL, NULL FROM products WHERE product_id = 'SKU01002'
+        UNION ALL SELECT 'label', customer_id, status, source, NULL FROM persona_labels
+        UNION ALL SELECT 'published', customer_id, source, concat_ws('|', personas), NULL FROM customer_personas""")
+    of = {kind: [row for row in rows if row["kind"] == kind] for kind in ("events", "log", "title", "label", "published")}
+    [events] = of["events"]
+    weighed, quantity_type, foreign_products, customers = events["a"], events["b"], events["c"], events["d"]
+    assert int(weighed) > 0 and quantity_type == "double"
     # Only the grocery source was read: no Online Retail product, customer or landing file.
-    assert events[0]["foreign_products"] == 0 and events[0]["customers"] == HOUSEHOLDS
-    assert [row["source_file"] for row in sql(conf, "SELECT source_file FROM ingest_log")] == \
-        [ingested["source"]]
-    titles = sql(conf, "SELECT title FROM products WHERE product_id = 'SKU01002'")
-    assert titles == [{"title": "Bananas Green Valley Organic"}]
+    assert (foreign_products, customers) == ("0", str(HOUSEHOLDS))
+    assert [row["a"] for row in of["log"]] == [ingested["source"]]
+    assert [row["a"] for row in of["title"]] == ["Bananas Green Valley Organic"]
 
-    stored = sql(conf, "SELECT customer_id, status, source FROM persona_labels")
-    assert {row["source"] for row in stored} == {"file:labels.csv"}
-    assert sorted(row["customer_id"] for row in stored if row["status"] == "unrepresentable") == \
+    assert {row["c"] for row in of["label"]} == {"file:labels.csv"}
+    assert sorted(row["a"] for row in of["label"] if row["b"] == "unrepresentable") == \
         sorted(customer for customer, names in labels.items() if not names)
 
-    published_personas = {row["customer_id"]: (row["source"], set(row["personas"])) for row in
-                          sql(conf, "SELECT customer_id, source, personas FROM customer_personas")}
+    published_personas = {row["a"]: (row["b"], set(filter(None, row["c"].split("|")))) for row in of["published"]}
     unlabelled = set(truth) - set(labels)
     assert unlabelled <= set(published_personas)
     assert {published_personas[c][0] for c in unlabelled} == {"propagated"}
@@ -89,3 +94,16 @@ def test_a_grocery_export_is_ingested_labelled_from_a_file_and_published_through
     household = min(c for c in unlabelled if truth[c])
     answer = personas("query", "--customer", household, "--conf", str(conf))
     assert answer["found"] and answer["rows"][0]["persona"] in truth[household]
+
+
+def test_synth_layout_options_are_usage_errors_before_spark_starts(tmp_path):
+    for args, message in ((["--layout", "grocery"], "--layout grocery needs --out DIR"),
+                          (["--out", str(tmp_path)], "apply to --layout grocery only"),
+                          (["--layout", "grocery", "--out", str(tmp_path), "--customers", "5"],
+                           "--customers apply to --layout synth only"),
+                          (["--layout", "grocery", "--out", str(tmp_path), "--households", "0"],
+                           "invalid ['households']")):
+        result = subprocess.run([str(PERSONAS), "synth", *args], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr
+    assert list(tmp_path.iterdir()) == []
