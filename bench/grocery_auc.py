@@ -89,7 +89,9 @@ def score(out: Path) -> list[dict]:
                   .withColumn("labelled", F.coalesce("labelled", F.lit(False))))
     affinity = storage.table_ref(config, "persona_affinity").read(spark).select("customer_id", "persona", "probability")
     assembler = VectorAssembler(inputCols=[f"share_{i}" for i in range(len(categories))], outputCol="features")
-    evaluator = BinaryClassificationEvaluator(metricName="areaUnderROC")
+    # One evaluator per score column: the CV search keeps a reference to its own.
+    def auc_of(column: str) -> BinaryClassificationEvaluator:
+        return BinaryClassificationEvaluator(metricName="areaUnderROC", rawPredictionCol=column)
 
     results = []
     for persona in persona_names():
@@ -97,13 +99,13 @@ def score(out: Path) -> list[dict]:
         train, held_out = data.where("labelled"), data.where("NOT labelled")
         regression = LogisticRegression(maxIter=100)
         search = CrossValidator(
-            estimator=Pipeline(stages=[assembler, regression]), evaluator=evaluator, numFolds=3, seed=7,
+            estimator=Pipeline(stages=[assembler, regression]), evaluator=auc_of("rawPrediction"), numFolds=3, seed=7,
             estimatorParamMaps=ParamGridBuilder().addGrid(regression.regParam, [0.001, 0.01, 0.1, 1.0]).build())
         baseline = search.fit(train).transform(held_out)
-        baseline_auc = evaluator.setRawPredictionCol("probability").evaluate(baseline)
+        baseline_auc = auc_of("probability").evaluate(baseline)
         published = held_out.join(affinity.where(F.col("persona") == persona), "customer_id", "left") \
             .withColumn("published", F.coalesce("probability", F.lit(0.0)))
-        published_auc = evaluator.setRawPredictionCol("published").evaluate(published)
+        published_auc = auc_of("published").evaluate(published)
         counts = held_out.agg(F.count(F.lit(1)).alias("held_out"), F.sum("label").alias("positives")).first()
         train_positives = train.agg(F.sum("label")).first()[0]
         data.unpersist()
@@ -126,7 +128,12 @@ def main() -> int:
                         help="score the tables of an earlier run in --out again")
     args = parser.parse_args()
     out = Path(args.out).resolve()
-    pipeline = {} if args.skip_pipeline else run_pipeline(args, out)
+    recorded = out / "pipeline.json"  # what the last pipeline run reported, for --skip-pipeline
+    if args.skip_pipeline:
+        pipeline = json.loads(recorded.read_text()) if recorded.exists() else {}
+    else:
+        pipeline = run_pipeline(args, out)
+        recorded.write_text(json.dumps(pipeline))
     rows = score(out)
     mean = {key: round(sum(r[key] for r in rows) / len(rows), 4)
             for key in ("published_auc", "baseline_auc", "published_minus_baseline")}
