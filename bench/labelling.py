@@ -51,7 +51,8 @@ def main(argv=None) -> dict:
     scratch = Path(tempfile.mkdtemp(prefix="bench-labelling-"))
     config = load_config(REPO / "conf" / "test.yaml", workdir=args.workdir or str(scratch / "work"))
     taxonomy = load_taxonomy(config.resolve_path(config.labelling.taxonomy))
-    model = args.model
+    # A command-line path: relative to the current directory.
+    model = str(Path(args.model).expanduser().resolve()) if args.model else None
     if model is None:
         from persona_lib.testing.tiny_model import build_tiny_model
 

@@ -8,6 +8,13 @@ the config changed.
 
 A config file may name a ``base:`` file (relative to itself) whose values it overrides, so
 ``conf/test.yaml`` only states what differs from ``conf/local.yaml``.
+
+Paths (the keys of ``PATH_KEYS``): a relative path written in a config file resolves against
+that file's folder, each file of a ``base:`` chain against its own, and is absolute once
+loaded. A default that no file sets (the work dir ``work``, the JARs ``.jars``, the bundled
+taxonomy and data files) resolves against the repository root (``AppConfig.resolve_path``).
+Command-line paths (``--workdir``, ``--landing``, ``--from-file``, ...) resolve against the
+current directory.
 """
 
 from __future__ import annotations
@@ -410,8 +417,6 @@ class AppConfig:
     lock: LockConfig = field(default_factory=LockConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    # Where relative paths in this config resolve (the repository root by default).
-    base_dir: str = str(REPO_ROOT)
     # What MLflow runs are named after; empty: the config file's name (local, databricks).
     name: str = ""
 
@@ -420,9 +425,10 @@ class AppConfig:
         return self.resolve_path(self.workdir)
 
     def resolve_path(self, path: str) -> Path:
-        """A path from the config: absolute as given, relative to ``base_dir`` otherwise."""
+        """A path from the config: absolute as given (what a config file wrote is absolute
+        once loaded); a default no file set is relative to the repository root."""
         candidate = Path(os.path.expanduser(path))
-        return candidate if candidate.is_absolute() else Path(self.base_dir) / candidate
+        return candidate if candidate.is_absolute() else REPO_ROOT / candidate
 
     def with_workdir(self, workdir: str | os.PathLike[str]) -> "AppConfig":
         return dataclasses.replace(self, workdir=str(Path(workdir).resolve()))
@@ -445,10 +451,12 @@ def load_config(path: str | os.PathLike[str] | None = None, workdir: str | None 
     """
     config_path = Path(path) if path else DEFAULT_CONFIG_PATH
     raw = _legacy_landing_source(_read_with_bases(config_path, seen=()))
+    if "base_dir" in raw:
+        raise ConfigError(f"{config_path}: base_dir is no longer a key: a relative path in a config "
+                          "file resolves against that file's folder (write paths relative to it, or "
+                          "absolute)")
     config = _build(AppConfig, raw, where=str(config_path))
     validate(config, where=str(config_path))
-    if "base_dir" not in raw:
-        config = dataclasses.replace(config, base_dir=str(REPO_ROOT))
     if not config.name:
         config = dataclasses.replace(config, name=config_path.stem)
     if catalog is not None or schema is not None:
@@ -523,19 +531,82 @@ def with_catalog_schema(config: AppConfig, catalog: Optional[str], schema: Optio
     model = config.tracking.registered_model
     if model.count(".") == 2:
         model = f"{catalog}.{schema}.{model.split('.')[-1]}"
-    return dataclasses.replace(
+    moved_config = dataclasses.replace(
         config,
         tables=dataclasses.replace(config.tables, **tables),
-        workdir=on_volume(config.workdir),
-        base_dir=on_volume(config.base_dir),
-        ingest=dataclasses.replace(
-            config.ingest, landing=on_volume(config.ingest.landing),
-            source=dataclasses.replace(config.ingest.source, path=config.ingest.source.path
-                                       and on_volume(config.ingest.source.path))),
-        labelling=dataclasses.replace(config.labelling, vllm=dataclasses.replace(
-            config.labelling.vllm, model_path=on_volume(config.labelling.vllm.model_path))),
         tracking=dataclasses.replace(config.tracking, registered_model=model),
     )
+    for key in PATH_KEYS:
+        path = config_value(moved_config, key)
+        if path:
+            moved_config = with_value(moved_config, key, on_volume(path))
+    return moved_config
+
+
+# Every key whose value is a file or folder on disk (or a URI). A relative value written in a
+# config file resolves against that file's folder when it is loaded; --catalog/--schema move
+# the /Volumes paths among them.
+PATH_KEYS = (
+    "workdir",
+    "spark.jars_dir",
+    "ingest.landing",
+    "ingest.source.path",
+    "ingest.products.path",
+    "labelling.taxonomy",
+    "labelling.replay_answers",
+    "labelling.replay_proposal",
+    "labelling.products.replay_answers",
+    "labelling.vllm.model_path",
+    "evaluation.data_dir",
+)
+
+# A value with a scheme (s3://, abfss://, dbfs:/, file:/) is storage Spark reads, never a
+# path of ours to anchor.
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
+
+
+def config_value(config: Any, key: str) -> Any:
+    """The value of a dotted key (``labelling.taxonomy``) of a config."""
+    for part in key.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def with_value(config: Any, key: str, value: Any) -> Any:
+    """A copy of ``config`` with the dotted ``key`` set to ``value``."""
+    head, _, rest = key.partition(".")
+    if not rest:
+        return dataclasses.replace(config, **{head: value})
+    return dataclasses.replace(config, **{head: with_value(getattr(config, head), rest, value)})
+
+
+def existing_path(config: AppConfig, key: str) -> Path:
+    """The resolved path of a path key, which must exist (a ConfigError names both)."""
+    path = config.resolve_path(config_value(config, key))
+    if not path.exists():
+        raise ConfigError(f"{key}: {path} not found")
+    return path
+
+
+def _anchor_paths(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``data`` (one file's sections) with its relative path values made absolute against
+    ``folder``, the file's own folder. Values of the wrong type are left for ``_build`` to
+    report."""
+    for key in PATH_KEYS:
+        *sections, leaf = key.split(".")
+        section = data
+        for name in sections:
+            section = section.get(name) if isinstance(section, dict) else None
+        if not isinstance(section, dict) or not isinstance(section.get(leaf), str):
+            continue
+        value = section[leaf]
+        if not value or _SCHEME.match(value):
+            continue
+        expanded = Path(os.path.expanduser(value))
+        if not expanded.is_absolute():
+            expanded = Path(os.path.normpath(folder / expanded))
+        section[leaf] = str(expanded)
+    return data
 
 
 def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
@@ -551,6 +622,7 @@ def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     base_name = data.pop("base", None)
+    data = _anchor_paths(data, path.parent)
     if base_name is None:
         return data
     base = _read_with_bases(path.parent / base_name, seen + (path,))
@@ -772,4 +844,4 @@ def validate_for_labelling(config: AppConfig) -> None:
         raise ConfigError("; ".join(problems))
     from persona_lib.taxonomy import load_taxonomy  # yaml only, no Spark
 
-    load_taxonomy(config.resolve_path(config.labelling.taxonomy))
+    load_taxonomy(existing_path(config, "labelling.taxonomy"))

@@ -297,7 +297,9 @@ def test_schema_and_volumes_follow_the_targets_catalog_and_schema(target):
     assert {(v["catalog_name"], v["schema_name"]) for v in volumes.values()} == {(catalog, schema)}
     # Every volume path of the job's config is one of these volumes, once moved to the schema.
     config = load_config(DATABRICKS_CONF, catalog=catalog, schema=schema)
-    for path in (config.workdir, config.base_dir, config.ingest.landing, config.labelling.vllm.model_path):
+    for path in (config.workdir, config.labelling.replay_answers, config.labelling.replay_proposal,
+                 config.labelling.products.replay_answers, config.evaluation.data_dir, config.ingest.landing,
+                 config.labelling.vllm.model_path):
         assert path.split("/")[1:5] in [["Volumes", catalog, schema, v["name"]] for v in volumes.values()], path
 
 
@@ -434,13 +436,17 @@ def test_databricks_config_names_unity_catalog_tables_and_a_volume_model():
     assert config.tracking.experiment.startswith("/")
 
 
-def test_databricks_config_relative_paths_are_files_of_this_repository():
-    """base_dir is a volume holding a copy of conf/ and data/: what it needs must exist here."""
+def test_databricks_config_files_are_files_of_this_repository():
+    """The taxonomy is synced with the bundle beside the config; the data files are on the files
+    volume, a copy of data/: what they name must exist here."""
     config = load_config(DATABRICKS_CONF)
-    relative = [config.labelling.taxonomy, config.labelling.replay_answers, config.evaluation.data_dir]
-    for path in relative:
-        assert not Path(path).is_absolute()
-        assert (REPO_ROOT / path).exists(), f"{path} is not in the repository"
+    assert Path(config.labelling.taxonomy) == REPO_ROOT / "conf" / "personas" / "online_retail.yaml"
+    files_volume = "/Volumes/main/personas/files/"
+    on_volume = [config.labelling.replay_answers, config.labelling.replay_proposal,
+                 config.labelling.products.replay_answers, config.evaluation.data_dir]
+    for path in on_volume:
+        assert path.startswith(files_volume), path
+        assert (REPO_ROOT / path[len(files_volume):]).exists(), f"{path} is not in the repository"
 
 
 def test_the_wheel_does_not_require_pyspark_directly():

@@ -27,7 +27,8 @@ def test_every_table_moves_to_the_schema_keeping_its_table_name():
 def test_volume_paths_move_to_the_schemas_volumes():
     moved = load_config(DATABRICKS_CONF, catalog="dev", schema="personas_ana")
     assert moved.workdir == "/Volumes/dev/personas_ana/work"
-    assert moved.base_dir == "/Volumes/dev/personas_ana/files"
+    assert moved.labelling.replay_answers == "/Volumes/dev/personas_ana/files/data/gplr_online_retail/user_labels.csv.gz"
+    assert moved.evaluation.data_dir == "/Volumes/dev/personas_ana/files/data/gplr_online_retail"
     assert moved.ingest.landing == "/Volumes/dev/personas_ana/landing/online_retail"
     assert moved.labelling.vllm.model_path == "/Volumes/dev/personas_ana/models/Qwen2.5-7B-Instruct"
 

@@ -137,3 +137,25 @@ def test_query_rejects_an_unknown_format_as_a_usage_error():
     result = personas("query", "--customer", "1", "--format", "csv")
     assert result.returncode == 2
     assert "--format" in result.stderr
+
+
+def test_a_missing_taxonomy_exits_3_naming_the_key_and_the_path_beside_the_config(tmp_path):
+    """Relative to the config file, whatever the current directory; before Spark starts."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    conf = write_conf(tmp_path / "conf" / "shop.yaml", {"base": str(REPO_ROOT / "conf" / "test.yaml"),
+                                                       "labelling": {"taxonomy": "personas/nosuch.yaml"}})
+    result = personas("label", "--conf", str(conf), "--workdir", str(tmp_path / "work"),
+                      cwd=tmp_path / "elsewhere")
+    assert result.returncode == 3, result.stderr
+    assert f"labelling.taxonomy: {tmp_path / 'conf' / 'personas' / 'nosuch.yaml'} not found" in result.stderr
+    assert not (tmp_path / "work" / "tables").exists()
+
+
+def test_a_relative_jars_dir_in_a_config_is_looked_up_beside_it(tmp_path):
+    (tmp_path / "conf" / "no-jars").mkdir(parents=True)
+    conf = write_conf(tmp_path / "conf" / "c.yaml", {"base": str(REPO_ROOT / "conf" / "test.yaml"),
+                                                    "spark": {"jars_dir": "no-jars"}})
+    result = personas("ingest", "--conf", str(conf), "--workdir", str(tmp_path / "work"))
+    assert result.returncode == 4, result.stderr
+    assert f"in {tmp_path / 'conf' / 'no-jars'}" in result.stderr

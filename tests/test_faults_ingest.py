@@ -317,7 +317,7 @@ def test_a_half_written_ingest_is_reconciled_by_the_next_run(spark, tmp_path):
     ("ingest", {"tables": {"quarantine": "quarantine`; DROP TABLE x"}}, "tables.quarantine"),
     ("ingest", {"tables": {"purchase_events": "../../x"}}, "tables.purchase_events"),
     ("run", {"labelling": {"labeller": "gpt5"}}, "labelling.labeller"),
-    ("run", {"labelling": {"taxonomy": "conf/personas/nosuch.yaml"}}, "taxonomy file not found"),
+    ("run", {"labelling": {"taxonomy": "personas/nosuch.yaml"}}, "labelling.taxonomy: "),
     ("run", {"sampling": {"budget": -1}}, "sampling.budget"),
 ], ids=["backtick-table", "traversal-table", "labeller", "taxonomy", "budget"])
 def test_bad_settings_exit_3_before_anything_is_written(tmp_path, command, overrides, message):

@@ -19,7 +19,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from persona_lib.config import REPO_ROOT
 from persona_lib.testing import TEST_CONF
 
 PERSONAS = Path(sys.executable).with_name("personas")
@@ -162,7 +161,8 @@ def test_a_missing_source_exits_3_naming_the_key_and_the_resolved_path(tmp_path)
     result = personas("ingest", "--conf", str(conf))
     assert result.returncode == 3, result.stderr
     assert "ingest.source.path" in result.stderr
-    assert f"{REPO_ROOT / 'no/such/orders'} not found" in result.stderr
+    # Relative to the config file's folder, not to the repository or the current directory.
+    assert f"ingest.source.path: {tmp_path.resolve() / 'no/such/orders'} not found" in result.stderr
     assert not (tmp_path / "work" / "tables" / "purchase_events").exists()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from persona_lib.cli import main
+from persona_lib.config import REPO_ROOT
 from persona_lib.testing import TEST_CONF
 
 
@@ -17,7 +18,7 @@ def run_cli(capsys, *argv) -> tuple[int, dict | None, str]:
 
 def test_standalone_run_from_the_paper_split_and_recorded_labels(spark, tmp_path, capsys):
     code, result, _ = run_cli(capsys, "--workdir", str(tmp_path / "work"),
-                           "--pairs", "data/gplr_online_retail/split_train.csv.gz",
+                           "--pairs", str(REPO_ROOT / "data/gplr_online_retail/split_train.csv.gz"),
                            "--labels-from", "replay-all", "--seed-fraction", "0.2", "--epsilon", "0.005")
     assert code == 0
     assert set(result["tables"]) == {"customer_affinity", "product_affinity", "propagation_runs"}

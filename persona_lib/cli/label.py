@@ -92,11 +92,12 @@ def run(args: argparse.Namespace) -> dict:
 def _load(args: argparse.Namespace, config, run_id: str) -> dict:
     from pathlib import Path
 
+    from persona_lib.config import existing_path
     from persona_lib.labelling import file_labels
     from persona_lib.spark import get_spark
     from persona_lib.taxonomy import load_taxonomy
 
-    taxonomy = load_taxonomy(config.resolve_path(config.labelling.taxonomy))
+    taxonomy = load_taxonomy(existing_path(config, "labelling.taxonomy"))
     if args.from_file:
         # Every check but the one against purchase_events runs before the JVM starts.
         path = Path(args.from_file).expanduser().resolve()

@@ -42,6 +42,7 @@ def _who(parser: argparse.ArgumentParser) -> None:
 
 def _checked(args: argparse.Namespace):
     """(config, canonical customer id, taxonomy) -- every argument checked before Spark starts."""
+    from persona_lib.config import existing_path
     from persona_lib.ingest_files import parse_customer_id
     from persona_lib.taxonomy import load_taxonomy
 
@@ -52,7 +53,7 @@ def _checked(args: argparse.Namespace):
     for option in ("author", "reason"):
         if not getattr(args, option).strip():
             raise InputError(f"--{option} must not be empty")
-    return config, customer_id, load_taxonomy(config.resolve_path(config.labelling.taxonomy))
+    return config, customer_id, load_taxonomy(existing_path(config, "labelling.taxonomy"))
 
 
 def _require_customer(spark, config, customer_id: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import uuid
+from pathlib import Path
 
 from persona_lib.cli import add_common_options, load_app_config
 from persona_lib.config import EDGE_WEIGHTINGS, PROPAGATION_METHODS
@@ -99,7 +100,8 @@ def _read_pairs(spark, config, location: str):
     from persona_lib import storage
 
     if location.endswith((".csv", ".csv.gz")):
-        path = config.resolve_path(location)
+        # A command-line path: relative to the current directory, not to the config.
+        path = Path(location).expanduser().resolve()
         if not path.is_file():
             raise InputError(f"--pairs: file not found: {path}")
         frame = spark.read.option("header", True).csv(str(path))

@@ -15,7 +15,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from persona_lib.config import AppConfig
+from persona_lib.config import AppConfig, existing_path
 from persona_lib.errors import InputError
 from persona_lib.labelling.answers import PERSONA_SEPARATOR, UNREPRESENTABLE, read_recorded_answers, recorded_labels
 
@@ -29,7 +29,8 @@ AUTHORS_FILE_PATTERN = "dataset_MBA_{percent}%_tri_graph_uidx2pidx_approach.csv.
 AUTHORS_RANDOM_FILES = {20: "dataset_MBA_tri_graph_uidx2pidx_app20_random_1.csv.gz"}
 
 def data_dir(config: AppConfig) -> Path:
-    return config.resolve_path(config.evaluation.data_dir)
+    """The vendored GPLR folder; missing, a ConfigError names the key and the resolved path."""
+    return existing_path(config, "evaluation.data_dir")
 
 
 def _csv(spark: SparkSession, path: Path, columns: tuple[str, ...]) -> DataFrame:
