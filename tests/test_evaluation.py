@@ -136,3 +136,23 @@ def test_set_diversity_counts_distinct_sets_and_the_largest_share(spark):
     sets = spark.createDataFrame([("a", ["X", "Y"]), ("b", ["X", "Y"]), ("c", ["Z"]), ("d", [])],
                                  "customer_id string, dominant array<string>")
     assert stability.set_diversity(sets) == {"distinct_sets": 3, "most_common_set_share": 0.5}
+
+
+def test_prompt_chars_of_a_customer_are_the_characters_of_the_messages_its_prompt_sends(spark, config):
+    from persona_lib.prompts import build_prompts, prompt_template
+    from persona_lib.taxonomy import load_taxonomy
+
+    pairs = spark.createDataFrame([("1", "RED RETROSPOT MUG"), ("1", "PAPER CHAIN KIT"), ("2", "TEA SET")],
+                                  "customer_id string, product_id string")
+    chars = {r["customer_id"]: r["prompt_chars"]
+             for r in accuracy.prompt_chars_of_customers(pairs, config).collect()}
+    taxonomy = load_taxonomy(config.resolve_path(config.labelling.taxonomy))
+    template = prompt_template(taxonomy, config.labelling.prompt_token_budget)
+    events = pairs.select("customer_id", "product_id", F.lit(1.0).alias("quantity"),
+                          F.lit(None).cast("timestamp").alias("event_ts"), F.col("product_id").alias("product_title"))
+    suffixes = {r["customer_id"]: r["prompt_suffix"] for r in build_prompts(
+        events, pairs.select("customer_id").distinct(), taxonomy, config.labelling.prompt_token_budget).collect()}
+    sent = {c: sum(len(m["content"]) for m in template.messages(s)) for c, s in suffixes.items()}
+    assert chars == sent
+    assert "PAPER CHAIN KIT, 1 time" in suffixes["1"]
+    assert chars["1"] > chars["2"]  # two purchases listed cost more than one

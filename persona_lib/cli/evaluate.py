@@ -92,6 +92,7 @@ def run_accuracy(args: argparse.Namespace) -> dict:
         "f1_top5": headline["f1_top5"], "f1_with_product_labels": headline["f1_with_product_labels"],
         "macro_f1_with_product_labels": headline["macro_f1_with_product_labels"],
         "authors_f1": headline["authors_f1"], "llm_calls": headline["llm_calls"],
+        "prompt_chars": headline["prompt_chars"], "f1_per_1k_prompt_chars": headline["f1_per_1k_prompt_chars"],
         "product_label_answers": result.get("product_label_answers"),
         "customer_personas": result["customer_personas"], "mlflow_run_id": result.get("mlflow_run_id"),
         "rows": result["rows"],

@@ -36,8 +36,10 @@ from persona_lib.config import AppConfig
 from persona_lib.evaluation import data, metrics
 from persona_lib.evaluation.published import published_scores
 from persona_lib.graph import PurchaseGraph, build_graph, edges_from_pairs
+from persona_lib.prompts import build_product_prompts, build_prompts, product_prompt_template, prompt_template
 from persona_lib.propagation import PropagationResult, propagate
 from persona_lib.rounds import RoundPlan, run_rounds
+from persona_lib.taxonomy import load_taxonomy
 
 log = logging.getLogger("personas.evaluation")
 
@@ -190,6 +192,37 @@ class AccuracyContext:
     pairs: DataFrame
     product_labels: DataFrame  # product_id, persona: the vendored LLM labels of product names
     product_answers: int  # LLM answers spent on product labels (the item_labels rows)
+    customer_prompt_chars: DataFrame  # customer_id, prompt_chars: what asking about each would send
+    product_prompt_chars: int  # characters of the product prompts of the labelled products
+
+
+def prompt_chars_of_customers(pairs: DataFrame, config: AppConfig) -> DataFrame:
+    """(customer_id, prompt_chars): the characters of the production customer prompt
+    (persona_lib.prompts, the labelling config's taxonomy and token budget) of every customer
+    of ``pairs``. The split files hold distinct (customer, product) pairs, so every purchase
+    is written as bought once and the product name is its title: a replayed evaluation
+    spends what the same prompts would have sent."""
+    labelling = config.labelling
+    taxonomy = load_taxonomy(config.resolve_path(labelling.taxonomy))
+    events = pairs.select("customer_id", "product_id", F.lit(1.0).alias("quantity"),
+                          F.lit(None).cast("timestamp").alias("event_ts"),
+                          F.col("product_id").alias("product_title"))
+    fixed = prompt_template(taxonomy, labelling.prompt_token_budget).fixed_chars
+    prompts = build_prompts(events, pairs.select("customer_id").distinct(), taxonomy,
+                            labelling.prompt_token_budget)
+    return prompts.select("customer_id", (F.length("prompt_suffix") + fixed).alias("prompt_chars"))
+
+
+def prompt_chars_of_products(product_labels: DataFrame, config: AppConfig) -> int:
+    """Characters of the production product prompts (labelling.products' k) of the labelled
+    products: the spend behind the vendored product labels."""
+    taxonomy = load_taxonomy(config.resolve_path(config.labelling.taxonomy))
+    k = config.labelling.products.max_personas
+    products = product_labels.select("product_id").distinct().select("product_id", F.col("product_id").alias("title"))
+    fixed = product_prompt_template(taxonomy, k).fixed_chars
+    suffixes = build_product_prompts(products, taxonomy, k).agg(
+        F.count("*").alias("prompts"), F.sum(F.length("prompt_suffix")).alias("chars")).first()
+    return int(suffixes["prompts"]) * fixed + int(suffixes["chars"] or 0)
 
 
 def prepare(spark: SparkSession, config: AppConfig) -> AccuracyContext:
@@ -198,7 +231,9 @@ def prepare(spark: SparkSession, config: AppConfig) -> AccuracyContext:
     answers = data.user_labels(spark, config).localCheckpoint(eager=True)
     product_labels = data.item_labels(spark, config).localCheckpoint(eager=True)
     product_answers = data.item_label_answers(spark, config)
-    return AccuracyContext(graph, answers, pairs, product_labels, product_answers)
+    customer_prompt_chars = prompt_chars_of_customers(pairs, config).localCheckpoint(eager=True)
+    return AccuracyContext(graph, answers, pairs, product_labels, product_answers, customer_prompt_chars,
+                           prompt_chars_of_products(product_labels, config))
 
 
 def evaluate_run(spark: SparkSession, context: AccuracyContext, config: AppConfig, budget: float,
@@ -215,6 +250,8 @@ def evaluate_run(spark: SparkSession, context: AccuracyContext, config: AppConfi
     figures = {
         "budget": budget, "sampler": sampler, "seed": seed,
         "labelled": run.labelled.count(), "evaluated": top5["customers"],
+        "prompt_chars": int(context.customer_prompt_chars.join(run.labelled, "customer_id", "left_semi")
+                            .agg(F.sum("prompt_chars")).first()[0] or 0),
         "top5": top5, "model": published(default),
     }
     if with_product_labels:
@@ -276,7 +313,7 @@ def evaluate_accuracy(spark: SparkSession, config: AppConfig, budgets: Iterable[
     table = storage.table_ref(config, "evaluation_personas")
     storage.overwrite(last_predictions, table, contracts.EVALUATION_PERSONAS)
     rows = [_mean_row(budget, sampler, [r for r in runs if r["budget"] == budget and r["sampler"] == sampler],
-                      authors[(budget, sampler)], context.product_answers)
+                      authors[(budget, sampler)], context.product_answers, context.product_prompt_chars)
             for budget in budgets for sampler in samplers]
     context.graph.unpersist()
     return {"rows": rows, "runs": runs, "customer_personas": table.location,
@@ -288,12 +325,15 @@ MODEL_FIGURES = ("f1", "macro_f1", "prevalence_gap", "ece", "ambiguous_share", "
 
 
 def _mean_row(budget: float, sampler: str, runs: list[dict], authors: Optional[dict],
-              product_label_answers: int) -> dict:
+              product_label_answers: int, product_prompt_chars: int) -> dict:
     def mean(method: str, key: str) -> Optional[float]:
         values = [r[method][key] for r in runs if method in r and r[method].get(key) is not None]
         return round(sum(values) / len(values), 4) if values else None
 
     labelled = sum(r["labelled"] for r in runs) / len(runs)
+    prompt_chars = round(sum(r.get("prompt_chars", 0) for r in runs) / len(runs))
+    # Tiny figures (F1 over thousands of characters): kept to 3 significant digits, not 4 decimals.
+    per_1k = lambda f1_value, chars: float(f"{1000 * f1_value / chars:.3g}") if f1_value and chars else None
     f1, f1_items = mean("model", "f1"), mean("model_with_product_labels", "f1")
     return {
         "budget": budget, "sampler": sampler, "seeds": len(runs),
@@ -313,18 +353,25 @@ def _mean_row(budget: float, sampler: str, runs: list[dict], authors: Optional[d
         "f1_per_1k_llm_calls": round(1000 * f1 / labelled, 4) if f1 and labelled else None,
         "f1_per_1k_llm_calls_with_product_labels": round(1000 * f1_items / (labelled + product_label_answers), 4)
         if f1_items else None,
+        "prompt_chars": prompt_chars,
+        "prompt_chars_with_product_labels": prompt_chars + product_prompt_chars,
+        "f1_per_1k_prompt_chars": per_1k(f1, prompt_chars),
+        "f1_per_1k_prompt_chars_with_product_labels": per_1k(f1_items, prompt_chars + product_prompt_chars),
     }
 
 
 def format_table(rows: list[dict]) -> str:
     """The side-by-side table: the authors' released output, our top-5, the published model."""
     header = (f"{'budget':>6} {'sampler':>7} {'seeds':>5} | {'authors':>7} | {'top5 F1':>7} | "
-              f"{'F1':>6} {'macroF1':>7} {'gap':>6} {'ECE':>6} {'ambig':>6} | {'F1, product labels':>18}")
+              f"{'F1':>6} {'macroF1':>7} {'gap':>6} {'ECE':>6} {'ambig':>6} {'F1/1k chars':>11} | "
+              f"{'F1, product labels':>18} {'F1/1k chars':>11}")
     lines = [header, "-" * len(header)]
     show = lambda v, width=6: f"{v:>{width}.4f}" if v is not None else f"{'-':>{width}}"
+    tiny = lambda v: f"{v:>11.3g}" if v is not None else f"{'-':>11}"
     for r in rows:
         lines.append(
             f"{r['budget']:>6.2f} {r['sampler']:>7} {r['seeds']:>5} | {show(r['authors_f1'], 7)} | "
             f"{show(r['f1_top5'], 7)} | {show(r['f1'])} {show(r['macro_f1'], 7)} {show(r['prevalence_gap'])} "
-            f"{show(r['ece'])} {show(r['ambiguous_share'])} | {show(r['f1_with_product_labels'], 18)}")
+            f"{show(r['ece'])} {show(r['ambiguous_share'])} {tiny(r['f1_per_1k_prompt_chars'])} | "
+            f"{show(r['f1_with_product_labels'], 18)} {tiny(r['f1_per_1k_prompt_chars_with_product_labels'])}")
     return "\n".join(lines)

@@ -30,7 +30,8 @@ def log_accuracy(rows: list[dict]) -> None:
         prefix = f"{row['sampler']}_{int(round(row['budget'] * 100))}pct"
         tracking.log_metrics({f"{prefix}_{key}": row[key] for key in (
             "f1", "macro_f1", "prevalence_gap", "ece", "ambiguous_share", "f1_with_product_labels",
-            "f1_top5", "authors_f1", "f1_per_1k_llm_calls", "f1_per_1k_llm_calls_with_product_labels")
+            "f1_top5", "authors_f1", "f1_per_1k_llm_calls", "f1_per_1k_llm_calls_with_product_labels",
+            "prompt_chars", "f1_per_1k_prompt_chars", "f1_per_1k_prompt_chars_with_product_labels")
             if row.get(key) is not None})
     series: dict[str, list[float]] = {}
     for row in rows:
