@@ -116,6 +116,14 @@ class IngestSourceConfig:
     timestamp_format: Optional[str] = None
     # Reader options (csv: header, delimiter, ...); csv defaults to header=true.
     options: Mapping[str, str] = field(default_factory=dict)
+    # What a run reads: "full" (the whole source; its rows gone from the source are deleted),
+    # "watermark" (rows whose event_ts is after the newest ingested one less
+    # watermark_lookback_hours, or has none: late rows inside the lookback still arrive) or
+    # "change_feed" (delta and table sources: the Delta change data feed since the version the
+    # last run read; deletes and updates upstream are applied). Incremental runs never delete a
+    # row for being absent from what they read.
+    incremental: str = "full"
+    watermark_lookback_hours: float = 24.0
 
 
 @dataclass(frozen=True)
@@ -702,6 +710,9 @@ LABELLERS = ("replay", "vllm", "openai", "manual")
 ON_CHANGED_FILE = ("reject", "replace")
 CUTS = ("default", "paper")
 SOURCE_FORMATS = ("uci_landing", "delta", "parquet", "csv", "table", "query")
+INCREMENTAL_MODES = ("full", "watermark", "change_feed")
+# The formats whose Delta change data feed a change_feed source reads.
+CHANGE_FEED_FORMATS = ("delta", "table")
 CATALOG_FORMATS = ("delta", "parquet", "csv", "table", "query")
 # Where each format finds its data: the key of ingest.source (or ingest.products) it needs.
 FORMAT_LOCATION = {"delta": "path", "parquet": "path", "csv": "path", "table": "table", "query": "query"}
@@ -793,6 +804,15 @@ def _source_problems(ingest: IngestConfig) -> list[str]:
         if unmapped:
             problems.append(f"ingest.source.columns: {', '.join(unmapped)} must name a source column "
                             f"(required: {', '.join(REQUIRED_SOURCE_COLUMNS)})")
+        if source.incremental not in INCREMENTAL_MODES:
+            problems.append(f"ingest.source.incremental: {source.incremental!r}; expected one of "
+                            f"{list(INCREMENTAL_MODES)}")
+        elif source.incremental == "change_feed" and source.format not in CHANGE_FEED_FORMATS:
+            problems.append(f"ingest.source.incremental: change_feed reads a Delta change data feed, so the "
+                            f"format must be one of {list(CHANGE_FEED_FORMATS)}, not {source.format!r}")
+        if not source.watermark_lookback_hours >= 0:
+            problems.append("ingest.source.watermark_lookback_hours must be >= 0, got "
+                            f"{source.watermark_lookback_hours}")
     catalog = ingest.products
     if catalog.format:
         if catalog.format not in CATALOG_FORMATS:

@@ -95,6 +95,8 @@ INGEST_LOG = _schema(
     ("rows_quarantined", LongType(), False),
     ("rows_forgotten", LongType(), False),
     ("ingested_at", TimestampType(), False),
+    # A change_feed source: the source table's Delta version this load read up to.
+    ("source_version", LongType(), True),
 )
 
 SYNTH_TRUTH = _schema(
@@ -271,7 +273,11 @@ CONTRACTS: Tuple[TableContract, ...] = (
                   "changed file under an ingested name, refused under reject: nothing written) or "
                   "failed (unreadable: detail gives the reason). Identical content under any name "
                   "is skipped and gets no new row. ingest_id and ingested_at: the run that wrote "
-                  "the row."),
+                  "the row. A mapped source has one row (source_file: its format and location); "
+                  "its counts are those of the last run that changed the tables, over the rows "
+                  "that run read (all of them, or the incremental window), and source_version is "
+                  "the source table's Delta version a change_feed source was read up to (null "
+                  "otherwise)."),
     TableContract("synth_truth", SYNTH_TRUTH, ("customer_id",), "synth",
                   "The personas planted in each synthetic customer."),
     TableContract("persona_labels", PERSONA_LABELS, ("customer_id",), "labelling",

@@ -645,7 +645,8 @@ def ingest_source(spark: SparkSession, config: AppConfig) -> dict:
     products_ref = storage.table_ref(config, rules.products_table)
     log_ref = storage.table_ref(config, rules.log_table)
 
-    raw = ingest_sources.read_table(spark, config, source, "ingest.source")
+    read = _incremental_read(spark, config, events_ref, log_ref, name, fingerprint)
+    raw = read.rows
     catalogue = ingest_sources.read_catalogue(spark, config)
     tombstones_ref = storage.table_ref(config, "tombstones")
     tombstones = tombstones_ref.read(spark) if tombstones_ref.exists(spark) else None
@@ -669,20 +670,27 @@ def ingest_source(spark: SparkSession, config: AppConfig) -> dict:
         quarantine = to_quarantine(classified, ingested_at, ingest_sources.QUARANTINE_RAW_COLUMNS)
         _check_record_outcomes(events, quarantine)
         # line_number too: it must stay distinct from the quarantined duplicates' (personas verify).
-        _merge_source_rows(spark, events, events_ref, contracts.PURCHASE_EVENTS, ["event_id"], fingerprint,
-                           (*ingest_sources.EVENT_CONTENT, "line_number"))
-        _merge_source_rows(spark, quarantine, quarantine_ref, contracts.QUARANTINE,
-                           ["content_sha256", "line_number"], fingerprint, ())
+        # An incremental run saw only part of the source: absence from it proves nothing.
+        delete_absent = source.incremental == "full"
+        changed = _merge_source_rows(spark, events, events_ref, contracts.PURCHASE_EVENTS, ["event_id"], fingerprint,
+                                     (*ingest_sources.EVENT_CONTENT, "line_number"), delete_absent)
+        changed |= _merge_source_rows(spark, quarantine, quarantine_ref, contracts.QUARANTINE,
+                                      ["content_sha256", "line_number"], fingerprint, (), delete_absent)
+        deleted = _delete_source_events(spark, events_ref, read.removed, fingerprint)
     finally:
         classified.unpersist()
     events_df = _refresh_products(spark, config, events_ref, products_ref)
-    _write_source_manifest(spark, log_ref, name, fingerprint, (rows_in, kept, quarantined, forgotten), ingested_at)
+    _write_source_manifest(spark, log_ref, name, fingerprint, (rows_in, kept, quarantined, forgotten), ingested_at,
+                           read.source_version, changed or deleted > 0 or source.incremental == "full")
     sizes = event_table_sizes(events_df) if events_df is not None else \
         {"customers": 0, "products": 0, "pairs": 0, "events": 0}
     return {
         "cut": rules.name,
         "source": name,
         "format": source.format,
+        "incremental": source.incremental,
+        **read.figures,
+        "rows_deleted": deleted,
         "files": 1,
         "files_ingested": 1,
         "files_replaced": 0,
@@ -699,21 +707,29 @@ def ingest_source(spark: SparkSession, config: AppConfig) -> dict:
     }
 
 
-def _write_source_manifest(spark, log_ref, name: str, fingerprint: str, counts: tuple, ingested_at) -> None:
-    """The source's ingest_log row: written when new or when its counts changed, so the row
-    says which run last changed the tables, and a re-run on the same data commits nothing."""
+def _write_source_manifest(spark, log_ref, name: str, fingerprint: str, counts: tuple, ingested_at,
+                           source_version: Optional[int], tables_changed: bool) -> None:
+    """The source's ingest_log row: written when new, or when this run changed the tables (or
+    the change feed position) and its counts or position differ, so the row says which run
+    last changed the tables, and a re-run on the same data commits nothing."""
     storage.ensure_table(spark, log_ref, contracts.INGEST_LOG)
     count_columns = ("rows_in", "rows_kept", "rows_quarantined", "rows_forgotten")
     existing = (log_ref.read(spark)  # the source's one row
                 .where((F.col("source_file") == name) & (F.col("content_sha256") == fingerprint))
-                .select("status", *count_columns).first())
-    if existing is not None and (existing["status"], *[existing[c] for c in count_columns]) == (INGESTED, *counts):
-        return
-    log_row = spark.createDataFrame([(uuid.uuid4().hex, name, fingerprint, INGESTED, None, *counts, ingested_at)],
-                                    contracts.INGEST_LOG)
+                .first())
+    if existing is not None:
+        before = existing.asDict()
+        same_position = before.get("source_version") == source_version
+        if same_position and (not tables_changed or (before["status"], *[before[c] for c in count_columns])
+                              == (INGESTED, *counts)):
+            return
+    log_row = spark.createDataFrame(
+        [(uuid.uuid4().hex, name, fingerprint, INGESTED, None, *counts, ingested_at, source_version)],
+        contracts.INGEST_LOG)
     (
         log_ref.delta(spark).alias("t")
         .merge(log_row.alias("s"), "t.source_file = s.source_file AND t.content_sha256 = s.content_sha256")
+        .withSchemaEvolution()  # a manifest written before source_version existed gains it
         .whenMatchedUpdateAll()
         .whenNotMatchedInsertAll()
         .execute()
@@ -721,23 +737,24 @@ def _write_source_manifest(spark, log_ref, name: str, fingerprint: str, counts: 
 
 
 def _merge_source_rows(spark, rows: DataFrame, ref: storage.TableRef, schema, keys, fingerprint: str,
-                       content_columns) -> None:
+                       content_columns, delete_absent: bool = True) -> bool:
     """The table's rows of one source become ``rows``: new keys inserted, a key whose content
-    changed updated, and this source's keys no longer in it deleted. Only the difference
-    goes into the MERGE, and none at all when there is none, so a re-run on the same data
-    rewrites no file and commits nothing."""
+    changed updated, and (``delete_absent``) this source's keys no longer in it deleted. Only
+    the difference goes into the MERGE, and none at all when there is none, so a re-run on the
+    same data rewrites no file and commits nothing. Returns whether it committed."""
     storage.ensure_table(spark, ref, schema)
     incoming = storage.conform(rows, schema, ref.name)
     current = ref.read(spark).where(F.col("content_sha256") == F.lit(fingerprint))
     same = [incoming[c].eqNullSafe(current[c]) for c in (*keys, *content_columns)]
     changed = incoming.join(current, same[0] if len(same) == 1 else _all(same), "left_anti")
-    gone = current.join(incoming.select(*keys), list(keys), "left_anti")
-    difference = (changed.withColumn("_delete", F.lit(False))
-                  .unionByName(gone.select(*schema.fieldNames()).withColumn("_delete", F.lit(True)))
-                  .persist(StorageLevel.MEMORY_AND_DISK))
+    difference = changed.withColumn("_delete", F.lit(False))
+    if delete_absent:
+        gone = current.join(incoming.select(*keys), list(keys), "left_anti")
+        difference = difference.unionByName(gone.select(*schema.fieldNames()).withColumn("_delete", F.lit(True)))
+    difference = difference.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         if difference.isEmpty():
-            return
+            return False
         condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
         every_column = {f"`{c}`": f"s.`{c}`" for c in schema.fieldNames()}
         (
@@ -747,8 +764,74 @@ def _merge_source_rows(spark, rows: DataFrame, ref: storage.TableRef, schema, ke
             .whenNotMatchedInsert(condition="NOT s._delete", values=every_column)
             .execute()
         )
+        return True
     finally:
         difference.unpersist()
+
+
+def _delete_source_events(spark, events_ref: storage.TableRef, removed: Optional[DataFrame], fingerprint: str) -> int:
+    """Delete this source's events that its change feed removed; returns how many went."""
+    if removed is None:
+        return 0
+    doomed = (events_ref.read(spark).where(F.col("content_sha256") == F.lit(fingerprint))
+              .join(removed, "event_id", "left_semi").select("event_id")).localCheckpoint()
+    count = doomed.count()
+    if count:
+        (events_ref.delta(spark).alias("t")
+         .merge(doomed.alias("s"), f"t.event_id = s.event_id AND t.content_sha256 = '{fingerprint}'")
+         .whenMatchedDelete().execute())
+    return count
+
+
+@dataclass(frozen=True)
+class SourceRead:
+    """What one run reads of a mapped source: the rows to ingest, the event_ids its change
+    feed removed (None unless change_feed), the change feed position, and the figures of the
+    window for the summary."""
+
+    rows: DataFrame
+    removed: Optional[DataFrame]
+    source_version: Optional[int]
+    figures: dict
+
+
+def _incremental_read(spark, config: AppConfig, events_ref: storage.TableRef, log_ref: storage.TableRef,
+                      name: str, fingerprint: str) -> SourceRead:
+    from persona_lib import ingest_sources
+
+    source = config.ingest.source
+    if source.incremental == "watermark":
+        raw = ingest_sources.read_table(spark, config, source, "ingest.source")
+        newest = (events_ref.read(spark).where(F.col("content_sha256") == F.lit(fingerprint))
+                  .agg(F.max("event_ts")).first()[0]) if events_ref.exists(spark) else None
+        start = ingest_sources.watermark_start(newest, source.watermark_lookback_hours)
+        rows = raw if start is None else ingest_sources.rows_from(raw, source, start)
+        return SourceRead(rows, None, None, {"read_from": start.isoformat(sep=" ") if start else None})
+    if source.incremental == "change_feed":
+        version = ingest_sources.source_table_version(spark, config, source)
+        last = _last_source_version(spark, log_ref, name, fingerprint)
+        if last is None:  # first run: the whole table as of the version the next run reads after
+            rows = ingest_sources.read_table(spark, config, source, "ingest.source", version=version)
+            return SourceRead(rows, None, version, {"source_version_from": None, "source_version": version})
+        if version <= last:
+            rows = ingest_sources.read_table(spark, config, source, "ingest.source", version=last).limit(0)
+            return SourceRead(rows, None, last, {"source_version_from": last, "source_version": last})
+        changes = ingest_sources.read_changes(spark, config, source, last, version)
+        rows, removed = ingest_sources.split_changes(changes, source, fingerprint)
+        return SourceRead(rows, removed, version, {"source_version_from": last, "source_version": version})
+    return SourceRead(ingest_sources.read_table(spark, config, source, "ingest.source"), None, None, {})
+
+
+def _last_source_version(spark, log_ref: storage.TableRef, name: str, fingerprint: str) -> Optional[int]:
+    """The change feed position the source's ingest_log row records (None: never read)."""
+    if not log_ref.exists(spark):
+        return None
+    log = log_ref.read(spark)
+    if "source_version" not in log.columns:  # a manifest from before change feeds were read
+        return None
+    row = log.where((F.col("source_file") == name) & (F.col("content_sha256") == fingerprint)).select(
+        "source_version").first()
+    return None if row is None or row[0] is None else int(row[0])
 
 
 def _all(conditions):
@@ -821,7 +904,7 @@ def _write_manifest(spark, ref, manifest: _Manifest, plan: list[FileAction], per
         if keep_from is not None:
             counts = {k: keep_from[k] for k in counts}
         rows.append((ingest_id, name, sha, status, detail, counts["rows_in"], counts["rows_kept"],
-                     counts["rows_quarantined"], counts["rows_forgotten"], ingested_at))
+                     counts["rows_quarantined"], counts["rows_forgotten"], ingested_at, None))
 
     for action in plan:
         if action.action == "ingest":
@@ -840,6 +923,7 @@ def _write_manifest(spark, ref, manifest: _Manifest, plan: list[FileAction], per
     (
         ref.delta(spark).alias("t")
         .merge(source.alias("s"), "t.source_file = s.source_file AND t.content_sha256 = s.content_sha256")
+        .withSchemaEvolution()  # a manifest written before source_version existed gains it
         .whenMatchedUpdateAll()
         .whenNotMatchedInsertAll()
         .execute()

@@ -18,6 +18,7 @@ in it. Running it twice on the same source changes nothing.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from pathlib import Path
 from typing import Optional
@@ -65,9 +66,10 @@ def check_local_paths(config: AppConfig) -> None:
             raise InputError(f"{key}.path: {resolved} not found (format {spec.format})")
 
 
-def read_table(spark: SparkSession, config: AppConfig, spec, key: str) -> DataFrame:
+def read_table(spark: SparkSession, config: AppConfig, spec, key: str, version: Optional[int] = None) -> DataFrame:
     """Read ``spec`` (an ``IngestSourceConfig`` or ``ProductCatalogConfig``) found at config
-    key ``key`` (``ingest.source`` / ``ingest.products``)."""
+    key ``key`` (``ingest.source`` / ``ingest.products``); ``version``: a Delta source as of
+    that version."""
     fmt = spec.format
     location_key = FORMAT_LOCATION.get(fmt)
     if location_key is None:
@@ -78,6 +80,8 @@ def read_table(spark: SparkSession, config: AppConfig, spec, key: str) -> DataFr
         if local is not None and not local.exists():
             raise InputError(f"{key}.path: {resolved} not found (format {fmt})")
         reader = spark.read.format(fmt)
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
         if fmt == "csv":
             # Every CSV field stays text: the coercion below types it and quarantines what fails.
             reader = reader.options(**{"header": "true", "inferSchema": "false", **spec.options})
@@ -90,7 +94,8 @@ def read_table(spark: SparkSession, config: AppConfig, spec, key: str) -> DataFr
     if location_key == "table":
         if not spark.catalog.tableExists(spec.table):
             raise InputError(f"{key}.table: table {spec.table} not found")
-        return spark.read.table(spec.table)
+        reader = spark.read if version is None else spark.read.option("versionAsOf", version)
+        return reader.table(spec.table)
     try:
         return spark.sql(spec.query)
     except Exception as exc:
@@ -150,6 +155,93 @@ def _timestamp(column: Column, dtype: T.DataType, pattern: Optional[str], key: s
                      "(expected timestamp, date or text)")
 
 
+def _mapped_columns(source: IngestSourceConfig) -> list[str]:
+    """The source columns a row is read from: every mapped column and the declared key."""
+    mapped = {c for f in MAPPED_FIELDS for c in _names(getattr(source.columns, f))}
+    return sorted(mapped | set(source.key))
+
+
+def event_id(source: IngestSourceConfig, fingerprint: str) -> Column:
+    """A source row's event_id: sha256 of the fingerprint and its key (ingest.source.key, else
+    every mapped column), over the source's own columns."""
+    key_columns = tuple(source.key) or tuple(_mapped_columns(source))
+    key_json = F.to_json(F.struct(*[F.col(f"`{c}`").cast("string").alias(c) for c in key_columns]))
+    return F.sha2(F.concat(F.lit(fingerprint + ":"), key_json), 256)
+
+
+def watermark_start(newest_event: Optional[dt.datetime], lookback_hours: float) -> Optional[dt.datetime]:
+    """Where a watermark run starts reading: the newest event this source already has, less
+    the lookback that lets late rows arrive; None (read everything) on a first run."""
+    return None if newest_event is None else newest_event - dt.timedelta(hours=lookback_hours)
+
+
+def rows_from(raw: DataFrame, source: IngestSourceConfig, start: dt.datetime, key: str = "ingest.source") -> DataFrame:
+    """The source rows whose event_ts, typed as ``coerce_source`` types it, is at or after
+    ``start``, and those whose event_ts cannot be read: those are quarantined on every run
+    rather than skipped for ever. The filter is on the source's own column, so a parquet or
+    Delta source prunes files and row groups by it."""
+    ts_column = _names(source.columns.event_ts)[0]
+    dtype = raw.schema[ts_column].dataType
+    ts = _timestamp(F.col(f"`{ts_column}`"), dtype, source.timestamp_format, key)
+    return raw.where(ts.isNull() | (ts >= F.lit(start).cast("timestamp")))
+
+
+# Columns the Delta change data feed adds to every row.
+CHANGE_FEED_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
+_PRESENT_CHANGES = ("insert", "update_postimage")
+_REMOVED_CHANGES = ("delete", "update_preimage")
+
+
+def source_table_version(spark: SparkSession, config: AppConfig, source: IngestSourceConfig) -> int:
+    """The latest Delta version of a delta or table source."""
+    from delta.tables import DeltaTable
+
+    try:
+        table = (DeltaTable.forName(spark, source.table) if source.format == "table"
+                 else DeltaTable.forPath(spark, str(config.resolve_path(source.path))))
+        return int(table.history(1).select("version").head()[0])
+    except Exception as exc:
+        location = source.table if source.format == "table" else config.resolve_path(source.path)
+        raise InputError(f"ingest.source: incremental change_feed needs a Delta table, and {location} "
+                         f"is not one: {_first_line(exc)}") from exc
+
+
+def read_changes(spark: SparkSession, config: AppConfig, source: IngestSourceConfig, after_version: int,
+                 up_to_version: int) -> DataFrame:
+    """The source's change data feed from ``after_version`` (exclusive) to ``up_to_version``."""
+    reader = (spark.read.format("delta").option("readChangeFeed", "true")
+              .option("startingVersion", after_version + 1).option("endingVersion", up_to_version))
+    location = source.table if source.format == "table" else str(config.resolve_path(source.path))
+    try:
+        changes = reader.table(location) if source.format == "table" else reader.load(location)
+        # A feed not recorded for the range fails only when a plan reads it: read one row now,
+        # so the error names the setting instead of surfacing inside the ingestion.
+        changes.isEmpty()
+        return changes
+    except Exception as exc:
+        raise InputError(
+            f"ingest.source: cannot read the change data feed of {location} after version {after_version}: "
+            f"{_first_line(exc)}. Enable it on the source (ALTER TABLE ... SET TBLPROPERTIES "
+            "(delta.enableChangeDataFeed = true)) and ingest once with incremental: full, or use "
+            "incremental: watermark") from exc
+
+
+def split_changes(changes: DataFrame, source: IngestSourceConfig, fingerprint: str) -> tuple[DataFrame, DataFrame]:
+    """The net effect of a change feed on the source's rows: (the rows present after it, with
+    the source's columns only; the event_id of every row it removed). Each key's last change
+    wins; within one commit a row's new image wins over its old one (an update of a declared
+    key is a pre- and a post-image under the same event_id). Rows tied at a key's last change
+    all stay, so a line inserted twice in one commit is still quarantined as duplicate_line."""
+    keyed = changes.withColumn("_event_id", event_id(source, fingerprint))
+    present = F.col("_change_type").isin(*_PRESENT_CHANGES)
+    last = Window.partitionBy("_event_id").orderBy(F.desc("_commit_version"), F.desc(present.cast("int")))
+    latest = (keyed.where(F.col("_change_type").isin(*_PRESENT_CHANGES, *_REMOVED_CHANGES))
+              .withColumn("_change_rank", F.rank().over(last)).where(F.col("_change_rank") == 1))
+    source_columns = [f"`{c}`" for c in changes.columns if c not in CHANGE_FEED_COLUMNS]
+    return (latest.where(present).select(*source_columns),
+            latest.where(~present).select(F.col("_event_id").alias("event_id")).distinct())
+
+
 def coerce_source(df: DataFrame, source: IngestSourceConfig, settings: IngestConfig, name: str,
                   fingerprint: str, key: str = "ingest.source") -> DataFrame:
     """Type every source row and give it one ``reason`` (null = kept) and its ``event_id``.
@@ -163,7 +255,7 @@ def coerce_source(df: DataFrame, source: IngestSourceConfig, settings: IngestCon
     if source.key:
         check_mapping(df, {"key": tuple(source.key)}, key)
     dtypes = {f.name: f.dataType for f in df.schema.fields}
-    mapped_columns = sorted({c for cols in mapping.values() for c in cols} | set(source.key))
+    mapped_columns = _mapped_columns(source)
 
     def single(field_name: str) -> tuple[Optional[str], Optional[T.DataType]]:
         cols = mapping.get(field_name, ())
@@ -188,13 +280,11 @@ def coerce_source(df: DataFrame, source: IngestSourceConfig, settings: IngestCon
     title = (F.concat_ws(" ", *[F.trim(F.col(f"`{c}`").cast("string")) for c in mapping["title"]])
              if "title" in mapping else F.lit(None).cast("string"))
     row_json = F.to_json(F.struct(*[F.col(f"`{c}`").cast("string").alias(c) for c in mapped_columns]))
-    key_columns = tuple(source.key) or tuple(mapped_columns)
-    key_json = F.to_json(F.struct(*[F.col(f"`{c}`").cast("string").alias(c) for c in key_columns]))
     typed = df.select(
         F.lit(name).alias("source_file"),
         F.lit(fingerprint).alias("content_sha256"),
         row_json.alias("raw_line"),
-        F.sha2(F.concat(F.lit(fingerprint + ":"), key_json), 256).alias("event_id"),
+        event_id(source, fingerprint).alias("event_id"),
         *[raw_text(f).alias(f"raw_{f}") for f in MAPPED_FIELDS],
         F.when(customer_text.isNull() | (customer_text == ""), F.lit(None))
         .otherwise(customer_id_digits(customer_text)).alias("_customer_digits"),
