@@ -195,6 +195,11 @@ class GraphConfig:
 
     edge_weighting: str = "none"  # none | count | recency
     half_life_days: float = 90.0  # recency: an edge's weight halves every this many days
+    # The graph's product vertices: "product" (one per product_id, the paper's graph) or
+    # "group" (one per products.product_group, the catalogue's group: a coarser key for a
+    # sparse catalogue, where few customers share any one SKU). Products without a group stay
+    # their own vertex; product_affinity is still written per product (its group's affinity).
+    product_key: str = "product"
 
 
 @dataclass(frozen=True)
@@ -719,6 +724,7 @@ FORMAT_LOCATION = {"delta": "path", "parquet": "path", "csv": "path", "table": "
 REQUIRED_SOURCE_COLUMNS = ("customer_id", "product_id", "quantity", "event_ts")
 PROPAGATION_METHODS = ("revaff", "exact")
 EDGE_WEIGHTINGS = ("none", "count", "recency")
+PRODUCT_KEYS = ("product", "group")
 SAMPLERS = ("random", "du")
 
 _IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -784,6 +790,8 @@ def validate(config: AppConfig, where: str = "config") -> None:
     graph = config.graph
     if graph.edge_weighting not in EDGE_WEIGHTINGS:
         problems.append(f"graph.edge_weighting: {graph.edge_weighting!r}; expected one of {list(EDGE_WEIGHTINGS)}")
+    if graph.product_key not in PRODUCT_KEYS:
+        problems.append(f"graph.product_key: {graph.product_key!r}; expected one of {list(PRODUCT_KEYS)}")
     if not graph.half_life_days > 0:
         problems.append(f"graph.half_life_days must be positive, got {graph.half_life_days}")
     problems += _labelling_problems(config)

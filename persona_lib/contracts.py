@@ -64,6 +64,9 @@ PRODUCTS = _schema(
     ("last_seen", TimestampType(), True),
     ("events", LongType(), False),
     ("customers", LongType(), False),
+    # The catalogue's group (ingest.products.columns.group): graph.product_key group keys the
+    # graph by it.
+    ("product_group", StringType(), True),
 )
 
 QUARANTINE = _schema(
@@ -260,7 +263,8 @@ CONTRACTS: Tuple[TableContract, ...] = (
                   "column) and line_number a 63-bit hash of the same; invoice_no, unit_price, "
                   "product_title and country are null where the mapping names no column."),
     TableContract("products", PRODUCTS, ("product_id",), "ingest",
-                  "One product; title is its most frequent title."),
+                  "One product; title is its most frequent title (the catalogue's, when "
+                  "ingest.products is set) and product_group its catalogue group (null without one)."),
     TableContract("quarantine", QUARANTINE, ("content_sha256", "line_number"), "ingest",
                   "One rejected source record with exactly one reason; detail says what is wrong "
                   "and names the field. For a mapped source the raw columns hold the mapped "

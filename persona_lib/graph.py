@@ -56,6 +56,45 @@ def edges_from_events(events: DataFrame, weighting: str = "none", half_life_days
     return pairs.agg(F.sum(F.pow(F.lit(0.5), age_days / F.lit(half_life_days))).alias("weight"))
 
 
+# A group vertex's key: kept apart from product ids, which could spell the same text.
+GROUP_KEY_PREFIX = "group:"
+
+
+def product_graph_keys(products: DataFrame, product_key: str) -> Optional[DataFrame]:
+    """(product_id, graph_key): the product vertex each product of ``products`` (the products
+    table) joins under ``graph.product_key``; None for "product", where every product is its
+    own vertex. A product without a group keeps its own id."""
+    if product_key == "product":
+        return None
+    if product_key != "group":
+        raise InputError(f"graph.product_key: {product_key!r} is not one of ['product', 'group']")
+    if "product_group" not in products.columns:
+        raise InputError("graph.product_key group: the products table has no product_group column "
+                         "(map ingest.products.columns.group and ingest again)")
+    group = F.col("product_group")
+    return products.select(
+        "product_id",
+        F.when(group.isNotNull(), F.concat(F.lit(GROUP_KEY_PREFIX), group)).otherwise(F.col("product_id"))
+        .alias("graph_key"))
+
+
+def edges_by_key(edges: DataFrame, graph_keys: DataFrame, weighting: str = "none") -> DataFrame:
+    """``edges`` (customer_id, product_id, weight) on the coarser product vertices of
+    ``graph_keys``: one edge per (customer, key), its product_id the key. Unweighted stays
+    unweighted (1.0); a count or recency weight is summed over the group's products."""
+    keyed = edges.join(graph_keys, "product_id", "left").select(
+        "customer_id", F.coalesce("graph_key", "product_id").alias("product_id"), "weight")
+    weight = F.max("weight") if weighting == "none" else F.sum("weight")
+    return keyed.groupBy("customer_id", "product_id").agg(weight.alias("weight"))
+
+
+def affinity_by_product(key_affinity: DataFrame, graph_keys: DataFrame) -> DataFrame:
+    """A walk's product_affinity over keyed vertices, back per product: every product takes
+    its vertex's (product_id, persona, score) rows."""
+    return (graph_keys.join(key_affinity.withColumnRenamed("product_id", "graph_key"), "graph_key")
+            .select("product_id", "persona", "score"))
+
+
 def edges_from_pairs(pairs: DataFrame) -> DataFrame:
     """(customer_id, product_id, weight=1.0) from (customer_id, product_id) rows, duplicates merged."""
     return edges_from_events(pairs.select("customer_id", "product_id"), weighting="none")

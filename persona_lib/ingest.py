@@ -475,7 +475,7 @@ def products_from_events(events: DataFrame) -> DataFrame:
         F.count(F.lit(1)).alias("events"),
         F.countDistinct("customer_id").alias("customers"),
     )
-    return stats.join(titles, "product_id")
+    return stats.join(titles, "product_id").withColumn("product_group", F.lit(None).cast("string"))
 
 
 # --------------------------------------------------------------------------- the job
@@ -623,7 +623,8 @@ def _refresh_products(spark, config, events_ref, products_ref) -> Optional[DataF
     products = products_from_events(events_df)
     catalogue = read_catalogue(spark, config)
     if catalogue is not None:
-        products = (products.join(catalogue.withColumnRenamed("title", "_catalogue_title"), "product_id", "left")
+        products = (products.drop("product_group")
+                    .join(catalogue.withColumnRenamed("title", "_catalogue_title"), "product_id", "left")
                     .withColumn("title", F.coalesce("_catalogue_title", "title")).drop("_catalogue_title"))
     storage.merge_upsert(spark, products, products_ref, contracts.PRODUCTS, ["product_id"])
     return events_df

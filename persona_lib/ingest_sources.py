@@ -417,7 +417,8 @@ QUARANTINE_RAW_COLUMNS = {
 
 def read_catalogue(spark: SparkSession, config: AppConfig,
                    catalog: Optional[ProductCatalogConfig] = None) -> Optional[DataFrame]:
-    """``ingest.products`` as product_id, title (one row per product), or None when unset."""
+    """``ingest.products`` as product_id, title, product_group (one row per product), or None
+    when unset."""
     catalog = catalog or config.ingest.products
     if not catalog.format:
         return None
@@ -429,10 +430,15 @@ def read_catalogue(spark: SparkSession, config: AppConfig,
     product_col = mapping["product_id"][0]
     title = (F.concat_ws(" ", *[F.trim(F.col(f"`{c}`").cast("string")) for c in mapping["title"]])
              if mapping["title"] else F.lit(None).cast("string"))
+    group = (F.nullif(F.trim(F.col(f"`{mapping['group'][0]}`").cast("string")), F.lit(""))
+             if mapping["group"] else F.lit(None).cast("string"))
     products = df.select(
         F.nullif(F.upper(_id_text(F.col(f"`{product_col}`"), dtypes[product_col])), F.lit("")).alias("product_id"),
         F.nullif(title, F.lit("")).alias("title"),
+        group.alias("product_group"),
     ).where(F.col("product_id").isNotNull())
-    # A catalogue listing a product twice: its smallest title, so the choice is reproducible.
-    return products.groupBy("product_id").agg(F.min("title").alias("title"))
+    # A catalogue listing a product twice: its smallest title and group, so the choice is
+    # reproducible.
+    return products.groupBy("product_id").agg(F.min("title").alias("title"),
+                                               F.min("product_group").alias("product_group"))
 

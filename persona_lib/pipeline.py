@@ -16,6 +16,7 @@ latest complete run.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from datetime import datetime, timezone
@@ -119,10 +120,9 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
     with timer("graph", "graph"):
         customers = events.select("customer_id").distinct().cache()
         n_customers = customers.count()
-        edges = graph_lib.edges_from_events(events, config.graph.edge_weighting,
-                                            config.graph.half_life_days)
-        graph = graph_lib.build_graph(edges)
-    say(f"graph: {n_customers} customers, {graph.product_count} products, {graph.edge_count} edges")
+        edges, graph, graph_keys = _purchase_graph(spark, config, events)
+    say(f"graph: {n_customers} customers, {graph.product_count} product vertices"
+        f"{' (product groups)' if graph_keys is not None else ''}, {graph.edge_count} edges")
 
     # labelling.products (off by default): product titles are labelled once, before the rounds.
     with timer("label_products"):
@@ -151,7 +151,8 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
 
     def walk(seeds: DataFrame, round_index: int):
         supersteps.clear()
-        result = propagation.propagate(spark, graph, seeds, config.propagation, on_superstep=on_superstep)
+        result = _per_product(propagation.propagate(spark, graph, seeds, config.propagation,
+                                                    on_superstep=on_superstep), graph_keys)
         propagation_tables.update(propagation.write_propagation(
             spark, config, result, propagation_id=f"{run_id}-r{round_index + 1}"))
         return result
@@ -295,6 +296,33 @@ def _personas_without_seed(spark, config) -> list[str]:
         log.warning("%d persona(s) of taxonomy %r have no seed (no labelled customer has them), so "
                     "propagation gives them to nobody: %s", len(missing), taxonomy.name, ", ".join(missing))
     return missing
+
+
+def _purchase_graph(spark, config, events: DataFrame):
+    """(edges per product, the walk's graph, graph_keys): the graph's product vertices are
+    products, or their catalogue groups under graph.product_key group (graph_keys then maps
+    product_id -> vertex; None otherwise). The persona model and the evidence keep the
+    per-product edges: only the walk runs on the coarser vertices."""
+    from persona_lib import graph as graph_lib
+
+    edges = graph_lib.edges_from_events(events, config.graph.edge_weighting, config.graph.half_life_days)
+    graph_keys = graph_lib.product_graph_keys(storage.table_ref(config, "products").read(spark),
+                                              config.graph.product_key)
+    if graph_keys is None:
+        return edges, graph_lib.build_graph(edges), None
+    graph_keys = graph_keys.localCheckpoint()  # one row per product: small, read by every round
+    return edges, graph_lib.build_graph(graph_lib.edges_by_key(edges, graph_keys, config.graph.edge_weighting)), \
+        graph_keys
+
+
+def _per_product(result, graph_keys: Optional[DataFrame]):
+    """The walk's result with product_affinity per product (its vertex's rows)."""
+    if graph_keys is None:
+        return result
+    from persona_lib import graph as graph_lib
+
+    return dataclasses.replace(result, product_affinity=graph_lib.affinity_by_product(result.product_affinity,
+                                                                                      graph_keys))
 
 
 def _product_labels(spark, config) -> Optional[DataFrame]:
@@ -516,7 +544,6 @@ def republish(spark: SparkSession, config: AppConfig, reason: str,
     own (tag ``personas.reason``), committed through the runs table like any other.
     """
     from persona_lib import cold_start, labelling, propagation
-    from persona_lib import graph as graph_lib
     from persona_lib.query import run_alias
 
     say = progress or log.info
@@ -528,11 +555,9 @@ def republish(spark: SparkSession, config: AppConfig, reason: str,
         run_id = active.info.run_id
         publishing.record_run(spark, config, run_id, "running", started_at, None, {})
         customers = events.select("customer_id").distinct()
-        edges = graph_lib.edges_from_events(events, config.graph.edge_weighting,
-                                            config.graph.half_life_days)
-        graph = graph_lib.build_graph(edges)
-        result = propagation.propagate(spark, graph, labelling.labels_for_propagation(spark, config),
-                                           config.propagation)
+        edges, graph, graph_keys = _purchase_graph(spark, config, events)
+        result = _per_product(propagation.propagate(spark, graph, labelling.labels_for_propagation(spark, config),
+                                                    config.propagation), graph_keys)
         propagation.write_propagation(spark, config, result, propagation_id=f"{run_id}-{reason}")
         say(f"{reason}: re-propagated in {result.stats['supersteps']} supersteps")
         model, persona_scores = _fit_persona_model(spark, config, graph, edges, float(result.stats["epsilon"]))

@@ -198,11 +198,16 @@ def merge_upsert(spark: SparkSession, df: DataFrame, ref: TableRef, schema: Stru
     # Only rows that differ from the table go into the MERGE: a MERGE whose matched rows are
     # all unchanged would still rewrite their files and commit a new version.
     target = ref.read(spark)
-    same = [_comparable(source[f.name], f).eqNullSafe(_comparable(target[f.name], f)) for f in schema.fields]
-    changed_rows = source.join(target, on=_all(same), how="left_anti")
+    # A table written before its contract gained a nullable column: every row is rewritten
+    # and the MERGE adds the column.
+    older = [f.name for f in schema.fields if f.name not in target.columns]
+    same = [_comparable(source[f.name], f).eqNullSafe(_comparable(target[f.name], f)) for f in schema.fields
+            if f.name not in older]
+    changed_rows = source if older else source.join(target, on=_all(same), how="left_anti")
     (
         ref.delta(spark).alias("t")
         .merge(changed_rows.alias("s"), condition)
+        .withSchemaEvolution()
         .whenMatchedUpdateAll()
         .whenNotMatchedInsertAll()
         .execute()

@@ -85,3 +85,41 @@ def test_graphframe_needs_the_jvm_library(spark):
     else:  # the library is on the session: the GraphFrame has our vertices and edges
         assert frame.edges.count() == 1
     graph.unpersist()
+
+
+PRODUCTS_SCHEMA = "product_id string, product_group string"
+
+
+def test_group_keys_make_one_vertex_per_catalogue_group_and_leave_ungrouped_products_alone(spark):
+    from persona_lib.graph import edges_by_key, product_graph_keys
+
+    products = spark.createDataFrame([("MILK", "Dairy"), ("EGGS", "Dairy"), ("BREAD", None)], PRODUCTS_SCHEMA)
+    keys = product_graph_keys(products, "group")
+    edges = spark.createDataFrame([("1", "MILK", 2.0), ("1", "EGGS", 1.0), ("1", "BREAD", 1.0), ("2", "EGGS", 3.0)],
+                                  EDGE_SCHEMA)
+    unweighted = edges_by_key(edges.withColumn("weight", F.lit(1.0)), keys, "none").orderBy("customer_id", "product_id")
+    assert_df_equality(unweighted, spark.createDataFrame(
+        [("1", "BREAD", 1.0), ("1", "group:Dairy", 1.0), ("2", "group:Dairy", 1.0)], EDGE_SCHEMA), ignore_nullable=True)
+    counted = edges_by_key(edges, keys, "count").orderBy("customer_id", "product_id")
+    assert_df_equality(counted, spark.createDataFrame(
+        [("1", "BREAD", 1.0), ("1", "group:Dairy", 3.0), ("2", "group:Dairy", 3.0)], EDGE_SCHEMA), ignore_nullable=True)
+    assert product_graph_keys(products, "product") is None
+
+
+def test_a_group_vertex_affinity_goes_back_to_every_product_of_the_group(spark):
+    from persona_lib.graph import affinity_by_product, product_graph_keys
+
+    keys = product_graph_keys(spark.createDataFrame([("MILK", "Dairy"), ("EGGS", "Dairy"), ("BREAD", None)],
+                                                    PRODUCTS_SCHEMA), "group")
+    walk = spark.createDataFrame([("group:Dairy", "Baker", 0.25), ("BREAD", "Baker", 0.5)],
+                                 "product_id string, persona string, score double")
+    expected = spark.createDataFrame([("BREAD", "Baker", 0.5), ("EGGS", "Baker", 0.25), ("MILK", "Baker", 0.25)],
+                                     "product_id string, persona string, score double")
+    assert_df_equality(affinity_by_product(walk, keys).orderBy("product_id"), expected, ignore_nullable=True)
+
+
+def test_group_keys_need_the_catalogue_group_column(spark):
+    from persona_lib.graph import product_graph_keys
+
+    with pytest.raises(InputError, match="ingest.products.columns.group"):
+        product_graph_keys(spark.createDataFrame([("MILK",)], "product_id string"), "group")

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import yaml
 from chispa import assert_df_equality
-from pyspark.sql import functions as F
 
 from persona_lib import storage
 from persona_lib.config import load_config

@@ -111,14 +111,16 @@ def test_a_parquet_source_with_a_catalogue_is_ingested_through_its_mapping_and_a
     assert (third["rows_in"], third["rows_kept"], third["events"]) == (8, 4, 4)
 
     rows = sql(conf, "SELECT 'event' AS kind, e.customer_id AS id, e.product_id AS product, "
-                     "CAST(e.quantity AS STRING) AS value, typeof(e.quantity) AS detail, p.title AS title "
+                     "CAST(e.quantity AS STRING) AS value, typeof(e.quantity) AS detail, "
+                     "CONCAT(p.title, ' / ', p.product_group) AS title "
                      "FROM purchase_events e JOIN products p USING (product_id) "
                      "UNION ALL SELECT 'quarantine', customer_id, stock_code, reason, detail, NULL FROM quarantine "
                      "UNION ALL SELECT 'log', source_file, status, CAST(rows_in AS STRING), "
                      "CONCAT(rows_kept, '+', rows_quarantined, '+', rows_forgotten), NULL FROM ingest_log")
     events = sorted((r["id"], r["product"], r["value"], r["title"]) for r in rows if r["kind"] == "event")
-    assert events == [("1001", "BAN-1", "0.5", "Bananas Chiquita"), ("1001", "MLK-2", "2.0", "Milk Arla"),
-                      ("1002", "BAN-1", "1.25", "Bananas Chiquita"), ("1003", "MLK-2", "1.0", "Milk Arla")]
+    # The catalogue's title and group (graph.product_key group keys the graph by the group).
+    assert events == [("1001", "BAN-1", "0.5", "Bananas Chiquita / Fruit"), ("1001", "MLK-2", "2.0", "Milk Arla / Dairy"),
+                      ("1002", "BAN-1", "1.25", "Bananas Chiquita / Fruit"), ("1003", "MLK-2", "1.0", "Milk Arla / Dairy")]
     assert {r["detail"] for r in rows if r["kind"] == "event"} == {"double"}
     quarantined = {r["value"]: r["detail"] for r in rows if r["kind"] == "quarantine"}
     assert quarantined["unparsable_value"] == "unparsable: quantity (column qty) is not a finite number"
