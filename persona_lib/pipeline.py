@@ -120,7 +120,7 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
     with timer("graph", "graph"):
         customers = events.select("customer_id").distinct().cache()
         n_customers = customers.count()
-        edges, graph, graph_keys = _purchase_graph(spark, config, events)
+        edges, graph, graph_keys = purchase_graph(spark, config, events)
     say(f"graph: {n_customers} customers, {graph.product_count} product vertices"
         f"{' (product groups)' if graph_keys is not None else ''}, {graph.edge_count} edges")
 
@@ -151,7 +151,7 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
 
     def walk(seeds: DataFrame, round_index: int):
         supersteps.clear()
-        result = _per_product(propagation.propagate(spark, graph, seeds, config.propagation,
+        result = per_product_affinity(propagation.propagate(spark, graph, seeds, config.propagation,
                                                     on_superstep=on_superstep), graph_keys)
         propagation_tables.update(propagation.write_propagation(
             spark, config, result, propagation_id=f"{run_id}-r{round_index + 1}"))
@@ -298,7 +298,7 @@ def _personas_without_seed(spark, config) -> list[str]:
     return missing
 
 
-def _purchase_graph(spark, config, events: DataFrame):
+def purchase_graph(spark, config, events: DataFrame):
     """(edges per product, the walk's graph, graph_keys): the graph's product vertices are
     products, or their catalogue groups under graph.product_key group (graph_keys then maps
     product_id -> vertex; None otherwise). The persona model and the evidence keep the
@@ -315,7 +315,7 @@ def _purchase_graph(spark, config, events: DataFrame):
         graph_keys
 
 
-def _per_product(result, graph_keys: Optional[DataFrame]):
+def per_product_affinity(result, graph_keys: Optional[DataFrame]):
     """The walk's result with product_affinity per product (its vertex's rows)."""
     if graph_keys is None:
         return result
@@ -555,8 +555,8 @@ def republish(spark: SparkSession, config: AppConfig, reason: str,
         run_id = active.info.run_id
         publishing.record_run(spark, config, run_id, "running", started_at, None, {})
         customers = events.select("customer_id").distinct()
-        edges, graph, graph_keys = _purchase_graph(spark, config, events)
-        result = _per_product(propagation.propagate(spark, graph, labelling.labels_for_propagation(spark, config),
+        edges, graph, graph_keys = purchase_graph(spark, config, events)
+        result = per_product_affinity(propagation.propagate(spark, graph, labelling.labels_for_propagation(spark, config),
                                                     config.propagation), graph_keys)
         propagation.write_propagation(spark, config, result, propagation_id=f"{run_id}-{reason}")
         say(f"{reason}: re-propagated in {result.stats['supersteps']} supersteps")

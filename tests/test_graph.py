@@ -123,3 +123,30 @@ def test_group_keys_need_the_catalogue_group_column(spark):
 
     with pytest.raises(InputError, match="ingest.products.columns.group"):
         product_graph_keys(spark.createDataFrame([("MILK",)], "product_id string"), "group")
+
+
+def test_the_run_walks_group_vertices_and_publishes_each_product_its_groups_affinity(spark, config):
+    import dataclasses
+
+    from persona_lib import contracts, storage
+    from persona_lib.pipeline import per_product_affinity, purchase_graph
+    from persona_lib.propagation import propagate
+
+    grouped = dataclasses.replace(config, graph=dataclasses.replace(config.graph, product_key="group"))
+    products = spark.createDataFrame(
+        [("MILK", "Milk", 2, 2, "Dairy"), ("EGGS", "Eggs", 1, 1, "Dairy"), ("BREAD", "Bread", 1, 1, None)],
+        "product_id string, title string, events long, customers long, product_group string")
+    storage.overwrite(products.select("product_id", "title", F.lit(None).cast("timestamp").alias("first_seen"),
+                                      F.lit(None).cast("timestamp").alias("last_seen"), "events", "customers",
+                                      "product_group"),
+                      storage.table_ref(grouped, "products"), contracts.PRODUCTS)
+    purchases = spark.createDataFrame([("1", "MILK"), ("2", "EGGS"), ("2", "MILK"), ("3", "BREAD")],
+                                      "customer_id string, product_id string")
+
+    edges, graph, keys = purchase_graph(spark, grouped, purchases)
+    assert (edges.count(), graph.product_count, graph.edge_count) == (4, 2, 3)  # Dairy and BREAD
+    seeds = spark.createDataFrame([("1", "Baker")], "customer_id string, persona string")
+    result = per_product_affinity(propagate(spark, graph, seeds, grouped.propagation), keys)
+    scores = {r["product_id"]: r["score"] for r in result.product_affinity.collect()}
+    # Customer 1 reaches only Dairy: both its products carry the same affinity; BREAD none.
+    assert set(scores) == {"MILK", "EGGS"} and scores["MILK"] == scores["EGGS"] > 0
