@@ -114,5 +114,7 @@ def test_smollm2_labels_customers_through_a_vllm_server_inside_the_taxonomy(spar
                            "--workdir", str(workdir), "--run-id", "smollm2-openai", "--quiet")
         hit_rate = prefix_cache_hit_rate(base_url)
     assert_stored_inside_the_taxonomy(spark, conf, workdir, summary, f"openai:{smollm2.MODEL_DIR}")
-    # The instructions and persona list open every prompt: the server served them from its cache.
-    assert hit_rate is not None and hit_rate > 0.3
+    # The instructions and persona list open every prompt: after the first requests the server
+    # serves them from its prefix cache, and the labeller records what it reports per request.
+    assert hit_rate is not None and hit_rate > 0
+    assert summary["tokens"]["cached_tokens"] > 0
