@@ -307,7 +307,7 @@ def publish_reversed_run(spark, config) -> str:
     for key, frame, schema in (
             ("persona_affinity", affinity.withColumn("rank", reversed_rank), contracts.PERSONA_AFFINITY),
             ("customer_personas", summary.withColumn("personas", F.reverse("personas")), contracts.CUSTOMER_PERSONAS)):
-        ref = storage.table_ref(config, key)
+        ref = storage.resolve_tables(config).get(key)
         storage.overwrite(frame.withColumn("run_id", F.lit(run_id)).localCheckpoint(), ref, schema)
         versions[key] = ref.version(spark)
     tracking.configure(config)
@@ -399,7 +399,7 @@ def test_a_table_with_deletion_vectors_and_v2_checkpoints_is_refused_naming_the_
     features = spark.sql(f"DESCRIBE DETAIL delta.`{path}`").first()["tableFeatures"]
     assert {"deletionVectors", "v2Checkpoint"} <= set(features)
     with pytest.raises(DependencyError) as refused:
-        serving.read_arrow(config.replace("tables", persona_affinity=path), "persona_affinity", ["customer_id"])
+        serving.read_arrow(storage.TableRef("persona_affinity", path, is_catalog=False), ["customer_id"])
     message = str(refused.value)
     assert message.startswith("persona_affinity (") and "deltalake 1.6.6" in message
     assert "deletionVectors" in message and "v2Checkpoint" in message
