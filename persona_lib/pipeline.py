@@ -140,7 +140,7 @@ def _run_rounds_and_publish(spark, config, tables, run_id, started_at, timer, sa
     # rounds would repeat it exactly).
     plan = rounds_lib.RoundPlan.from_budget(n_customers, config.sampling.budget,
                                             1 if no_llm else config.sampling.rounds, config.sampling.seed)
-    store_labels = rounds_lib.StoreLabels(spark, config, customers, events, run_id, asks_llm=not no_llm)
+    store_labels = rounds_lib.StoreLabels(spark, config, tables, customers, events, run_id, asks_llm=not no_llm)
     n_rounds = len(plan.targets)
     round_figures = []
     convergence = []  # per round: residual and messages per superstep, against theta and epsilon
