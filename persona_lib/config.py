@@ -537,16 +537,12 @@ def with_catalog_schema(config: AppConfig, catalog: Optional[str], schema: Optio
     problem = catalog_schema_problem(catalog, schema)
     if problem or not catalog or not schema:
         raise ConfigError(problem or "with_catalog_schema needs a catalog and a schema")
-    tables: dict[str, str] = {}
+    # Explicitly placed tables join the others (by their last name part); two tables landing
+    # on one name are reported by the check below.
+    tables = {}
     for key in TABLE_KEYS:
         name = getattr(config.tables, key)
-        moved = catalog_table_name(name) if is_explicit_table(name) else name
-        clash = [other for other, other_name in tables.items()
-                 if catalog_table_name(other_name) == catalog_table_name(moved)]
-        if clash:
-            raise ConfigError(f"tables.{key} and tables.{clash[0]} would both be "
-                              f"{catalog}.{schema}.{catalog_table_name(moved)}")
-        tables[key] = moved
+        tables[key] = catalog_table_name(name) if is_explicit_table(name) else name
 
     def on_volume(path: str) -> str:
         parts = path.split("/")
@@ -566,6 +562,11 @@ def with_catalog_schema(config: AppConfig, catalog: Optional[str], schema: Optio
         path = config_value(moved_config, key)
         if path:
             moved_config = with_value(moved_config, key, on_volume(path))
+    # A path name that was fine under the work dir may not be a catalog name (a '-'), and two
+    # tables may now land on one name.
+    problems = _tables_problems(moved_config.tables)
+    if problems:
+        raise ConfigError(f"--catalog {catalog} --schema {schema}: " + "; ".join(problems))
     return moved_config
 
 

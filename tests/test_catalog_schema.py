@@ -96,6 +96,12 @@ def test_two_tables_landing_on_one_name_is_a_config_error():
         with_catalog_schema(config, "dev", "x")
 
 
+def test_a_path_table_that_is_no_catalog_name_is_a_config_error_when_moved_to_a_schema():
+    config = load_config(REPO_ROOT / "conf" / "local.yaml").replace("tables", products="shop-products")
+    with pytest.raises(ConfigError, match="tables.products: 'shop-products'"):
+        with_catalog_schema(config, "dev", "x")
+
+
 @pytest.mark.parametrize("tables, message", [
     ("  catalog: main\n", "tables.catalog and tables.schema go together"),
     ("  catalog: main\n  schema: bad-name\n", "tables.schema: 'bad-name'"),
