@@ -119,13 +119,15 @@ def resolve_tables(config: AppConfig) -> Tables:
     return Tables(**refs, catalog=section.catalog, schema=section.schema, tables_dir=tables_dir)
 
 
+# The two below serve the labelling modules (persona_lib/labelling), which still take the
+# whole config; everything else is handed a Tables. They go once labelling is too.
 def table_ref(config: AppConfig, key: str) -> TableRef:
-    """The table of ``config.tables.<key>``; for callers not yet handed a ``Tables``."""
+    """The table of ``config.tables.<key>``."""
     return resolve_tables(config).get(key)
 
 
 def resolve_table(config: AppConfig, key: str, name: str) -> TableRef:
-    """A table named outside the config; for callers not yet handed a ``Tables``."""
+    """A table named outside the config (``Tables.named``)."""
     return resolve_tables(config).named(key, name)
 
 
