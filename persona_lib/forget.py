@@ -90,7 +90,7 @@ def forget_customers(spark: SparkSession, config: AppConfig, raw_ids: Iterable[s
     tables = storage.resolve_tables(config)
 
     # The caller holds the writer lock (the CLI takes it), so a 'running' row is a killed job.
-    abandon_stale_runs(spark, config)
+    abandon_stale_runs(spark, tables.runs, config)
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     tombstones = tables.tombstones
     rows = spark.createDataFrame([(customer_hash(i, key), now) for i in ids], contracts.TOMBSTONES)

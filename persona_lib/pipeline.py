@@ -92,7 +92,7 @@ def run_pipeline(spark: SparkSession, config: AppConfig,
         _require_labels_without_llm(spark, config)
     # The caller holds the writer lock (the CLI takes it), so a 'running' row is a killed job.
     setup_started = time.perf_counter()
-    publishing.abandon_stale_runs(spark, config)
+    publishing.abandon_stale_runs(spark, tables.runs, config)
     with tracking.run(config, run_name=tracking.run_name(config, started_at=started_at),
                       tags=tracking.environment_tags()) as active:
         run_id = active.info.run_id
@@ -527,7 +527,7 @@ def republish(spark: SparkSession, config: AppConfig, reason: str,
     started_at = _now()
     tables = storage.resolve_tables(config)
     events = tables.purchase_events.read(spark)
-    publishing.abandon_stale_runs(spark, config)
+    publishing.abandon_stale_runs(spark, tables.runs, config)
     with tracking.run(config, run_name=tracking.run_name(config, reason, started_at),
                       tags={**tracking.environment_tags(), "personas.reason": reason}) as active:
         run_id = active.info.run_id

@@ -247,21 +247,21 @@ def record_run(spark: SparkSession, runs: TableRef, run_id: str, status: str, st
     storage.merge_upsert(spark, row, runs, contracts.RUNS, ["run_id"])
 
 
-def abandon_stale_runs(spark: SparkSession, config: AppConfig) -> list[str]:
-    """Mark every ``running`` row ``abandoned``: called by a job that holds the writer lock, so
-    no other job can be running and such a row is a job that was killed (its MLflow run is
-    marked KILLED too). Returns the abandoned run ids."""
+def abandon_stale_runs(spark: SparkSession, runs: TableRef, config: AppConfig) -> list[str]:
+    """Mark every ``running`` row of ``runs`` ``abandoned``: called by a job that holds the
+    writer lock, so no other job can be running and such a row is a job that was killed (its
+    MLflow run, found through ``config``'s tracking, is marked KILLED too). Returns the
+    abandoned run ids."""
     import logging
 
-    ref = storage.resolve_tables(config).runs
-    if not ref.exists(spark):
+    if not runs.exists(spark):
         return []
-    stale = [r["run_id"] for r in ref.read(spark).where(F.col("status") == "running").select("run_id").collect()]
+    stale = [r["run_id"] for r in runs.read(spark).where(F.col("status") == "running").select("run_id").collect()]
     if not stale:
         return []
     now = datetime.now(timezone.utc).replace(tzinfo=None)
-    ref.delta(spark).update(condition=F.col("status") == "running",
-                            set={"status": F.lit("abandoned"), "finished_at": F.lit(now)})
+    runs.delta(spark).update(condition=F.col("status") == "running",
+                             set={"status": F.lit("abandoned"), "finished_at": F.lit(now)})
     logging.getLogger("personas.publishing").warning(
         "marked %d run(s) left 'running' by a killed job as abandoned: %s", len(stale), stale)
     try:

@@ -136,3 +136,11 @@ def test_readers_see_the_latest_complete_run_only(spark, config, tables, inputs)
     views = publishing.register_views(spark, config)
     assert "personas.current_customer_personas" in views
     assert spark.sql("SELECT DISTINCT run_id FROM current_persona_affinity").first()[0] == "run-1"
+
+
+def test_a_run_left_running_by_a_killed_job_is_abandoned_and_a_finished_one_kept(spark, config, tables):
+    publishing.record_run(spark, tables.runs, "killed", "running", NOW, None, {})
+    publishing.record_run(spark, tables.runs, "done", "complete", NOW, NOW, {})
+    assert publishing.abandon_stale_runs(spark, tables.runs, config) == ["killed"]
+    statuses = {r["run_id"]: r["status"] for r in tables.runs.read(spark).collect()}
+    assert statuses == {"killed": "abandoned", "done": "complete"}
