@@ -80,6 +80,7 @@ def score(out: Path) -> list[dict]:
 
     config = load_config(out / "grocery.yaml")
     spark = get_spark(config)
+    tables = storage.resolve_tables(config)
     read_csv = spark.read.option("header", True).csv
     truth = read_csv(str(out / "truth.csv")).select(
         F.col("household_key").alias("customer_id"),
@@ -88,7 +89,7 @@ def score(out: Path) -> list[dict]:
     catalogue = read_csv(str(out / "catalogue.csv")).select(F.col("sku").alias("product_id"), "category")
     categories = sorted(r.category for r in catalogue.select("category").distinct().collect())
 
-    events = storage.table_ref(config, "purchase_events").read(spark)
+    events = tables.purchase_events.read(spark)
     lines = events.join(F.broadcast(catalogue), "product_id").groupBy("customer_id").pivot("category", categories) \
         .agg(F.count(F.lit(1))).na.fill(0)
     total = sum((F.col(f"`{c}`") for c in categories), F.lit(0))
@@ -97,7 +98,7 @@ def score(out: Path) -> list[dict]:
     households = (truth.join(shares, "customer_id")
                   .join(labelled, "customer_id", "left")
                   .withColumn("labelled", F.coalesce("labelled", F.lit(False))))
-    affinity = storage.table_ref(config, "persona_affinity").read(spark).select("customer_id", "persona", "probability")
+    affinity = tables.persona_affinity.read(spark).select("customer_id", "persona", "probability")
     assembler = VectorAssembler(inputCols=[f"share_{i}" for i in range(len(categories))], outputCol="features")
     # One evaluator per score column: the CV search keeps a reference to its own.
     def auc_of(column: str) -> BinaryClassificationEvaluator:

@@ -82,7 +82,7 @@ def main(argv=None) -> dict:
                                  tables=dataclasses.replace(config.tables,
                                                             persona_labels=str(scratch / "persona_labels")))
     spark = get_spark(config)
-    events_ref = storage.table_ref(config, "purchase_events")
+    events_ref = storage.resolve_tables(config).purchase_events
     if args.workdir and events_ref.exists(spark):
         events = events_ref.read(spark)
         source = "online_retail"

@@ -47,13 +47,14 @@ def main(argv: list[str]) -> int:
     config = config.replace("labelling", labeller="replay", products=dataclasses.replace(
         config.labelling.products, enabled=True, selection="all"))
     spark = get_spark(config)
+    tables = storage.resolve_tables(config)
     started = time.perf_counter()
-    if not storage.table_ref(config, "purchase_events").exists(spark):
+    if not tables.purchase_events.exists(spark):
         ingest(spark, config)
-    products = storage.table_ref(config, "products").read(spark).cache()
+    products = tables.products.read(spark).cache()
     summary = label_products(spark, config, products, run_id="bench-product-match")
 
-    labels = storage.table_ref(config, "product_labels").read(spark).select(
+    labels = tables.product_labels.read(spark).select(
         "product_id", (F.col("status") != "no_answer").cast("int").alias("answered"))
     recorded = recorded_product_answers(spark, config)
     exact_titles = (spark.read.option("header", True).csv(str(config.resolve_path(

@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from persona_lib.config import load_config  # noqa: E402
 from persona_lib.serving import latest_complete_run, read_arrow, table_location  # noqa: E402
+from persona_lib.storage import resolve_tables  # noqa: E402
 
 PERSONAS = Path(sys.executable).with_name("personas")
 TARGETS = {"personas_sequential_p99_ms": 10.0, "personas_concurrent_rps": 1000.0, "cold_start_p99_ms": 25.0}
@@ -61,14 +62,15 @@ def synthesise(base_config, scale: int, workdir: Path) -> dict:
     import pyarrow.compute as pc
     from deltalake import DeltaTable, write_deltalake
 
-    run = latest_complete_run(base_config)
+    base_tables = resolve_tables(base_config)
+    run = latest_complete_run(base_tables.runs)
     tables = workdir / "tables"
     if (tables / "runs").exists():
         return {"workdir": str(workdir), "reused": True}
     tables.mkdir(parents=True, exist_ok=True)
 
     def copies(key: str, version, id_columns: tuple[str, ...]) -> dict:
-        location = table_location(base_config, key)
+        location = table_location(base_tables.get(key))
         base = DeltaTable(location, version=version).to_pyarrow_table()
         target = str(tables / key)
         for k in range(scale):
@@ -88,11 +90,11 @@ def synthesise(base_config, scale: int, workdir: Path) -> dict:
         "purchase_events": copies("purchase_events", None, ("customer_id", "event_id")),
     }
     for key in ("product_personas", "products"):
-        location = table_location(base_config, key)
+        location = table_location(base_tables.get(key))
         base = DeltaTable(location, version=versions.get(key)).to_pyarrow_table()
         write_deltalake(str(tables / key), base, mode="overwrite")
         written[key] = {"rows": base.num_rows, "version": DeltaTable(str(tables / key)).version()}
-    runs = DeltaTable(table_location(base_config, "runs")).to_pyarrow_table()
+    runs = DeltaTable(table_location(base_tables.runs)).to_pyarrow_table()
     row = runs.filter(pc.equal(runs["run_id"], run["run_id"]))
     table_versions = pa.array([[(k, written[k]["version"]) for k in
                                 ("persona_affinity", "customer_personas", "product_personas")]],
@@ -207,10 +209,11 @@ def drive(port: int, requests: list, clients: int) -> dict:
 def workload(config, scale: int, seed: int = 7):
     """Request makers drawn from the served tables (customers, products)."""
     rng = random.Random(seed)
-    run = latest_complete_run(config)
-    summary = read_arrow(config, "customer_personas", ["customer_id"], run["table_versions"]["customer_personas"])
+    tables = resolve_tables(config)
+    run = latest_complete_run(tables.runs)
+    summary = read_arrow(tables.customer_personas, ["customer_id"], run["table_versions"]["customer_personas"])
     known = summary["customer_id"].to_pylist()
-    products = sorted(set(read_arrow(config, "product_personas", ["product_id"],
+    products = sorted(set(read_arrow(tables.product_personas, ["product_id"],
                                      run["table_versions"]["product_personas"])["product_id"].to_pylist()))
     del summary
 
@@ -296,7 +299,7 @@ def main() -> int:
     args = parser.parse_args()
 
     base = load_config(None, workdir=args.workdir)
-    if latest_complete_run(base) is None:
+    if latest_complete_run(resolve_tables(base).runs) is None:
         raise SystemExit(f"no complete run in {args.workdir}: run `personas run --workdir {args.workdir}` first")
     out = Path(args.out) if args.out else Path(os.environ.get("TMPDIR", "/tmp")) / "personas-bench-serve"
     out.mkdir(parents=True, exist_ok=True)

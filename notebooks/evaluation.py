@@ -38,6 +38,7 @@ from persona_lib.spark import get_spark
 
 config = load_config(CONF, workdir=WORKDIR)
 spark = get_spark(config)
+tables = storage.resolve_tables(config)
 
 # COMMAND ----------
 
@@ -100,7 +101,7 @@ show_figure(figure)
 
 # COMMAND ----------
 
-predictions_table = storage.table_ref(config, "evaluation_personas")
+predictions_table = tables.evaluation_personas
 if predictions_table.exists(spark):
     display(predictions_table.read(spark).groupBy("source").count().toPandas())  # noqa: F821
 else:
@@ -150,7 +151,7 @@ if RUN_STABILITY:
     from persona_lib.evaluation import stability
     from persona_lib.ingest import ingest
 
-    if not storage.table_ref(config, "paper_purchase_events").exists(spark):
+    if not tables.paper_purchase_events.exists(spark):
         ingest(spark, config, cut="paper")
     stable = stability.evaluate_stability(spark, config)
     print(stability.format_table(stable))

@@ -39,8 +39,9 @@ from persona_lib.spark import get_spark
 
 config = load_config(CONF, workdir=WORKDIR).replace("sampling", budget=BUDGET)
 spark = get_spark(config)
+tables = storage.resolve_tables(config)
 landing = config.workdir_path / "landing"
-runs_table = storage.table_ref(config, "runs")
+runs_table = tables.runs
 
 
 def complete_runs():
@@ -139,7 +140,7 @@ for row in rows:
 
 # COMMAND ----------
 
-customer_personas = storage.table_ref(config, "customer_personas").sql_name
+customer_personas = tables.customer_personas.sql_name
 if previous is None:
     print(f"drift needs two complete runs; {config.workdir_path} has one (set MAKE_RUNS to true to make another)")
     drift = None

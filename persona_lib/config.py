@@ -1,10 +1,11 @@
 """Typed configuration, loaded once from ``conf/*.yaml`` and passed down explicitly.
 
-Every table is a *name*: a plain name (``purchase_events``) or a relative path resolves to
-a Delta path under ``<workdir>/tables``; an absolute path or URI (``/mnt/x``, ``s3://b/x``,
-``dbfs:/x``) is used as is; a dotted ``catalog.schema.table`` (or ``schema.table``) is a
-metastore / Unity Catalog table. So the same job runs locally and on Unity Catalog with only
-the config changed.
+Tables (``tables:``): with ``catalog`` and ``schema`` every table is ``catalog.schema.<name>``;
+without them a plain name (``purchase_events``) or a relative path is a Delta path under
+``<workdir>/tables``. A table set to an absolute path or URI (``/mnt/x``, ``s3://b/x``,
+``dbfs:/x``) or to a dotted ``catalog.schema.table`` (or ``schema.table``) is used as is. So
+the same job runs locally and on Unity Catalog with only the config changed; the entry points
+resolve them once into ``storage.Tables``.
 
 A config file may name a ``base:`` file (relative to itself) whose values it overrides, so
 ``conf/test.yaml`` only states what differs from ``conf/local.yaml``.
@@ -52,6 +53,15 @@ class SparkConfig:
 
 @dataclass(frozen=True)
 class TablesConfig:
+    """Where the tables live (``storage.resolve_tables`` turns this into ``storage.Tables``).
+
+    ``catalog`` and ``schema`` (together): every table is ``catalog.schema.<name>``, its name
+    with ``/`` read as ``_`` (``paper/purchase_events`` -> ``paper_purchase_events``). Neither:
+    every table is a Delta path ``<workdir>/tables/<name>``. Either way a table whose name is
+    set to an absolute path, a URI or a dotted catalog name is used as written."""
+
+    catalog: Optional[str] = None
+    schema: Optional[str] = None
     purchase_events: str = "purchase_events"
     products: str = "products"
     quarantine: str = "quarantine"
@@ -77,6 +87,10 @@ class TablesConfig:
     tombstones: str = "tombstones"
     # personas evaluate: the last seed's predictions of an accuracy evaluation.
     evaluation_personas: str = "evaluation/customer_personas"
+
+
+# The keys of TablesConfig that name a table (catalog and schema say where they all live).
+TABLE_KEYS = tuple(f.name for f in dataclasses.fields(TablesConfig) if f.name not in ("catalog", "schema"))
 
 
 @dataclass(frozen=True)
@@ -509,31 +523,39 @@ def catalog_schema_problem(catalog: Optional[str], schema: Optional[str]) -> Opt
     return None
 
 
+def is_explicit_table(name: str) -> bool:
+    """Whether a table name says where the table is by itself (an absolute path, a URI or a
+    dotted catalog name), so that no catalog, schema or work dir applies to it."""
+    return bool(_URI_PREFIX.match(name)) or ("/" not in name and "." in name)
+
+
+def catalog_table_name(name: str) -> str:
+    """The name a configured table takes in a catalog schema: a relative path's parts joined
+    by ``_`` (``paper/purchase_events`` -> ``paper_purchase_events``), a dotted name's last
+    part, an absolute path's or URI's last part."""
+    if "/" not in name:
+        return name.split(".")[-1]
+    if _URI_PREFIX.match(name):
+        return name.rstrip("/").rsplit("/", 1)[-1]
+    return name.strip("/").replace("/", "_")
+
+
 def with_catalog_schema(config: AppConfig, catalog: Optional[str], schema: Optional[str]) -> AppConfig:
     """The config with its data in ``catalog.schema``: one bundle target per schema.
 
-    Every table becomes ``catalog.schema.<name>``: a dotted name keeps its table name, a
-    relative path its parts joined by ``_`` (``paper/purchase_events`` -> ``paper_purchase_events``),
-    an absolute path or URI its last part. Paths on a volume (``/Volumes/<catalog>/<schema>/
-    <volume>/...``) move to the same schema, and a three-level registered model name too.
+    Every table becomes ``catalog.schema.<name>`` (``catalog_table_name``), those the config
+    placed explicitly too. Paths on a volume (``/Volumes/<catalog>/<schema>/<volume>/...``)
+    move to the same schema, and a three-level registered model name too.
     """
     problem = catalog_schema_problem(catalog, schema)
     if problem or not catalog or not schema:
         raise ConfigError(problem or "with_catalog_schema needs a catalog and a schema")
-    tables: dict[str, str] = {}
-    for table_field in dataclasses.fields(TablesConfig):
-        name = getattr(config.tables, table_field.name)
-        if "/" not in name:
-            leaf = name.split(".")[-1]
-        elif "://" in name or name.startswith(("/", "dbfs:")):
-            leaf = name.rstrip("/").rsplit("/", 1)[-1]
-        else:
-            leaf = name.strip("/").replace("/", "_")
-        moved = f"{catalog}.{schema}.{leaf}"
-        clash = [key for key, other in tables.items() if other == moved]
-        if clash:
-            raise ConfigError(f"tables.{table_field.name} and tables.{clash[0]} would both be {moved}")
-        tables[table_field.name] = moved
+    # Explicitly placed tables join the others (by their last name part); two tables landing
+    # on one name are reported by the check below.
+    tables = {}
+    for key in TABLE_KEYS:
+        name = getattr(config.tables, key)
+        tables[key] = catalog_table_name(name) if is_explicit_table(name) else name
 
     def on_volume(path: str) -> str:
         parts = path.split("/")
@@ -546,13 +568,18 @@ def with_catalog_schema(config: AppConfig, catalog: Optional[str], schema: Optio
         model = f"{catalog}.{schema}.{model.split('.')[-1]}"
     moved_config = dataclasses.replace(
         config,
-        tables=dataclasses.replace(config.tables, **tables),
+        tables=dataclasses.replace(config.tables, catalog=catalog, schema=schema, **tables),
         tracking=dataclasses.replace(config.tracking, registered_model=model),
     )
     for key in PATH_KEYS:
         path = config_value(moved_config, key)
         if path:
             moved_config = with_value(moved_config, key, on_volume(path))
+    # A path name that was fine under the work dir may not be a catalog name (a '-'), and two
+    # tables may now land on one name.
+    problems = _tables_problems(moved_config.tables)
+    if problems:
+        raise ConfigError(f"--catalog {catalog} --schema {schema}: " + "; ".join(problems))
     return moved_config
 
 
@@ -766,11 +793,7 @@ def table_name_problem(name: str) -> Optional[str]:
 def validate(config: AppConfig, where: str = "config") -> None:
     """Checks of values (types are checked while loading); each error names the key."""
     problems = []
-    for table_key in (f.name for f in dataclasses.fields(TablesConfig)):
-        name = getattr(config.tables, table_key)
-        problem = table_name_problem(name)
-        if problem:
-            problems.append(f"tables.{table_key}: {name!r} is not a valid table name: {problem}")
+    problems += _tables_problems(config.tables)
     ingest = config.ingest
     if ingest.on_changed_file not in ON_CHANGED_FILE:
         problems.append(f"ingest.on_changed_file: {ingest.on_changed_file!r}; expected one of {list(ON_CHANGED_FILE)}")
@@ -797,6 +820,38 @@ def validate(config: AppConfig, where: str = "config") -> None:
     problems += _labelling_problems(config)
     if problems:
         raise ConfigError(f"{where}: " + "; ".join(problems))
+
+
+def _tables_problems(tables: TablesConfig) -> list[str]:
+    problems = []
+    for table_key in TABLE_KEYS:
+        name = getattr(tables, table_key)
+        problem = table_name_problem(name)
+        if problem:
+            problems.append(f"tables.{table_key}: {name!r} is not a valid table name: {problem}")
+    if tables.catalog is None and tables.schema is None:
+        return problems
+    if not tables.catalog or not tables.schema:
+        return problems + [f"tables.catalog and tables.schema go together: give both or neither "
+                           f"(got {tables.catalog!r}, {tables.schema!r})"]
+    for key in ("catalog", "schema"):
+        if not _UC_IDENTIFIER.match(getattr(tables, key)):
+            problems.append(f"tables.{key}: {getattr(tables, key)!r} is not a Unity Catalog name "
+                            "(letters, digits and _)")
+    in_schema: dict[str, str] = {}
+    for table_key in TABLE_KEYS:
+        name = getattr(tables, table_key)
+        if is_explicit_table(name) or table_name_problem(name):
+            continue
+        leaf = catalog_table_name(name)
+        if not _UC_IDENTIFIER.match(leaf):
+            problems.append(f"tables.{table_key}: {name!r} would be the catalog table {leaf!r}, "
+                            "which is not a Unity Catalog name (letters, digits and _)")
+        elif leaf in in_schema:
+            problems.append(f"tables.{table_key} and tables.{in_schema[leaf]} would both be "
+                            f"{tables.catalog}.{tables.schema}.{leaf}")
+        in_schema.setdefault(leaf, table_key)
+    return problems
 
 
 def _source_problems(ingest: IngestConfig) -> list[str]:

@@ -30,7 +30,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 from datetime import datetime, timezone
@@ -45,6 +44,7 @@ from persona_lib.errors import InputError
 from persona_lib.pipeline import republish
 from persona_lib.publishing import abandon_stale_runs
 from persona_lib.query import run_alias
+from persona_lib.storage import TableRef, Tables
 from persona_lib.tombstones import (
     RAW_ID_TOKEN,
     RAW_ID_TOKEN_SQL,
@@ -62,11 +62,10 @@ _CLEAN_SQL = ("CASE WHEN trim({c}) RLIKE '^[0-9]+([.]0+)?$' THEN "
               "CAST(CAST(regexp_extract(trim({c}), '^([0-9]+)', 1) AS DECIMAL(38, 0)) AS STRING) END")
 
 
-def id_tables(spark: SparkSession, config: AppConfig) -> list[storage.TableRef]:
-    """Every existing table of the config that holds customer ids."""
+def id_tables(spark: SparkSession, tables: Tables) -> list[TableRef]:
+    """Every existing table that holds customer ids."""
     refs = []
-    for field in dataclasses.fields(config.tables):
-        ref = storage.table_ref(config, field.name)
+    for _, ref in tables.items():
         if ref.exists(spark) and "customer_id" in ref.read(spark).columns:
             refs.append(ref)
     return refs
@@ -88,11 +87,12 @@ def forget_customers(spark: SparkSession, config: AppConfig, raw_ids: Iterable[s
     if not ids:
         raise InputError("forget: give at least one --customer ID")
     key = tombstone_key(config)
+    tables = storage.resolve_tables(config)
 
     # The caller holds the writer lock (the CLI takes it), so a 'running' row is a killed job.
-    abandon_stale_runs(spark, config)
+    abandon_stale_runs(spark, tables.runs, config)
     now = datetime.now(timezone.utc).replace(tzinfo=None)
-    tombstones = storage.table_ref(config, "tombstones")
+    tombstones = tables.tombstones
     rows = spark.createDataFrame([(customer_hash(i, key), now) for i in ids], contracts.TOMBSTONES)
     storage.merge_insert_new(spark, rows, tombstones, contracts.TOMBSTONES, ["customer_hash"])
 
@@ -101,7 +101,7 @@ def forget_customers(spark: SparkSession, config: AppConfig, raw_ids: Iterable[s
     removed: dict[str, int] = {}
     touched = []
     try:
-        for ref in id_tables(spark, config):
+        for ref in id_tables(spark, tables):
             storage.protect_ids(spark, ref)
             condition = _match_condition(ref.read(spark).columns)
             count = ref.read(spark).alias("t").join(forgotten.alias("s"), F.expr(condition), "left_semi").count()
@@ -114,15 +114,13 @@ def forget_customers(spark: SparkSession, config: AppConfig, raw_ids: Iterable[s
         forgotten.unpersist()
 
     refreshed = None
-    runs_ref = storage.table_ref(config, "runs")
-    if recompute and storage.table_ref(config, "persona_labels").exists(spark) and runs_ref.exists(spark):
+    if recompute and tables.persona_labels.exists(spark) and tables.runs.exists(spark):
         refreshed = republish(spark, config, reason="forget")["run_id"]
-        touched += [storage.table_ref(config, k) for k in
-                    ("customer_affinity", "product_affinity", "persona_affinity", "customer_personas",
-                     "product_personas")]
-    elif runs_ref.exists(spark):
-        refreshed = publish_without_recompute(spark, config)
-    superseded = mark_superseded_runs(spark, config, keep=refreshed)
+        touched += [tables.customer_affinity, tables.product_affinity, tables.persona_affinity,
+                    tables.customer_personas, tables.product_personas]
+    elif tables.runs.exists(spark):
+        refreshed = publish_without_recompute(spark, config, tables)
+    superseded = mark_superseded_runs(spark, tables.runs, keep=refreshed)
     artifacts = purge_mlflow_artifacts(config, ids)
     purged = purge(spark, config, {ref.location: ref for ref in touched if ref.exists(spark)}.values())
     _remove_checkpoints(config)
@@ -131,16 +129,17 @@ def forget_customers(spark: SparkSession, config: AppConfig, raw_ids: Iterable[s
             "runs_purged": superseded, "mlflow_artifacts_removed": artifacts}
 
 
-def publish_without_recompute(spark: SparkSession, config: AppConfig) -> Optional[str]:
+def publish_without_recompute(spark: SparkSession, config: AppConfig, tables: Tables) -> Optional[str]:
     """A complete run pointing at the output tables as they are after the deletion (no
-    propagation): readers move off the versions VACUUM is about to remove."""
-    previous = publishing.latest_complete_run(spark, config)
+    propagation): readers move off the versions VACUUM is about to remove. ``config``: where
+    MLflow records the run and keeps the cold-start model."""
+    previous = publishing.latest_run(spark, tables.runs)
     if previous is None:
         return None
     started_at = datetime.now(timezone.utc).replace(tzinfo=None)
     versions = {}
     for key in previous["table_versions"]:
-        ref = storage.table_ref(config, key)
+        ref = tables.get(key)
         if ref.exists(spark):
             versions[key] = ref.version(spark)
     with tracking.run(config, run_name="personas-forget", tags={"personas.reason": "forget",
@@ -148,7 +147,7 @@ def publish_without_recompute(spark: SparkSession, config: AppConfig) -> Optiona
         run_id = active.info.run_id
         tracking.set_tags({f"output.{k}.version": v for k, v in versions.items()})
         _alias_previous_cold_start_model(config, run_alias(previous["run_id"]), run_alias(run_id))
-    publishing.record_run(spark, config, run_id, "complete", started_at,
+    publishing.record_run(spark, tables.runs, run_id, "complete", started_at,
                           datetime.now(timezone.utc).replace(tzinfo=None), versions,
                           {"reason": "forget", "recomputed": False, "based_on": previous["run_id"]})
     return run_id
@@ -167,16 +166,15 @@ def _alias_previous_cold_start_model(config: AppConfig, previous_alias: str, ali
     client.set_registered_model_alias(config.tracking.registered_model, alias, version.version)
 
 
-def mark_superseded_runs(spark: SparkSession, config: AppConfig, keep: Optional[str]) -> int:
-    """Mark every complete run but ``keep`` as ``purged``: its table versions still hold the
-    forgotten customers and are being vacuumed, so no reader may pin them any more."""
-    ref = storage.table_ref(config, "runs")
-    if not ref.exists(spark):
+def mark_superseded_runs(spark: SparkSession, runs: TableRef, keep: Optional[str]) -> int:
+    """Mark every complete run of ``runs`` but ``keep`` as ``purged``: its table versions still
+    hold the forgotten customers and are being vacuumed, so no reader may pin them any more."""
+    if not runs.exists(spark):
         return 0
     stale = (F.col("status") == "complete") & (F.col("run_id") != F.lit(keep or ""))
-    count = ref.read(spark).where(stale).count()
+    count = runs.read(spark).where(stale).count()
     if count:
-        ref.delta(spark).update(condition=stale, set={"status": F.lit("purged")})
+        runs.delta(spark).update(condition=stale, set={"status": F.lit("purged")})
     return count
 
 

@@ -516,13 +516,14 @@ def ingest(spark: SparkSession, config: AppConfig, cut: str = "default",
     Landing files that cannot be read or that conflict are listed in ``files_failed``; the
     others are ingested and committed regardless (the CLI then exits 3)."""
     source = config.ingest.source
+    tables = storage.resolve_tables(config)
     if landing is None and cut == "default" and source.format != "uci_landing":
         if not source.format:
             raise ConfigError("ingest.source.format is not set: name the purchase source (delta, parquet, "
                               "csv, table or query with its columns mapping, or uci_landing for the bundled "
                               "landing files; README \"Run on your data\")")
-        return ingest_source(spark, config)
-    return ingest_landing(spark, config, cut, landing)
+        return ingest_source(spark, config, tables)
+    return ingest_landing(spark, config, tables, cut, landing)
 
 
 def landing_folder(config: AppConfig) -> str:
@@ -530,7 +531,7 @@ def landing_folder(config: AppConfig) -> str:
     return str(config.resolve_path(config.ingest.source.path or config.ingest.landing))
 
 
-def ingest_landing(spark: SparkSession, config: AppConfig, cut: str = "default",
+def ingest_landing(spark: SparkSession, config: AppConfig, tables: storage.Tables, cut: str = "default",
                    landing: Optional[str] = None) -> dict:
     """Ingest the landing CSV files of ``landing`` (default: ``landing_folder``)."""
     rules = cut_rules(config, cut)
@@ -538,10 +539,10 @@ def ingest_landing(spark: SparkSession, config: AppConfig, cut: str = "default",
     landing_path = landing or landing_folder(config)
     ingested_at = pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s").to_pydatetime()
     ingest_id = uuid.uuid4().hex
-    events_ref = storage.table_ref(config, rules.events_table)
-    quarantine_ref = storage.table_ref(config, rules.quarantine_table)
-    products_ref = storage.table_ref(config, rules.products_table)
-    log_ref = storage.table_ref(config, rules.log_table)
+    events_ref = tables.get(rules.events_table)
+    quarantine_ref = tables.get(rules.quarantine_table)
+    products_ref = tables.get(rules.products_table)
+    log_ref = tables.get(rules.log_table)
 
     key = "--landing" if landing else "ingest.source.path" if settings.source.path else "ingest.landing"
     listed = list_local_files(landing_path, settings.file_glob, key)
@@ -573,7 +574,7 @@ def ingest_landing(spark: SparkSession, config: AppConfig, cut: str = "default",
         reasons: dict[str, int] = {}
         if rewrite:
             per_file, reasons = _write_contents(spark, config, rules, records, to_ingest, rewrite, committed,
-                                                events_ref, quarantine_ref, ingested_at)
+                                                events_ref, quarantine_ref, tables.tombstones, ingested_at)
     finally:
         records.unpersist()
 
@@ -630,7 +631,7 @@ def _refresh_products(spark, config, events_ref, products_ref) -> Optional[DataF
     return events_df
 
 
-def ingest_source(spark: SparkSession, config: AppConfig) -> dict:
+def ingest_source(spark: SparkSession, config: AppConfig, tables: storage.Tables) -> dict:
     """Ingest the mapped source ``ingest.source`` (persona_lib.ingest_sources): one
     ingest_log row for the source, rows in = kept + quarantined + forgotten, and a MERGE
     that makes a re-run on the same data change nothing."""
@@ -641,15 +642,15 @@ def ingest_source(spark: SparkSession, config: AppConfig) -> dict:
     name = ingest_sources.source_name(config, source)
     fingerprint = ingest_sources.source_fingerprint(name)
     ingested_at = pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s").to_pydatetime()
-    events_ref = storage.table_ref(config, rules.events_table)
-    quarantine_ref = storage.table_ref(config, rules.quarantine_table)
-    products_ref = storage.table_ref(config, rules.products_table)
-    log_ref = storage.table_ref(config, rules.log_table)
+    events_ref = tables.get(rules.events_table)
+    quarantine_ref = tables.get(rules.quarantine_table)
+    products_ref = tables.get(rules.products_table)
+    log_ref = tables.get(rules.log_table)
 
     read = _incremental_read(spark, config, events_ref, log_ref, name, fingerprint)
     raw = read.rows
     catalogue = ingest_sources.read_catalogue(spark, config)
-    tombstones_ref = storage.table_ref(config, "tombstones")
+    tombstones_ref = tables.tombstones
     tombstones = tombstones_ref.read(spark) if tombstones_ref.exists(spark) else None
     classified = drop_forgotten(
         ingest_sources.coerce_source(raw, source, config.ingest, name, fingerprint),
@@ -843,7 +844,7 @@ def _all(conditions):
 
 
 def _write_contents(spark, config, rules, records, to_ingest, rewrite, committed,
-                    events_ref, quarantine_ref, ingested_at):
+                    events_ref, quarantine_ref, tombstones_ref, ingested_at):
     """Classify the files to ingest, check the invariants, then commit events and quarantine.
 
     Each table gets one MERGE: insert the new rows, and delete the rows of every content in
@@ -856,7 +857,6 @@ def _write_contents(spark, config, rules, records, to_ingest, rewrite, committed
     earlier = None
     if earlier_contents and events_ref.exists(spark):
         earlier = events_ref.read(spark).where(F.col("content_sha256").isin(*earlier_contents))
-    tombstones_ref = storage.table_ref(config, "tombstones")
     tombstones = tombstones_ref.read(spark) if tombstones_ref.exists(spark) else None
     classified = drop_forgotten(classify_lines(data, rules, config.ingest, earlier), tombstones,
                                 tombstone_key(config) if tombstones is not None else None) \

@@ -76,7 +76,8 @@ def run_pipeline(spark: SparkSession, config: AppConfig,
     say = progress or log.info
     timer = StageTimer(say)
     started_at = _now()
-    events_ref = storage.table_ref(config, "purchase_events")
+    tables = storage.resolve_tables(config)
+    events_ref = tables.purchase_events
     ingest_summary = None
     if not events_ref.exists(spark):
         source = config.ingest.source
@@ -92,24 +93,25 @@ def run_pipeline(spark: SparkSession, config: AppConfig,
         _require_labels_without_llm(spark, config)
     # The caller holds the writer lock (the CLI takes it), so a 'running' row is a killed job.
     setup_started = time.perf_counter()
-    publishing.abandon_stale_runs(spark, config)
+    publishing.abandon_stale_runs(spark, tables.runs, config)
     with tracking.run(config, run_name=tracking.run_name(config, started_at=started_at),
                       tags=tracking.environment_tags()) as active:
         run_id = active.info.run_id
-        publishing.record_run(spark, config, run_id, "running", started_at, None, {})
+        publishing.record_run(spark, tables.runs, run_id, "running", started_at, None, {})
         try:
-            summary = _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer, say,
+            summary = _run_rounds_and_publish(spark, config, tables, run_id, started_at, timer, say,
                                               graph_lib, labelling, propagation, setup_started)
         except BaseException:
-            publishing.record_run(spark, config, run_id, "failed", started_at, _now(), {})
+            publishing.record_run(spark, tables.runs, run_id, "failed", started_at, _now(), {})
             raise
         if ingest_summary is not None:
             summary["ingest"] = {k: ingest_summary[k] for k in ("rows_in", "rows_kept", "quarantined")}
         return summary
 
 
-def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer, say,
+def _run_rounds_and_publish(spark, config, tables, run_id, started_at, timer, say,
                             graph_lib, labelling, propagation, setup_started) -> dict:
+    events_ref = tables.purchase_events
     events_version = events_ref.version(spark)
     events = events_ref.read(spark, version=events_version)
     tracking.log_params(_params(config))
@@ -120,14 +122,14 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
     with timer("graph", "graph"):
         customers = events.select("customer_id").distinct().cache()
         n_customers = customers.count()
-        edges, graph, graph_keys = purchase_graph(spark, config, events)
+        edges, graph, graph_keys = purchase_graph(spark, config, tables, events)
     say(f"graph: {n_customers} customers, {graph.product_count} product vertices"
         f"{' (product groups)' if graph_keys is not None else ''}, {graph.edge_count} edges")
 
     # labelling.products (off by default): product titles are labelled once, before the rounds.
     with timer("label_products"):
         product_summary = labelling.label_products(
-            spark, config, storage.table_ref(config, "products").read(spark), run_id)
+            spark, config, tables.products.read(spark), run_id)
     if product_summary["enabled"]:
         say(f"product labels: {product_summary['requested']} products, cache hits "
             f"{product_summary['cache_hits']}, LLM calls {product_summary['llm_calls']}, "
@@ -138,7 +140,7 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
     # rounds would repeat it exactly).
     plan = rounds_lib.RoundPlan.from_budget(n_customers, config.sampling.budget,
                                             1 if no_llm else config.sampling.rounds, config.sampling.seed)
-    store_labels = rounds_lib.StoreLabels(spark, config, customers, events, run_id, asks_llm=not no_llm)
+    store_labels = rounds_lib.StoreLabels(spark, config, tables, customers, events, run_id, asks_llm=not no_llm)
     n_rounds = len(plan.targets)
     round_figures = []
     convergence = []  # per round: residual and messages per superstep, against theta and epsilon
@@ -154,7 +156,7 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
         result = per_product_affinity(propagation.propagate(spark, graph, seeds, config.propagation,
                                                     on_superstep=on_superstep), graph_keys)
         propagation_tables.update(propagation.write_propagation(
-            spark, config, result, propagation_id=f"{run_id}-r{round_index + 1}"))
+            spark, tables, result, propagation_id=f"{run_id}-r{round_index + 1}"))
         return result
 
     def on_sampled(round_index: int, sampled: int, rechecks: int, sampler: str) -> None:
@@ -193,7 +195,8 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
 
     say("fitting the persona model")
     with timer("model", "persona model fit"):
-        model, persona_scores = _fit_persona_model(spark, config, graph, edges, float(result.stats["epsilon"]))
+        model, persona_scores = _fit_persona_model(spark, config, tables, graph, edges,
+                                                   float(result.stats["epsilon"]))
     say(f"persona model: {model.figures}")
     tracking.log_metrics({f"model_{k}": v for k, v in model.figures.items()})
     say("publishing persona tables")
@@ -202,22 +205,22 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
             run_id=run_id,
             customers=customers,
             edges=edges.select("customer_id", "product_id"),
-            customer_affinity=storage.table_ref(config, "customer_affinity").read(spark),
-            product_affinity=storage.table_ref(config, "product_affinity").read(spark),
-            llm_labels=_llm_labels(spark, config),
-            overrides=_current_overrides(spark, config),
-            products=storage.table_ref(config, "products").read(spark).select("product_id", "title"),
+            customer_affinity=tables.customer_affinity.read(spark),
+            product_affinity=tables.product_affinity.read(spark),
+            llm_labels=_llm_labels(spark, tables.persona_labels),
+            overrides=_current_overrides(spark, tables.persona_overrides),
+            products=tables.products.read(spark).select("product_id", "title"),
             epsilon=float(result.stats["epsilon"]),
             persona_scores=persona_scores,
         )
         computed_at = _now()
-        outputs = publishing.publish(spark, config, inputs, computed_at)
-    labels_ref = storage.table_ref(config, "persona_labels")
+        outputs = _publish(spark, config, tables, inputs, computed_at)
+    labels_ref = tables.persona_labels
     output_tables = {**outputs, "persona_labels": labels_ref.summary(spark), **propagation_tables}
 
-    published = _published_figures(spark, config, outputs)
+    published = _published_figures(spark, tables.customer_personas, outputs)
     with timer("track", "MLflow tracking"):
-        _log_run_artifacts(spark, config, run_id, published, convergence, outputs, model)
+        _log_run_artifacts(spark, config, tables, run_id, published, convergence, outputs, model)
     metrics = {
         "customers": n_customers,
         "labelled": published["labelled"],
@@ -255,20 +258,25 @@ def _run_rounds_and_publish(spark, config, run_id, started_at, events_ref, timer
         "tables": output_tables,
     }
     # The commit point: readers trust only runs marked complete, with these versions.
-    publishing.record_run(spark, config, run_id, "complete", started_at, _now(),
+    publishing.record_run(spark, tables.runs, run_id, "complete", started_at, _now(),
                           {name: t["version"] for name, t in outputs.items()}, summary)
-    summary["tables"]["runs"] = storage.table_ref(config, "runs").summary(spark)
-    _refresh_catalog_views(spark, config)
+    summary["tables"]["runs"] = tables.runs.summary(spark)
+    _refresh_catalog_views(spark, tables)
     customers.unpersist()
     graph.unpersist()
     return summary
 
 
-def _refresh_catalog_views(spark, config) -> None:
+def _publish(spark, config, tables, inputs, computed_at) -> dict:
+    return publishing.publish(spark, tables, inputs, computed_at, config.model.min_products,
+                              config.publishing.why_products)
+
+
+def _refresh_catalog_views(spark, tables) -> None:
     """SQL-only users read the persistent current_* views of a catalog: repoint them at the run
     just committed. Locally the views live in the session and are made by whoever reads."""
-    if storage.table_ref(config, "runs").is_catalog:
-        publishing.register_views(spark, config)
+    if tables.runs.is_catalog:
+        publishing.register_tables(spark, tables)
 
 
 def _require_labels_without_llm(spark, config) -> None:
@@ -298,7 +306,7 @@ def _personas_without_seed(spark, config) -> list[str]:
     return missing
 
 
-def purchase_graph(spark, config, events: DataFrame):
+def purchase_graph(spark, config, tables: storage.Tables, events: DataFrame):
     """(edges per product, the walk's graph, graph_keys): the graph's product vertices are
     products, or their catalogue groups under graph.product_key group (graph_keys then maps
     product_id -> vertex; None otherwise). The persona model and the evidence keep the
@@ -306,8 +314,7 @@ def purchase_graph(spark, config, events: DataFrame):
     from persona_lib import graph as graph_lib
 
     edges = graph_lib.edges_from_events(events, config.graph.edge_weighting, config.graph.half_life_days)
-    graph_keys = graph_lib.product_graph_keys(storage.table_ref(config, "products").read(spark),
-                                              config.graph.product_key)
+    graph_keys = graph_lib.product_graph_keys(tables.products.read(spark), config.graph.product_key)
     if graph_keys is None:
         return edges, graph_lib.build_graph(edges), None
     graph_keys = graph_keys.localCheckpoint()  # one row per product: small, read by every round
@@ -335,33 +342,31 @@ def _product_labels(spark, config) -> Optional[DataFrame]:
     return labelling.product_labels_for_model(spark, config)
 
 
-def _fit_persona_model(spark, config, graph, edges, epsilon: float):
+def _fit_persona_model(spark, config, tables, graph, edges, epsilon: float):
     """The run's persona model (fitted on the label store) and its scores of every customer."""
     from persona_lib import persona_model
 
     inputs = persona_model.ModelInputs(
         graph=graph, edges=edges.select("customer_id", "product_id").distinct(),
         labels=persona_model.training_labels(spark, config),
-        customer_affinity=storage.table_ref(config, "customer_affinity").read(spark),
-        product_affinity=storage.table_ref(config, "product_affinity").read(spark),
+        customer_affinity=tables.customer_affinity.read(spark),
+        product_affinity=tables.product_affinity.read(spark),
         epsilon=epsilon, product_labels=_product_labels(spark, config))
     return persona_model.fit_and_score(spark, config, inputs)
 
 
-def _llm_labels(spark, config) -> DataFrame:
-    ref = storage.table_ref(config, "persona_labels")
-    return ref.read(spark).where(F.col("status").isin(*LABEL_STATUSES)).select(
+def _llm_labels(spark, persona_labels) -> DataFrame:
+    return persona_labels.read(spark).where(F.col("status").isin(*LABEL_STATUSES)).select(
         "customer_id", "personas", "raw_response")
 
 
-def _current_overrides(spark, config) -> DataFrame:
-    ref = storage.table_ref(config, "persona_overrides")
-    if not ref.exists(spark):
+def _current_overrides(spark, persona_overrides) -> DataFrame:
+    if not persona_overrides.exists(spark):
         return spark.createDataFrame([], "customer_id string, personas array<string>")
     from pyspark.sql.window import Window
 
     newest = Window.partitionBy("customer_id").orderBy(F.desc("created_at"))
-    return (ref.read(spark).withColumn("_n", F.row_number().over(newest)).where("_n = 1")
+    return (persona_overrides.read(spark).withColumn("_n", F.row_number().over(newest)).where("_n = 1")
             .select("customer_id", "personas"))
 
 
@@ -407,8 +412,8 @@ def _llm_spend(round_figures: list[dict], product_summary: dict) -> dict:
     }
 
 
-def _published_figures(spark, config, outputs) -> dict:
-    personas = storage.table_ref(config, "customer_personas").read(
+def _published_figures(spark, customer_personas, outputs) -> dict:
+    personas = customer_personas.read(
         spark, version=outputs["customer_personas"]["version"])
     sources = {"labelled": "llm", "overridden": "override", "propagated": "propagated"}
     # One pass over the table for every count of the summary.
@@ -437,9 +442,9 @@ def _log_round(stats: dict, figures: dict, supersteps: list, round_index: int) -
         tracking.log_metrics({"superstep_messages": messages, "superstep_residual": residual}, step=step)
 
 
-def _persona_counts(spark, config, outputs) -> dict:
+def _persona_counts(spark, config, customer_personas, outputs) -> dict:
     """Customers per persona for every persona of the taxonomy (zero included), largest first."""
-    personas = storage.table_ref(config, "customer_personas").read(
+    personas = customer_personas.read(
         spark, version=outputs["customer_personas"]["version"])
     # Taxonomy-sized: one row per persona reaches the driver.
     counts = {r["persona"]: r["count"] for r in
@@ -454,7 +459,7 @@ def _persona_counts(spark, config, outputs) -> dict:
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
-def _log_run_artifacts(spark, config, run_id, published, convergence, outputs, model) -> None:
+def _log_run_artifacts(spark, config, tables, run_id, published, convergence, outputs, model) -> None:
     from persona_lib import cold_start
     from persona_lib.query import run_alias
 
@@ -462,20 +467,18 @@ def _log_run_artifacts(spark, config, run_id, published, convergence, outputs, m
     if taxonomy_path.is_file():
         tracking.log_file_artifact(taxonomy_path, artifact_path="taxonomy")
     _log_prompt_template(config)
-    persona_counts = _persona_counts(spark, config, outputs)
+    persona_counts = _persona_counts(spark, config, tables.customer_personas, outputs)
     tracking.log_bar_chart(persona_counts, f"Customers per persona (all {len(persona_counts)} personas)",
                            "customers", "charts/persona_distribution.png")
     tracking.log_json_artifact(persona_counts, "charts/persona_distribution.json")
     tracking.log_convergence_chart(convergence, "charts/convergence.png")
-    personas = storage.table_ref(config, "customer_personas").read(
-        spark, version=outputs["customer_personas"]["version"])
+    personas = tables.customer_personas.read(spark, version=outputs["customer_personas"]["version"])
     # Why records without the customer id: a sample for judging explanations, not a trace of anyone.
     sample = [row.asDict(recursive=True) for row in
               personas.where(F.size("personas") > 0).orderBy(F.rand(config.sampling.seed))
               .select("personas", "source", "confidence", "is_ambiguous", "why").limit(20).collect()]
     tracking.log_json_artifact(sample, "samples/why_records.json")
-    product_personas = storage.table_ref(config, "product_personas").read(
-        spark, version=outputs["product_personas"]["version"])
+    product_personas = tables.product_personas.read(spark, version=outputs["product_personas"]["version"])
     cold_start.log_and_register(product_personas, tracking.registered_model_name(config), run_alias(run_id),
                                 persona_model=model.artifact())
     commit = tracking.git_commit()
@@ -548,34 +551,36 @@ def republish(spark: SparkSession, config: AppConfig, reason: str,
 
     say = progress or log.info
     started_at = _now()
-    events = storage.table_ref(config, "purchase_events").read(spark)
-    publishing.abandon_stale_runs(spark, config)
+    tables = storage.resolve_tables(config)
+    events = tables.purchase_events.read(spark)
+    publishing.abandon_stale_runs(spark, tables.runs, config)
     with tracking.run(config, run_name=tracking.run_name(config, reason, started_at),
                       tags={**tracking.environment_tags(), "personas.reason": reason}) as active:
         run_id = active.info.run_id
-        publishing.record_run(spark, config, run_id, "running", started_at, None, {})
+        publishing.record_run(spark, tables.runs, run_id, "running", started_at, None, {})
         customers = events.select("customer_id").distinct()
-        edges, graph, graph_keys = purchase_graph(spark, config, events)
+        edges, graph, graph_keys = purchase_graph(spark, config, tables, events)
         result = per_product_affinity(propagation.propagate(spark, graph, labelling.labels_for_propagation(spark, config),
-                                                    config.propagation), graph_keys)
-        propagation.write_propagation(spark, config, result, propagation_id=f"{run_id}-{reason}")
+                                                            config.propagation), graph_keys)
+        propagation.write_propagation(spark, tables, result, propagation_id=f"{run_id}-{reason}")
         say(f"{reason}: re-propagated in {result.stats['supersteps']} supersteps")
-        model, persona_scores = _fit_persona_model(spark, config, graph, edges, float(result.stats["epsilon"]))
+        model, persona_scores = _fit_persona_model(spark, config, tables, graph, edges,
+                                                   float(result.stats["epsilon"]))
         inputs = publishing.PublishInputs(
             run_id=run_id, customers=customers, edges=edges.select("customer_id", "product_id"),
-            customer_affinity=storage.table_ref(config, "customer_affinity").read(spark),
-            product_affinity=storage.table_ref(config, "product_affinity").read(spark),
-            llm_labels=_llm_labels(spark, config), overrides=_current_overrides(spark, config),
-            products=storage.table_ref(config, "products").read(spark).select("product_id", "title"),
+            customer_affinity=tables.customer_affinity.read(spark),
+            product_affinity=tables.product_affinity.read(spark),
+            llm_labels=_llm_labels(spark, tables.persona_labels),
+            overrides=_current_overrides(spark, tables.persona_overrides),
+            products=tables.products.read(spark).select("product_id", "title"),
             epsilon=float(result.stats["epsilon"]), persona_scores=persona_scores,
         )
-        outputs = publishing.publish(spark, config, inputs, _now())
-        product_personas = storage.table_ref(config, "product_personas").read(
-            spark, version=outputs["product_personas"]["version"])
+        outputs = _publish(spark, config, tables, inputs, _now())
+        product_personas = tables.product_personas.read(spark, version=outputs["product_personas"]["version"])
         cold_start.log_and_register(product_personas, tracking.registered_model_name(config), run_alias(run_id),
                                     persona_model=model.artifact())
-        publishing.record_run(spark, config, run_id, "complete", started_at, _now(),
+        publishing.record_run(spark, tables.runs, run_id, "complete", started_at, _now(),
                               {name: t["version"] for name, t in outputs.items()}, {"reason": reason})
-        _refresh_catalog_views(spark, config)
+        _refresh_catalog_views(spark, tables)
         graph.unpersist()
         return {"run_id": run_id, "tables": outputs}

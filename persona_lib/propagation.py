@@ -49,9 +49,10 @@ from pyspark.sql.types import DoubleType, IntegerType, LongType, StringType, Str
 
 from persona_lib import contracts, storage
 from persona_lib.config import PROPAGATION_METHODS as METHODS
-from persona_lib.config import AppConfig, PropagationConfig
+from persona_lib.config import PropagationConfig
 from persona_lib.errors import InputError
 from persona_lib.graph import CUSTOMER, PRODUCT, PurchaseGraph
+from persona_lib.storage import Tables
 
 log = logging.getLogger("personas.propagation")
 
@@ -478,12 +479,10 @@ def empty_layer(spark: SparkSession) -> DataFrame:
     return spark.createDataFrame([], LAYER_SCHEMA)
 
 
-def write_propagation(spark: SparkSession, config: AppConfig, result: PropagationResult,
+def write_propagation(spark: SparkSession, tables: Tables, result: PropagationResult,
                       propagation_id: str) -> dict:
     """customer_affinity and product_affinity (overwrite), propagation_runs (append)."""
-    customer_ref = storage.table_ref(config, "customer_affinity")
-    product_ref = storage.table_ref(config, "product_affinity")
-    runs_ref = storage.table_ref(config, "propagation_runs")
+    customer_ref, product_ref, runs_ref = tables.customer_affinity, tables.product_affinity, tables.propagation_runs
     storage.overwrite(result.customer_affinity, customer_ref, contracts.CUSTOMER_AFFINITY)
     storage.overwrite(result.product_affinity, product_ref, contracts.PRODUCT_AFFINITY)
     run, trace = result.run, result.trace

@@ -39,6 +39,7 @@ from pyspark.sql.window import Window
 
 from persona_lib import contracts, storage
 from persona_lib.config import AppConfig
+from persona_lib.storage import TableRef, Tables
 
 OUTPUT_TABLES = ("persona_affinity", "customer_personas", "product_personas")
 
@@ -204,8 +205,10 @@ def build_product_personas(inputs: PublishInputs) -> DataFrame:
         "product_id", "persona", "score", F.lit(inputs.run_id).alias("run_id"))
 
 
-def publish(spark: SparkSession, config: AppConfig, inputs: PublishInputs, computed_at) -> dict:
-    """Write the three output tables (one overwrite commit each); returns their versions."""
+def publish(spark: SparkSession, tables: Tables, inputs: PublishInputs, computed_at,
+            min_products: int, why_products: int) -> dict:
+    """Write the three output tables (one overwrite commit each); returns their versions.
+    ``min_products`` and ``why_products``: ``model.min_products``, ``publishing.why_products``."""
     if inputs.persona_scores is None:
         raise ValueError("publish needs the persona model's scores (PublishInputs.persona_scores)")
     labels = label_rows(inputs.llm_labels, inputs.overrides).cache()
@@ -215,14 +218,13 @@ def publish(spark: SparkSession, config: AppConfig, inputs: PublishInputs, compu
         outputs = {
             "persona_affinity": (build_persona_affinity(inputs, labels, computed_at), contracts.PERSONA_AFFINITY),
             "customer_personas": (
-                build_customer_personas(spark, inputs, labels, config.model.min_products,
-                                        config.publishing.why_products, computed_at),
+                build_customer_personas(spark, inputs, labels, min_products, why_products, computed_at),
                 contracts.CUSTOMER_PERSONAS),
             "product_personas": (build_product_personas(inputs), contracts.PRODUCT_PERSONAS),
         }
         versions = {}
         for key, (df, schema) in outputs.items():
-            ref = storage.table_ref(config, key)
+            ref = tables.get(key)
             storage.overwrite(df, ref, schema)
             versions[key] = ref.summary(spark)
         return versions
@@ -233,33 +235,33 @@ def publish(spark: SparkSession, config: AppConfig, inputs: PublishInputs, compu
 # --------------------------------------------------------------------------- the runs table
 
 
-def record_run(spark: SparkSession, config: AppConfig, run_id: str, status: str, started_at,
+def record_run(spark: SparkSession, runs: TableRef, run_id: str, status: str, started_at,
                finished_at, table_versions: dict, summary: Optional[dict] = None) -> None:
-    """Upsert the run's row: the commit point a reader trusts (written after every output)."""
-    ref = storage.table_ref(config, "runs")
+    """Upsert the run's row in the ``runs`` table: the commit point a reader trusts (written
+    after every output)."""
     row = spark.createDataFrame(
         [(run_id, status, started_at, finished_at, {k: int(v) for k, v in table_versions.items()},
           json.dumps(summary, default=str) if summary is not None else None)],
         contracts.RUNS,
     )
-    storage.merge_upsert(spark, row, ref, contracts.RUNS, ["run_id"])
+    storage.merge_upsert(spark, row, runs, contracts.RUNS, ["run_id"])
 
 
-def abandon_stale_runs(spark: SparkSession, config: AppConfig) -> list[str]:
-    """Mark every ``running`` row ``abandoned``: called by a job that holds the writer lock, so
-    no other job can be running and such a row is a job that was killed (its MLflow run is
-    marked KILLED too). Returns the abandoned run ids."""
+def abandon_stale_runs(spark: SparkSession, runs: TableRef, config: AppConfig) -> list[str]:
+    """Mark every ``running`` row of ``runs`` ``abandoned``: called by a job that holds the
+    writer lock, so no other job can be running and such a row is a job that was killed (its
+    MLflow run, found through ``config``'s tracking, is marked KILLED too). Returns the
+    abandoned run ids."""
     import logging
 
-    ref = storage.table_ref(config, "runs")
-    if not ref.exists(spark):
+    if not runs.exists(spark):
         return []
-    stale = [r["run_id"] for r in ref.read(spark).where(F.col("status") == "running").select("run_id").collect()]
+    stale = [r["run_id"] for r in runs.read(spark).where(F.col("status") == "running").select("run_id").collect()]
     if not stale:
         return []
     now = datetime.now(timezone.utc).replace(tzinfo=None)
-    ref.delta(spark).update(condition=F.col("status") == "running",
-                            set={"status": F.lit("abandoned"), "finished_at": F.lit(now)})
+    runs.delta(spark).update(condition=F.col("status") == "running",
+                             set={"status": F.lit("abandoned"), "finished_at": F.lit(now)})
     logging.getLogger("personas.publishing").warning(
         "marked %d run(s) left 'running' by a killed job as abandoned: %s", len(stale), stale)
     try:
@@ -278,10 +280,15 @@ def abandon_stale_runs(spark: SparkSession, config: AppConfig) -> list[str]:
 
 def latest_complete_run(spark: SparkSession, config: AppConfig) -> Optional[dict]:
     """The newest run whose status is complete: its id and table versions (None if no run)."""
-    ref = storage.table_ref(config, "runs")
-    if not ref.exists(spark):
+    return latest_run(spark, storage.resolve_tables(config).runs)
+
+
+def latest_run(spark: SparkSession, runs: TableRef) -> Optional[dict]:
+    """The newest complete run of the ``runs`` table: its id, table versions and finish time
+    (None if no run)."""
+    if not runs.exists(spark):
         return None
-    row = (ref.read(spark).where(F.col("status") == "complete")
+    row = (runs.read(spark).where(F.col("status") == "complete")
            .orderBy(F.desc("finished_at"), F.desc("run_id")).limit(1).collect())
     if not row:
         return None
@@ -289,15 +296,15 @@ def latest_complete_run(spark: SparkSession, config: AppConfig) -> Optional[dict
             "finished_at": row[0]["finished_at"]}
 
 
-def read_current(spark: SparkSession, config: AppConfig, key: str) -> DataFrame:
+def read_current(spark: SparkSession, tables: Tables, key: str) -> DataFrame:
     """An output table as of the latest complete run (never a half-published run)."""
     from persona_lib.errors import InputError
 
-    run = latest_complete_run(spark, config)
+    run = latest_run(spark, tables.runs)
     if run is None or key not in run["table_versions"]:
         raise InputError(f"no complete run has published {key} yet: run `personas run` first "
-                         f"(work dir {config.workdir_path})")
-    return storage.table_ref(config, key).read(spark, version=run["table_versions"][key])
+                         f"(runs table {tables.runs.location})")
+    return tables.get(key).read(spark, version=run["table_versions"][key])
 
 
 # The tables a SQL user reads by name (docs/sql.md), besides the current_* views.
@@ -307,6 +314,11 @@ LOCAL_SCHEMA = "personas"
 
 
 def register_views(spark: SparkSession, config: AppConfig) -> list[str]:
+    """``register_tables`` for the config's tables (the documented entry point)."""
+    return register_tables(spark, storage.resolve_tables(config))
+
+
+def register_tables(spark: SparkSession, tables: Tables) -> list[str]:
     """Name the tables and views in SQL and make their schema the current one.
 
     Views: ``current_<table>`` for each output, pinned to the versions of the latest complete
@@ -322,15 +334,15 @@ def register_views(spark: SparkSession, config: AppConfig) -> list[str]:
     Either way the schema becomes the current one, so docs/sql.md's recipes, which use bare
     names, run as written. Returns the qualified names of the views.
     """
-    runs = storage.table_ref(config, "runs")
+    runs = tables.runs
     if runs.is_catalog:
         schema = ".".join(runs.location.split(".")[:-1])
-        name_of = lambda key: storage.table_ref(config, key).location  # noqa: E731
+        name_of = lambda key: tables.get(key).location  # noqa: E731
     else:
         schema = LOCAL_SCHEMA
         spark.sql(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         for key in SQL_TABLES:
-            ref = storage.table_ref(config, key)
+            ref = tables.get(key)
             # DROP of an external table forgets its name, never its files; a name may point at
             # another work dir's table from an earlier registration in this session.
             spark.sql(f"DROP TABLE IF EXISTS {schema}.{key}")
@@ -338,9 +350,9 @@ def register_views(spark: SparkSession, config: AppConfig) -> list[str]:
                 spark.sql(f"CREATE TABLE {schema}.{key} USING delta LOCATION '{_sql_string(ref.location)}'")
         name_of = lambda key: f"{schema}.{key}"  # noqa: E731
     statements = {}
-    if storage.table_ref(config, "purchase_events").exists(spark):
+    if tables.purchase_events.exists(spark):
         statements["customer_purchases"] = f"SELECT * FROM {name_of('purchase_events')}"
-    run = latest_complete_run(spark, config)
+    run = latest_run(spark, runs)
     for key in OUTPUT_TABLES:
         version = None if run is None else run["table_versions"].get(key)
         if version is not None:

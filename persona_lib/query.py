@@ -25,6 +25,7 @@ from pyspark.sql.window import Window
 from persona_lib import publishing, storage
 from persona_lib.config import AppConfig
 from persona_lib.errors import InputError
+from persona_lib.storage import TableRef, Tables
 
 QUERY_KEYS = {"from", "where", "predict", "select", "limit"}
 SOURCES_FROM = {"customer_purchases"}
@@ -85,44 +86,45 @@ def answer(query: dict, spark: SparkSession, config: AppConfig) -> dict:
     when no customer was asked about) and ``unknown_products``: which part was not known.
     """
     spec = validate(query)
+    tables = storage.resolve_tables(config)
     customer_id = spec["where"]["customer_id"]
     products = spec["where"]["products"]
     result = {"found": False, "answered_by": None, "customer_id": customer_id, "customer_found": None,
               "unknown_products": [], "rows": []}
     if customer_id is not None:
-        rows = _known_customer_rows(spark, config, customer_id, spec["limit"])
+        rows = _known_customer_rows(spark, tables, customer_id, spec["limit"], config.publishing.why_products)
         result["customer_found"] = bool(rows)
         if rows:
             return {**result, "found": True, "answered_by": "customer",
                     "rows": [_project(r, spec["select"]) for r in rows]}
     if products:
-        unknown = unknown_products(spark, config, products)
+        unknown = unknown_products(spark, tables, products)
         result["unknown_products"] = unknown
         if len(unknown) < len(set(products)):
-            rows = cold_start_rows(spark, config, products, spec["limit"])
+            rows = cold_start_rows(spark, config, tables.runs, products, spec["limit"])
             if rows:
                 return {**result, "found": True, "answered_by": "cold_start",
                         "rows": [_project(r, spec["select"]) for r in rows]}
     return result
 
 
-def unknown_products(spark: SparkSession, config: AppConfig, products: list[str]) -> list[str]:
+def unknown_products(spark: SparkSession, tables: Tables, products: list[str]) -> list[str]:
     """The products (in the order given) that the latest complete run has no personas for."""
     asked = list(dict.fromkeys(products))
-    known = {r["product_id"] for r in publishing.read_current(spark, config, "product_personas")
+    known = {r["product_id"] for r in publishing.read_current(spark, tables, "product_personas")
              .where(F.col("product_id").isin(*asked)).select("product_id").distinct().collect()}
     return [p for p in asked if p not in known]
 
 
-def _known_customer_rows(spark: SparkSession, config: AppConfig, customer_id: str, limit: int) -> list[dict]:
-    affinity = publishing.read_current(spark, config, "persona_affinity")
-    summary = publishing.read_current(spark, config, "customer_personas")
+def _known_customer_rows(spark: SparkSession, tables: Tables, customer_id: str, limit: int,
+                         why_products: int) -> list[dict]:
+    affinity = publishing.read_current(spark, tables, "persona_affinity")
+    summary = publishing.read_current(spark, tables, "customer_personas")
     rows = affinity.where(F.col("customer_id") == customer_id).orderBy("rank").limit(limit).collect()
     if not rows:
         return []
     customer = summary.where(F.col("customer_id") == customer_id).select("is_ambiguous", "why").first()
-    evidence = why_by_persona(spark, config, customer_id, [r["persona"] for r in rows],
-                              config.publishing.why_products)
+    evidence = why_by_persona(spark, tables, customer_id, [r["persona"] for r in rows], why_products)
     return [{
         "persona": r["persona"], "probability": r["probability"], "score": r["score"], "rank": r["rank"],
         "source": r["source"], "is_ambiguous": bool(customer["is_ambiguous"]) if customer else True,
@@ -134,20 +136,20 @@ def _known_customer_rows(spark: SparkSession, config: AppConfig, customer_id: st
     } for r in rows]
 
 
-def why_by_persona(spark: SparkSession, config: AppConfig, customer_id: str, personas: list[str],
+def why_by_persona(spark: SparkSession, tables: Tables, customer_id: str, personas: list[str],
                    limit: int) -> dict[str, list[dict]]:
     """Per persona, the customer's products that contribute most to its walk score.
 
     Product v of customer u adds (1/d(u)) x product_personas[v, m] to u's score for m; this
     reads one customer's products, so it is cheap enough to compute at query time.
     """
-    events = storage.table_ref(config, "purchase_events").read(spark)
+    events = tables.purchase_events.read(spark)
     bought = events.where(F.col("customer_id") == customer_id).select("product_id").distinct()
     degree = bought.count()
     if degree == 0:
         return {}
-    products = publishing.read_current(spark, config, "product_personas").where(F.col("persona").isin(*personas))
-    titles = storage.table_ref(config, "products").read(spark).select("product_id", "title")
+    products = publishing.read_current(spark, tables, "product_personas").where(F.col("persona").isin(*personas))
+    titles = tables.products.read(spark).select("product_id", "title")
     best = Window.partitionBy("persona").orderBy(F.desc("score"), F.asc("product_id"))
     rows = (
         bought.join(products, "product_id").withColumn("_rank", F.row_number().over(best))
@@ -161,11 +163,13 @@ def why_by_persona(spark: SparkSession, config: AppConfig, customer_id: str, per
     return evidence
 
 
-def cold_start_rows(spark: SparkSession, config: AppConfig, products: list[str], limit: int) -> list[dict]:
-    """Score a new shopper with the cold-start model of the latest complete run."""
+def cold_start_rows(spark: SparkSession, config: AppConfig, runs: TableRef, products: list[str],
+                    limit: int) -> list[dict]:
+    """Score a new shopper with the cold-start model of the latest complete run of ``runs``
+    (``config``: where MLflow keeps the model)."""
     from persona_lib import cold_start, tracking
 
-    run = publishing.latest_complete_run(spark, config)
+    run = publishing.latest_run(spark, runs)
     if run is None:
         raise InputError("no complete run yet: run `personas run` before scoring new shoppers")
     tracking.configure(config)

@@ -156,26 +156,25 @@ class StoreLabels:
     LLM: nothing is re-checked or labelled, and the walk spreads file labels and overrides.
     """
 
-    def __init__(self, spark: SparkSession, config: AppConfig, customers: DataFrame, events: DataFrame,
-                 run_id: str, labeller: Optional[str] = None, asks_llm: bool = True) -> None:
-        self._spark, self._config = spark, config
+    def __init__(self, spark: SparkSession, config: AppConfig, tables: storage.Tables, customers: DataFrame,
+                 events: DataFrame, run_id: str, labeller: Optional[str] = None, asks_llm: bool = True) -> None:
+        self._spark, self._config, self._tables = spark, config, tables
         self._customers, self._events, self._run_id = customers, events, run_id
         self._labeller, self._asks_llm = labeller, asks_llm
 
-    def _pinned(self, key: str) -> Optional[DataFrame]:
-        ref = storage.table_ref(self._config, key)
+    def _pinned(self, ref: storage.TableRef) -> Optional[DataFrame]:
         if not ref.exists(self._spark):
             return None
         return ref.read(self._spark, version=ref.version(self._spark))
 
     def _overridden(self) -> DataFrame:
-        overrides = self._pinned("persona_overrides")
+        overrides = self._pinned(self._tables.persona_overrides)
         if overrides is None:
             return self._spark.createDataFrame([], "customer_id string")
         return overrides.select("customer_id")
 
     def spent(self) -> DataFrame:
-        store = self._pinned("persona_labels")
+        store = self._pinned(self._tables.persona_labels)
         answered = (store.select("customer_id").join(self._customers, "customer_id", "left_semi")
                     if store is not None else self._spark.createDataFrame([], "customer_id string"))
         return answered.unionByName(self._overridden()).distinct()
@@ -183,7 +182,7 @@ class StoreLabels:
     def rechecks(self, round_index: int) -> DataFrame:
         # Round 1 re-sends the LLM-labelled customers: unchanged histories are cache hits, not
         # LLM calls. A label from a file, or an overridden customer, is never re-sent.
-        store = self._pinned("persona_labels")
+        store = self._pinned(self._tables.persona_labels)
         if round_index > 0 or store is None or not self._asks_llm:
             return self._spark.createDataFrame([], "customer_id string")
         from_llm = store.where(~is_file_label(F.col("source"))).select("customer_id")

@@ -1,7 +1,7 @@
 """``personas serve``: persona answers in milliseconds, from the latest complete run, without a JVM.
 
 The service reads the published Delta tables with delta-rs (``deltalake``) at the versions the
-``runs`` table names for the latest complete run (as ``publishing.latest_complete_run`` and the
+``runs`` table names for the latest complete run (as ``publishing.latest_run`` and the
 ``current_*`` views do), holds them in memory as column arrays, and answers:
 
 - ``POST /query``: the product page's query, validated and answered as ``query.predict`` does;
@@ -39,6 +39,7 @@ from persona_lib.errors import DependencyError, InputError
 # query.validate and run_alias are plain Python; importing query loads pyspark's Python
 # modules but starts no JVM.
 from persona_lib.query import run_alias, validate
+from persona_lib.storage import TableRef, Tables, resolve_tables
 from persona_lib.tombstones import customer_hash, tombstone_key
 
 log = logging.getLogger("personas.serve")
@@ -60,23 +61,20 @@ class TableMissing(Exception):
     pass
 
 
-def table_location(config: AppConfig, key: str) -> str:
-    """The Delta path of ``config.tables.<key>``; catalog tables cannot be read without a metastore."""
-    from persona_lib import storage
-
-    ref = storage.table_ref(config, key)
+def table_location(ref: TableRef) -> str:
+    """The Delta path of a table; catalog tables cannot be read without a metastore."""
     if ref.is_catalog:
         raise InputError(
-            f"tables.{key}: {ref.location!r} is a catalog table; personas serve reads Delta paths "
+            f"tables.{ref.name}: {ref.location!r} is a catalog table; personas serve reads Delta paths "
             "(on Databricks serve through Model Serving and Lakebase synced tables, see README)")
     return ref.location
 
 
-def open_table(config: AppConfig, key: str, version: Optional[int] = None):
+def open_table(ref: TableRef, version: Optional[int] = None):
     from deltalake import DeltaTable
     from deltalake.exceptions import DeltaProtocolError, TableNotFoundError
 
-    location = table_location(config, key)
+    key, location = ref.name, table_location(ref)
     try:
         return DeltaTable(location, version=version)
     except TableNotFoundError as exc:
@@ -85,14 +83,14 @@ def open_table(config: AppConfig, key: str, version: Optional[int] = None):
         raise unreadable(key, location, exc) from exc
 
 
-def read_arrow(config: AppConfig, key: str, columns: list[str], version: Optional[int] = None) -> pa.Table:
+def read_arrow(ref: TableRef, columns: list[str], version: Optional[int] = None) -> pa.Table:
     from deltalake.exceptions import DeltaProtocolError
 
-    table = open_table(config, key, version)
+    table = open_table(ref, version)
     try:
         return table.to_pyarrow_table(columns=columns)
     except DeltaProtocolError as exc:
-        raise unreadable(key, table.table_uri, exc) from exc
+        raise unreadable(ref.name, table.table_uri, exc) from exc
 
 
 def unreadable(key: str, location: str, exc: Exception) -> DependencyError:
@@ -104,10 +102,10 @@ def unreadable(key: str, location: str, exc: Exception) -> DependencyError:
         "disable the feature on the table (e.g. ALTER TABLE ... DROP FEATURE) and republish")
 
 
-def latest_complete_run(config: AppConfig) -> Optional[dict]:
-    """``publishing.latest_complete_run`` without Spark: newest finished_at, then run_id."""
+def latest_complete_run(runs_table: TableRef) -> Optional[dict]:
+    """``publishing.latest_run`` without Spark: newest finished_at, then run_id."""
     try:
-        runs = read_arrow(config, "runs", ["run_id", "status", "finished_at", "table_versions"]).to_pylist()
+        runs = read_arrow(runs_table, ["run_id", "status", "finished_at", "table_versions"]).to_pylist()
     except TableMissing:
         return None
     complete = [r for r in runs if r["status"] == "complete" and r["finished_at"] is not None]
@@ -118,9 +116,9 @@ def latest_complete_run(config: AppConfig) -> Optional[dict]:
             "finished_at": best["finished_at"]}
 
 
-def table_version(config: AppConfig, key: str) -> Optional[int]:
+def table_version(ref: TableRef) -> Optional[int]:
     try:
-        return open_table(config, key).version()
+        return open_table(ref).version()
     except TableMissing:
         return None
 
@@ -184,19 +182,17 @@ def _index_or_minus_one(values: pa.Array, value_set: pa.Array) -> np.ndarray:
     return pc.fill_null(pc.index_in(values, value_set=value_set), -1).to_numpy(zero_copy_only=False)
 
 
-def build_snapshot(config: AppConfig, run: dict, load_model: bool = True) -> Snapshot:
+def build_snapshot(config: AppConfig, tables: Tables, run: dict, load_model: bool = True) -> Snapshot:
     """Read the run's output tables at its versions (and purchase_events, products now)."""
     versions = run["table_versions"]
     missing = [k for k in OUTPUT_TABLES if k not in versions]
     if missing:
         raise InputError(f"run {run['run_id']}: the runs table names no version for {missing}")
-    affinity = read_arrow(config, "persona_affinity",
-                          ["customer_id", "persona", "probability", "score", "rank", "source"],
+    affinity = read_arrow(tables.persona_affinity, ["customer_id", "persona", "probability", "score", "rank", "source"],
                           versions["persona_affinity"])
-    summary = read_arrow(config, "customer_personas",
-                         ["customer_id", "personas", "source", "confidence", "is_ambiguous", "why"],
+    summary = read_arrow(tables.customer_personas, ["customer_id", "personas", "source", "confidence", "is_ambiguous", "why"],
                          versions["customer_personas"])
-    product_rows = read_arrow(config, "product_personas", ["product_id", "persona", "score"],
+    product_rows = read_arrow(tables.product_personas, ["product_id", "persona", "score"],
                               versions["product_personas"])
 
     personas = sorted(set(pc.unique(affinity["persona"]).to_pylist())
@@ -225,7 +221,7 @@ def build_snapshot(config: AppConfig, run: dict, load_model: bool = True) -> Sna
     product_set = pa.array(product_ids, pa.string())
     titles = [None] * len(product_ids)
     try:
-        catalogue = read_arrow(config, "products", ["product_id", "title"])
+        catalogue = read_arrow(tables.products, ["product_id", "title"])
         codes = _index_or_minus_one(catalogue["product_id"].combine_chunks(), product_set)
         for code, title in zip(codes, catalogue["title"].to_pylist()):
             if code >= 0:
@@ -233,7 +229,7 @@ def build_snapshot(config: AppConfig, run: dict, load_model: bool = True) -> Sna
     except TableMissing:
         pass
 
-    edge_start, edge_end, edge_product, degree = _edges(config, all_ids, product_set)
+    edge_start, edge_end, edge_product, degree = _edges(tables.purchase_events, all_ids, product_set)
     snapshot = Snapshot(
         run_id=run["run_id"], table_versions={k: int(v) for k, v in versions.items()},
         finished_at=str(run["finished_at"]), loaded_at=datetime.now(timezone.utc).isoformat(),
@@ -265,11 +261,11 @@ def _with(snapshot: Snapshot, **changes) -> Snapshot:
     return dataclasses.replace(snapshot, **changes)
 
 
-def _edges(config: AppConfig, all_ids: pa.Array, product_set: pa.Array):
+def _edges(purchase_events: TableRef, all_ids: pa.Array, product_set: pa.Array):
     """CSR of each customer's distinct products (those with persona scores) and its degree."""
     slots = len(all_ids)
     try:
-        events = read_arrow(config, "purchase_events", ["customer_id", "product_id"])
+        events = read_arrow(purchase_events, ["customer_id", "product_id"])
     except TableMissing:
         empty = np.zeros(slots, dtype=np.int64)
         return empty, empty, np.zeros(0, dtype=np.int32), np.zeros(slots, dtype=np.int32)
@@ -585,6 +581,7 @@ class PersonaService:
 
     def __init__(self, config: AppConfig, load_model: bool = True):
         self.config = config
+        self.tables = resolve_tables(config)
         self._load_model = load_model
         self._state = State(snapshot=None, key=tombstone_key(config))
         self._runs_version: Optional[int] = None
@@ -600,19 +597,19 @@ class PersonaService:
         """Load a newer complete run and newer tombstones if there are any; True if anything changed."""
         state = self._state
         snapshot, forgotten, tombstones_version = state.snapshot, state.forgotten, state.tombstones_version
-        runs_version = table_version(self.config, "runs")
+        runs_version = table_version(self.tables.runs)
         if runs_version is not None and runs_version != self._runs_version:
-            run = latest_complete_run(self.config)
+            run = latest_complete_run(self.tables.runs)
             if run is not None and (snapshot is None or run["run_id"] != snapshot.run_id
                                     or {k: int(v) for k, v in run["table_versions"].items()}
                                     != snapshot.table_versions):
                 started = time.monotonic()
-                snapshot = build_snapshot(self.config, run, self._load_model)
+                snapshot = build_snapshot(self.config, self.tables, run, self._load_model)
                 log.info("loaded run %s (%d customers, %d rows) in %.2f s", snapshot.run_id, snapshot.customers,
                          snapshot.published_rows, time.monotonic() - started)
-        new_tombstones = table_version(self.config, "tombstones")
+        new_tombstones = table_version(self.tables.tombstones)
         if new_tombstones is not None and new_tombstones != tombstones_version:
-            hashes = read_arrow(self.config, "tombstones", ["customer_hash"])["customer_hash"].to_pylist()
+            hashes = read_arrow(self.tables.tombstones, ["customer_hash"])["customer_hash"].to_pylist()
             forgotten, tombstones_version = frozenset(hashes), new_tombstones
         self._runs_version = runs_version
         if snapshot is state.snapshot and tombstones_version == state.tombstones_version:

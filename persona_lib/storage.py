@@ -1,5 +1,6 @@
-"""Delta table access by configured name: a path under the work dir, an absolute path or
-URI, or a catalog table (``catalog.schema.table``). Every writer enforces its contract schema
+"""Delta table access: ``resolve_tables`` turns the config's ``tables:`` into ``Tables``, one
+``TableRef`` per contract table (a path under the work dir, an absolute path or URI, or a
+catalog table ``catalog.schema.table``), once per entry point. Every writer enforces its contract schema
 (``persona_lib.contracts``) before it writes, so a table never drifts from its documentation.
 """
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 from delta.tables import DeltaTable
@@ -14,7 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import DateType, MapType, NumericType, StringType, StructType, TimestampNTZType, TimestampType
 
-from persona_lib.config import AppConfig
+from persona_lib.config import TABLE_KEYS, AppConfig, catalog_table_name
 from persona_lib.errors import InputError
 
 _CATALOG_NAME = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_`][\w`-]*){1,2}$")
@@ -57,18 +59,86 @@ class TableRef:
         return {"location": self.location, "version": self.version(spark)}
 
 
+@dataclass(frozen=True)
+class Tables:
+    """Every table of the contracts (``persona_lib.contracts``), resolved once from the config
+    (``resolve_tables``) at an entry point and passed down: what reads or writes a table takes
+    this (or the one ``TableRef`` it needs), not the whole config."""
+
+    purchase_events: TableRef
+    products: TableRef
+    quarantine: TableRef
+    ingest_log: TableRef
+    paper_purchase_events: TableRef
+    paper_products: TableRef
+    paper_quarantine: TableRef
+    paper_ingest_log: TableRef
+    synth_purchase_events: TableRef
+    synth_products: TableRef
+    synth_truth: TableRef
+    persona_labels: TableRef
+    product_labels: TableRef
+    persona_overrides: TableRef
+    recorded_answers: TableRef
+    customer_affinity: TableRef
+    product_affinity: TableRef
+    propagation_runs: TableRef
+    persona_affinity: TableRef
+    customer_personas: TableRef
+    product_personas: TableRef
+    runs: TableRef
+    tombstones: TableRef
+    evaluation_personas: TableRef
+    # Where a relative name lands: catalog.schema.<name> when both are set, else tables_dir/<name>.
+    catalog: Optional[str] = None
+    schema: Optional[str] = None
+    tables_dir: str = ""
+
+    def get(self, key: str) -> TableRef:
+        """The table of a contract key (``"purchase_events"``); an unknown key is an error."""
+        if key not in TABLE_KEYS:
+            raise KeyError(f"no table {key!r}; known: {', '.join(TABLE_KEYS)}")
+        return getattr(self, key)
+
+    def items(self) -> tuple[tuple[str, TableRef], ...]:
+        """(key, table) for every contract table, in TablesConfig order."""
+        return tuple((key, getattr(self, key)) for key in TABLE_KEYS)
+
+    def named(self, key: str, name: str) -> TableRef:
+        """A table named outside the config (a command-line option), placed the way the
+        configured ones are; ``key`` names it in messages."""
+        return _place(key, name, self.catalog, self.schema, self.tables_dir)
+
+
+def resolve_tables(config: AppConfig) -> Tables:
+    """Where every configured table lives (``config.tables`` and the work dir), resolved once."""
+    section = config.tables
+    tables_dir = str(config.workdir_path / "tables")
+    refs = {key: _place(key, getattr(section, key), section.catalog, section.schema, tables_dir)
+            for key in TABLE_KEYS}
+    return Tables(**refs, catalog=section.catalog, schema=section.schema, tables_dir=tables_dir)
+
+
+# The two below serve the labelling modules (persona_lib/labelling), which still take the
+# whole config; everything else is handed a Tables. They go once labelling is too.
 def table_ref(config: AppConfig, key: str) -> TableRef:
-    """Resolve the table named by ``config.tables.<key>``."""
-    name = getattr(config.tables, key)
-    return resolve_table(config, key, name)
+    """The table of ``config.tables.<key>``."""
+    return resolve_tables(config).get(key)
 
 
 def resolve_table(config: AppConfig, key: str, name: str) -> TableRef:
+    """A table named outside the config (``Tables.named``)."""
+    return resolve_tables(config).named(key, name)
+
+
+def _place(key: str, name: str, catalog: Optional[str], schema: Optional[str], tables_dir: str) -> TableRef:
     if "://" in name or name.startswith(("dbfs:", "/")):
         return TableRef(key, name, is_catalog=False)
     if _CATALOG_NAME.match(name) and "/" not in name:
         return TableRef(key, name, is_catalog=True)
-    return TableRef(key, str(config.workdir_path / "tables" / name), is_catalog=False)
+    if catalog and schema:
+        return TableRef(key, f"{catalog}.{schema}.{catalog_table_name(name)}", is_catalog=True)
+    return TableRef(key, str(Path(tables_dir) / name), is_catalog=False)
 
 
 def conform(df: DataFrame, schema: StructType, table: str) -> DataFrame:

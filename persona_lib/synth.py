@@ -13,13 +13,11 @@ distinct customer-product pairs (the paper's Instacart Full) – see README.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from persona_lib import contracts, storage
-from persona_lib.config import AppConfig, SynthConfig
+from persona_lib.config import SynthConfig
 
 _TWO_POW_63 = float(2 ** 63)
 
@@ -153,14 +151,11 @@ def _validate(params: SynthConfig) -> None:
                           f"1 <= personas_per_customer_max <= personas, 0 <= noise <= 1)")
 
 
-def write_synth(spark: SparkSession, config: AppConfig, params: Optional[SynthConfig] = None) -> dict:
+def write_synth(spark: SparkSession, tables: storage.Tables, params: SynthConfig) -> dict:
     """Generate and write synth purchase_events, products and truth; returns the summary."""
     from persona_lib.ingest import event_table_sizes, products_from_events
 
-    params = params or config.synth
-    events_ref = storage.table_ref(config, "synth_purchase_events")
-    products_ref = storage.table_ref(config, "synth_products")
-    truth_ref = storage.table_ref(config, "synth_truth")
+    events_ref, products_ref, truth_ref = tables.synth_purchase_events, tables.synth_products, tables.synth_truth
     storage.overwrite(generate_events(spark, params), events_ref, contracts.PURCHASE_EVENTS)
     events = events_ref.read(spark)
     storage.overwrite(products_from_events(events), products_ref, contracts.PRODUCTS)

@@ -26,6 +26,7 @@ from pyspark.sql import functions as F
 
 from persona_lib import forget, ingest, storage
 from persona_lib.config import AppConfig
+from persona_lib.storage import Tables
 from persona_lib.tombstones import UNREADABLE_ID_REASONS, customer_hash, raw_id_tokens, tombstone_key, tombstoned
 
 # (manifest, events, quarantine) table keys of each cut.
@@ -49,11 +50,12 @@ _NOT_ID_KEYS = {"product_id", "title", "operationMetrics", "size", "modification
 
 
 def verify_workdir(spark: SparkSession, config: AppConfig) -> dict:
+    tables = storage.resolve_tables(config)
     checks = {
-        "manifest_balance": check_manifest_balance(spark, config),
-        "kept_and_quarantined": check_kept_and_quarantined(spark, config),
-        "runs_readable": check_runs_readable(spark, config),
-        "no_tombstoned_customer": check_no_tombstoned_customer(spark, config),
+        "manifest_balance": check_manifest_balance(spark, tables),
+        "kept_and_quarantined": check_kept_and_quarantined(spark, tables),
+        "runs_readable": check_runs_readable(spark, tables),
+        "no_tombstoned_customer": check_no_tombstoned_customer(spark, config, tables),
     }
     violations = [f"{name}: {text}" for name, found in checks.items() for text in found]
     return {"ok": not violations, "violations": violations,
@@ -61,10 +63,10 @@ def verify_workdir(spark: SparkSession, config: AppConfig) -> dict:
             "workdir": str(config.workdir_path)}
 
 
-def check_manifest_balance(spark: SparkSession, config: AppConfig) -> list[str]:
+def check_manifest_balance(spark: SparkSession, tables: Tables) -> list[str]:
     found = []
     for log_key, _, _ in CUTS:
-        ref = storage.table_ref(config, log_key)
+        ref = tables.get(log_key)
         if not ref.exists(spark):
             continue
         manifest = ref.read(spark)
@@ -85,10 +87,10 @@ def check_manifest_balance(spark: SparkSession, config: AppConfig) -> list[str]:
     return found
 
 
-def check_kept_and_quarantined(spark: SparkSession, config: AppConfig) -> list[str]:
+def check_kept_and_quarantined(spark: SparkSession, tables: Tables) -> list[str]:
     found = []
     for _, events_key, quarantine_key in CUTS:
-        events_ref, quarantine_ref = storage.table_ref(config, events_key), storage.table_ref(config, quarantine_key)
+        events_ref, quarantine_ref = tables.get(events_key), tables.get(quarantine_key)
         if not (events_ref.exists(spark) and quarantine_ref.exists(spark)):
             continue
         events, quarantine = events_ref.read(spark), quarantine_ref.read(spark)
@@ -109,8 +111,8 @@ def check_kept_and_quarantined(spark: SparkSession, config: AppConfig) -> list[s
     return found
 
 
-def check_runs_readable(spark: SparkSession, config: AppConfig) -> list[str]:
-    ref = storage.table_ref(config, "runs")
+def check_runs_readable(spark: SparkSession, tables: Tables) -> list[str]:
+    ref = tables.runs
     if not ref.exists(spark):
         return []
     found = []
@@ -118,7 +120,7 @@ def check_runs_readable(spark: SparkSession, config: AppConfig) -> list[str]:
     jvm = spark.sparkContext._jvm
     for run in ref.read(spark).where(F.col("status") == "complete").collect():
         for key, version in sorted((run["table_versions"] or {}).items()):
-            table = storage.table_ref(config, key)
+            table = tables.get(key)
             try:
                 files = table.read(spark, version=int(version)).inputFiles()
             except Exception as exc:  # noqa: BLE001 - any failure to resolve the version is the finding
@@ -135,8 +137,9 @@ def check_runs_readable(spark: SparkSession, config: AppConfig) -> list[str]:
     return found
 
 
-def check_no_tombstoned_customer(spark: SparkSession, config: AppConfig) -> list[str]:
-    tombstones_ref = storage.table_ref(config, "tombstones")
+def check_no_tombstoned_customer(spark: SparkSession, config: AppConfig, tables: Tables) -> list[str]:
+    """``config``: the tombstone key and the work dir whose files are searched."""
+    tombstones_ref = tables.tombstones
     if not tombstones_ref.exists(spark):
         return []
     tombstones = tombstones_ref.read(spark)
@@ -144,7 +147,7 @@ def check_no_tombstoned_customer(spark: SparkSession, config: AppConfig) -> list
         return []
     key = tombstone_key(config)
     found = []
-    for ref in forget.id_tables(spark, config):
+    for ref in forget.id_tables(spark, tables):
         table = ref.read(spark)
         count = tombstoned(table, tombstones, key).count()
         if "raw_line" in table.columns:

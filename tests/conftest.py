@@ -91,3 +91,11 @@ def published_site(spark, tmp_path_factory) -> PublishedSite:
 def config(tmp_path) -> AppConfig:
     """The test config with a fresh work directory for this test."""
     return load_config(TEST_CONF, workdir=str(tmp_path / "work"))
+
+
+@pytest.fixture
+def tables(config):
+    """Where the test config's tables live (``storage.Tables``), resolved once as entry points do."""
+    from persona_lib.storage import resolve_tables
+
+    return resolve_tables(config)

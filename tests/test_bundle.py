@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import configparser
 import copy
-import dataclasses
 import importlib
 import re
 import subprocess
@@ -28,8 +27,9 @@ from databricks.bundles.schemas import Schema
 from databricks.bundles.volumes import Volume
 
 from persona_lib.cli import build_parser
-from persona_lib.config import REPO_ROOT, TablesConfig, load_config
+from persona_lib.config import REPO_ROOT, load_config
 from persona_lib.errors import UsageError
+from persona_lib.storage import resolve_tables
 
 BUNDLE = REPO_ROOT / "databricks.yml"
 DATABRICKS_CONF = REPO_ROOT / "conf" / "databricks.yaml"
@@ -423,10 +423,10 @@ def test_main_still_returns_the_code_for_callers_in_python():
 
 def test_databricks_config_names_unity_catalog_tables_and_a_volume_model():
     config = load_config(DATABRICKS_CONF)
-    for field in dataclasses.fields(TablesConfig):
-        name = getattr(config.tables, field.name)
-        assert UC_NAME.match(name), f"tables.{field.name} = {name!r} is not a main.personas.* table"
-    names = [getattr(config.tables, f.name) for f in dataclasses.fields(TablesConfig)]
+    tables = resolve_tables(config)
+    for key, ref in tables.items():
+        assert ref.is_catalog and UC_NAME.match(ref.location), f"{key} = {ref.location!r} is not a main.personas.* table"
+    names = [ref.location for _, ref in tables.items()]
     assert len(set(names)) == len(names), "two table keys share one Unity Catalog table"
     assert config.labelling.labeller == "vllm"
     assert config.labelling.vllm.model_path.startswith("/Volumes/")

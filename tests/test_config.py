@@ -11,7 +11,7 @@ import pytest
 from persona_lib.config import PATH_KEYS, REPO_ROOT, AppConfig, config_value, load_config, validate_for_labelling
 from persona_lib.errors import ConfigError
 from persona_lib.jars import required_jars
-from persona_lib.storage import resolve_table
+from persona_lib.storage import resolve_tables
 from persona_lib.testing import TEST_CONF
 
 
@@ -65,8 +65,8 @@ def test_workdir_option_overrides_the_config(tmp_path):
     ("main.personas.purchase_events", "main.personas.purchase_events", True),
 ])
 def test_table_names_resolve_to_paths_or_catalog_tables(tmp_path, name, location, is_catalog):
-    config = load_config(None, workdir=str(tmp_path))
-    ref = resolve_table(config, "purchase_events", name)
+    config = load_config(None, workdir=str(tmp_path)).replace("tables", purchase_events=name)
+    ref = resolve_tables(config).purchase_events
     assert (ref.location, ref.is_catalog) == (location.format(workdir=tmp_path), is_catalog)
 
 

@@ -143,7 +143,7 @@ def test_the_run_walks_group_vertices_and_publishes_each_product_its_groups_affi
     purchases = spark.createDataFrame([("1", "MILK"), ("2", "EGGS"), ("2", "MILK"), ("3", "BREAD")],
                                       "customer_id string, product_id string")
 
-    edges, graph, keys = purchase_graph(spark, grouped, purchases)
+    edges, graph, keys = purchase_graph(spark, grouped, storage.resolve_tables(grouped), purchases)
     assert (edges.count(), graph.product_count, graph.edge_count) == (4, 2, 3)  # Dairy and BREAD
     seeds = spark.createDataFrame([("1", "Baker")], "customer_id string, persona string")
     result = per_product_affinity(propagate(spark, graph, seeds, grouped.propagation), keys)

@@ -73,7 +73,7 @@ def test_a_crashed_run_resumes_without_asking_the_llm_again(spark, small_config,
 
 
 def current(spark, config, key):
-    return publishing.read_current(spark, config, key)
+    return publishing.read_current(spark, storage.resolve_tables(config), key)
 
 
 def test_the_summary_lists_the_taxonomys_personas_no_label_seeds(spark, small_config, first_run):

@@ -220,16 +220,16 @@ def test_max_supersteps_reached_is_reported_as_not_converged(spark, awkward):
     assert result.stats["max_residual"] >= 0.001 / 4
 
 
-def test_write_propagation_writes_the_three_tables(spark, awkward, config):
+def test_write_propagation_writes_the_three_tables(spark, awkward, config, tables):
     _, labels, graph = awkward
     result = propagate(spark, graph, spark.createDataFrame(labels), config.propagation, epsilon=0.01)
-    tables = write_propagation(spark, config, result, "p-1")
-    assert set(tables) == {"customer_affinity", "product_affinity", "propagation_runs"}
-    runs = spark.read.format("delta").load(tables["propagation_runs"]["location"]).collect()
+    written = write_propagation(spark, tables, result, "p-1")
+    assert set(written) == {"customer_affinity", "product_affinity", "propagation_runs"}
+    runs = spark.read.format("delta").load(written["propagation_runs"]["location"]).collect()
     assert [r["propagation_id"] for r in runs] == ["p-1"] and runs[0]["converged"]
-    written = spark.read.format("delta").load(tables["customer_affinity"]["location"])
-    assert written.count() == result.customer_affinity.count()
-    products = spark.read.format("delta").load(tables["product_affinity"]["location"]).toPandas()
+    customers = spark.read.format("delta").load(written["customer_affinity"]["location"])
+    assert customers.count() == result.customer_affinity.count()
+    products = spark.read.format("delta").load(written["product_affinity"]["location"]).toPandas()
     reference = exact_affinity(awkward[0], labels, 1).product_frame()
     merged = reference.merge(products, on=["product_id", "persona"], how="left").fillna(0.0)
     assert (merged["score_x"] - merged["score_y"]).abs().max() <= 0.01 / 2 + SLACK

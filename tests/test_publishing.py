@@ -8,7 +8,7 @@ import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
 from pyspark.sql import functions as F
 
-from persona_lib import contracts, publishing, storage
+from persona_lib import contracts, publishing
 from persona_lib.publishing import PublishInputs
 
 NOW = datetime(2026, 1, 1)
@@ -54,14 +54,17 @@ def inputs(spark):
     )
 
 
-def published(spark, config, inputs):
-    config = config.replace("model", min_products=2)
-    versions = publishing.publish(spark, config, inputs, NOW)
-    return {k: storage.table_ref(config, k).read(spark, version=v["version"]) for k, v in versions.items()}
+def publish(spark, tables, inputs, min_products=2):
+    return publishing.publish(spark, tables, inputs, NOW, min_products=min_products, why_products=5)
 
 
-def test_propagated_rows_carry_the_model_probability_and_the_raw_score_ranked_by_probability(spark, config, inputs):
-    affinity = published(spark, config, inputs)["persona_affinity"]
+def published(spark, tables, inputs):
+    versions = publish(spark, tables, inputs)
+    return {k: tables.get(k).read(spark, version=v["version"]) for k, v in versions.items()}
+
+
+def test_propagated_rows_carry_the_model_probability_and_the_raw_score_ranked_by_probability(spark, tables, inputs):
+    affinity = published(spark, tables, inputs)["persona_affinity"]
     actual = affinity.where("source = 'propagated' and customer_id in ('c1', 'c2')") \
         .select("customer_id", "persona", "probability", "score", "rank")
     expected = spark.createDataFrame(
@@ -71,8 +74,8 @@ def test_propagated_rows_carry_the_model_probability_and_the_raw_score_ranked_by
     assert_approx_df_equality(actual, expected, 1e-9, ignore_row_order=True, ignore_nullable=True)
 
 
-def test_labelled_customers_keep_their_labels_and_overrides_win(spark, config, inputs):
-    tables = published(spark, config, inputs)
+def test_labelled_customers_keep_their_labels_and_overrides_win(spark, tables, inputs):
+    tables = published(spark, tables, inputs)
     summary = tables["customer_personas"]
     actual = summary.where("source != 'propagated'").select("customer_id", "personas", "source", "is_ambiguous")
     expected = spark.createDataFrame(
@@ -84,8 +87,8 @@ def test_labelled_customers_keep_their_labels_and_overrides_win(spark, config, i
                                                             ("c4", "Baker", 1.0)]
 
 
-def test_personas_are_those_at_or_above_threshold_and_never_empty_with_evidence(spark, config, inputs):
-    summary = published(spark, config, inputs)["customer_personas"]
+def test_personas_are_those_at_or_above_threshold_and_never_empty_with_evidence(spark, tables, inputs):
+    summary = published(spark, tables, inputs)["customer_personas"]
     actual = summary.where("source = 'propagated'").select("customer_id", "personas", "confidence")
     expected = spark.createDataFrame(
         [("c1", ["Gardener"], 0.80), ("c2", ["Gardener", "Baker"], 0.575), ("c5", [], None), ("c6", ["Gardener"], 0.30)],
@@ -93,19 +96,19 @@ def test_personas_are_those_at_or_above_threshold_and_never_empty_with_evidence(
     assert_approx_df_equality(actual, expected, 1e-9, ignore_row_order=True, ignore_nullable=True)
 
 
-def test_ambiguous_exactly_when_the_certificate_or_the_evidence_rule_says_so(spark, config, inputs):
+def test_ambiguous_exactly_when_the_certificate_or_the_evidence_rule_says_so(spark, tables, inputs):
     # c1: every interval clear of its threshold, 2 labelled co-buyers, 2 products: certain.
     # c2: Gardener's [0.45, 0.70] holds its threshold 0.5: the certificate cannot decide.
     # c5: nothing bought, nobody labelled reached. c6: one product < min_products 2.
-    summary = published(spark, config, inputs)["customer_personas"]
+    summary = published(spark, tables, inputs)["customer_personas"]
     actual = summary.where("source = 'propagated'").select("customer_id", "is_ambiguous")
     expected = spark.createDataFrame([("c1", False), ("c2", True), ("c5", True), ("c6", True)],
                                      "customer_id string, is_ambiguous boolean")
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
-def test_why_weights_are_shares_of_the_top_persona_and_co_buyers_are_distinct(spark, config, inputs):
-    summary = published(spark, config, inputs)["customer_personas"]
+def test_why_weights_are_shares_of_the_top_persona_and_co_buyers_are_distinct(spark, tables, inputs):
+    summary = published(spark, tables, inputs)["customer_personas"]
     why = summary.where("customer_id = 'c1'").select(F.explode("why.products").alias("p")).select("p.*")
     expected = spark.createDataFrame([("p1", "Rake", 0.5 / 0.6), ("p2", "Seeds", 0.1 / 0.6)],
                                      "product_id string, title string, weight double")
@@ -119,17 +122,25 @@ def test_why_weights_are_shares_of_the_top_persona_and_co_buyers_are_distinct(sp
     assert evidence["c3"] == "Gardener, Baker" and evidence["c4"] == "Baker" and evidence["c1"] is None
 
 
-def test_readers_see_the_latest_complete_run_only(spark, config, inputs):
-    versions = publishing.publish(spark, config, inputs, NOW)
-    publishing.record_run(spark, config, "run-1", "complete", NOW, NOW,
+def test_readers_see_the_latest_complete_run_only(spark, config, tables, inputs):
+    versions = publish(spark, tables, inputs)
+    publishing.record_run(spark, tables.runs, "run-1", "complete", NOW, NOW,
                           {k: v["version"] for k, v in versions.items()})
     # A second run that writes its tables but crashes before its runs row says complete.
     crashed = PublishInputs(**{**inputs.__dict__, "run_id": "run-2"})
-    publishing.publish(spark, config, crashed, NOW)
-    publishing.record_run(spark, config, "run-2", "running", NOW, None, {})
+    publish(spark, tables, crashed)
+    publishing.record_run(spark, tables.runs, "run-2", "running", NOW, None, {})
 
-    current = publishing.read_current(spark, config, "customer_personas")
+    current = publishing.read_current(spark, tables, "customer_personas")
     assert {r.run_id for r in current.select("run_id").distinct().collect()} == {"run-1"}
     views = publishing.register_views(spark, config)
     assert "personas.current_customer_personas" in views
     assert spark.sql("SELECT DISTINCT run_id FROM current_persona_affinity").first()[0] == "run-1"
+
+
+def test_a_run_left_running_by_a_killed_job_is_abandoned_and_a_finished_one_kept(spark, config, tables):
+    publishing.record_run(spark, tables.runs, "killed", "running", NOW, None, {})
+    publishing.record_run(spark, tables.runs, "done", "complete", NOW, NOW, {})
+    assert publishing.abandon_stale_runs(spark, tables.runs, config) == ["killed"]
+    statuses = {r["run_id"]: r["status"] for r in tables.runs.read(spark).collect()}
+    assert statuses == {"killed": "abandoned", "done": "complete"}

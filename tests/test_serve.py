@@ -128,7 +128,7 @@ def client(server):
 
 
 def customers(spark, config, ambiguous: bool, min_personas: int = 2) -> list[str]:
-    table = publishing.read_current(spark, config, "customer_personas")
+    table = publishing.read_current(spark, storage.resolve_tables(config), "customer_personas")
     rows = (table.where((F.col("is_ambiguous") == ambiguous) & (F.size("personas") >= min_personas))
             .orderBy("customer_id").select("customer_id").limit(5).collect())
     return [r["customer_id"] for r in rows]
@@ -146,7 +146,7 @@ def test_query_answers_exactly_what_predict_answers(spark, published, client):
 
 def test_query_scores_a_new_shopper_with_the_cold_start_model(spark, published, client):
     _, config = published
-    products = [r["product_id"] for r in publishing.read_current(spark, config, "product_personas")
+    products = [r["product_id"] for r in publishing.read_current(spark, storage.resolve_tables(config), "product_personas")
                 .select("product_id").distinct().orderBy("product_id").limit(3).collect()]
     query = {"where": {"customer_id": "no-such-customer", "products": products}, "limit": 4}
     status, body = client.call("POST", "/query", query)
@@ -159,8 +159,8 @@ def test_customer_personas_are_the_published_row_with_probabilities_and_ranks(sp
     customer = customers(spark, config, False)[0]
     status, body = client.call("GET", f"/customers/{customer}/personas")
     assert status == 200
-    row = publishing.read_current(spark, config, "customer_personas").where(F.col("customer_id") == customer).first()
-    affinity = {r["persona"]: r for r in publishing.read_current(spark, config, "persona_affinity")
+    row = publishing.read_current(spark, storage.resolve_tables(config), "customer_personas").where(F.col("customer_id") == customer).first()
+    affinity = {r["persona"]: r for r in publishing.read_current(spark, storage.resolve_tables(config), "persona_affinity")
                 .where(F.col("customer_id") == customer).collect()}
     assert [p["persona"] for p in body["personas"]] == list(row["personas"])
     assert [(p["probability"], p["rank"]) for p in body["personas"]] == \
@@ -183,7 +183,7 @@ def test_an_unknown_customer_is_a_404_everywhere(client):
 
 def test_cold_start_lists_unknown_products_and_says_when_none_is_known(spark, published, client):
     _, config = published
-    known = [r["product_id"] for r in publishing.read_current(spark, config, "product_personas")
+    known = [r["product_id"] for r in publishing.read_current(spark, storage.resolve_tables(config), "product_personas")
              .select("product_id").distinct().orderBy("product_id").limit(2).collect()]
     status, body = client.call("POST", "/cold-start", {"products": known + ["NOPE-1"], "limit": 3})
     assert status == 200
@@ -197,7 +197,7 @@ def test_cold_start_lists_unknown_products_and_says_when_none_is_known(spark, pu
 
 def test_rerank_matches_the_spark_rerank_and_keeps_base_order_when_ambiguous(spark, published, client):
     _, config = published
-    products = [r["product_id"] for r in publishing.read_current(spark, config, "product_personas")
+    products = [r["product_id"] for r in publishing.read_current(spark, storage.resolve_tables(config), "product_personas")
                 .select("product_id").distinct().orderBy("product_id").limit(6).collect()] + ["NOT-A-PRODUCT"]
     base = [0.9, 0.1, 0.5, 0.7, 0.3, 0.2, 0.8]
     for customer in (customers(spark, config, False)[0], customers(spark, config, True, min_personas=0)[0]):
@@ -206,9 +206,9 @@ def test_rerank_matches_the_spark_rerank_and_keeps_base_order_when_ambiguous(spa
         assert status == 200
         frame = spark.createDataFrame([(customer, p, s) for p, s in zip(products, base)],
                                       "customer_id string, product_id string, base_score double")
-        expected = rerank(frame, publishing.read_current(spark, config, "persona_affinity"),
-                          publishing.read_current(spark, config, "customer_personas"),
-                          publishing.read_current(spark, config, "product_personas"),
+        expected = rerank(frame, publishing.read_current(spark, storage.resolve_tables(config), "persona_affinity"),
+                          publishing.read_current(spark, storage.resolve_tables(config), "customer_personas"),
+                          publishing.read_current(spark, storage.resolve_tables(config), "product_personas"),
                           config.query.rerank_weight).orderBy("rank").collect()
         assert [c["product_id"] for c in body["candidates"]] == [r["product_id"] for r in expected]
         assert [c["final_score"] for c in body["candidates"]] == \
@@ -300,14 +300,14 @@ def publish_reversed_run(spark, config) -> str:
     more personas (ranks and published personas reversed), committed through the runs table."""
     first = publishing.latest_complete_run(spark, config)
     run_id = "reversed-" + first["run_id"]
-    affinity = publishing.read_current(spark, config, "persona_affinity")
-    summary = publishing.read_current(spark, config, "customer_personas")
+    affinity = publishing.read_current(spark, storage.resolve_tables(config), "persona_affinity")
+    summary = publishing.read_current(spark, storage.resolve_tables(config), "customer_personas")
     reversed_rank = F.row_number().over(Window.partitionBy("customer_id").orderBy(F.desc("rank"))).cast("int")
     versions = {"product_personas": first["table_versions"]["product_personas"]}
     for key, frame, schema in (
             ("persona_affinity", affinity.withColumn("rank", reversed_rank), contracts.PERSONA_AFFINITY),
             ("customer_personas", summary.withColumn("personas", F.reverse("personas")), contracts.CUSTOMER_PERSONAS)):
-        ref = storage.table_ref(config, key)
+        ref = storage.resolve_tables(config).get(key)
         storage.overwrite(frame.withColumn("run_id", F.lit(run_id)).localCheckpoint(), ref, schema)
         versions[key] = ref.version(spark)
     tracking.configure(config)
@@ -317,7 +317,7 @@ def publish_reversed_run(spark, config) -> str:
     model = registry.get_model_version_by_alias(config.tracking.registered_model, run_alias(first["run_id"]))
     registry.set_registered_model_alias(config.tracking.registered_model, run_alias(run_id), model.version)
     now = datetime.now(timezone.utc).replace(tzinfo=None)
-    publishing.record_run(spark, config, run_id, "complete", now, now + timedelta(seconds=1), versions)
+    publishing.record_run(spark, storage.resolve_tables(config).runs, run_id, "complete", now, now + timedelta(seconds=1), versions)
     return run_id
 
 
@@ -399,7 +399,7 @@ def test_a_table_with_deletion_vectors_and_v2_checkpoints_is_refused_naming_the_
     features = spark.sql(f"DESCRIBE DETAIL delta.`{path}`").first()["tableFeatures"]
     assert {"deletionVectors", "v2Checkpoint"} <= set(features)
     with pytest.raises(DependencyError) as refused:
-        serving.read_arrow(config.replace("tables", persona_affinity=path), "persona_affinity", ["customer_id"])
+        serving.read_arrow(storage.TableRef("persona_affinity", path, is_catalog=False), ["customer_id"])
     message = str(refused.value)
     assert message.startswith("persona_affinity (") and "deltalake 1.6.6" in message
     assert "deletionVectors" in message and "v2Checkpoint" in message

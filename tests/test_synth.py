@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 
 from persona_lib.config import SynthConfig
 from persona_lib.errors import ConfigError
-from persona_lib.synth import generate_events, planted_truth
+from persona_lib.synth import generate_events, planted_truth, write_synth
 
 SMALL = SynthConfig(customers=300, products=120, events=4000, personas=6, seed=11)
 
@@ -44,3 +44,13 @@ def test_events_mostly_buy_products_of_the_planted_personas(spark):
 def test_invalid_parameters_are_rejected_by_name(spark):
     with pytest.raises(ConfigError, match="products"):
         generate_events(spark, dataclasses.replace(SMALL, products=3))
+
+
+def test_write_synth_writes_its_three_tables_where_the_tables_say(spark, tables):
+    summary = write_synth(spark, tables, SMALL)
+    assert set(summary["tables"]) == {"synth_purchase_events", "synth_products", "synth_truth"}
+    assert summary["tables"]["synth_truth"]["location"] == tables.synth_truth.location
+    assert tables.synth_truth.location.endswith("/tables/synth/customer_truth")
+    assert_df_equality(tables.synth_truth.read(spark), planted_truth(spark, SMALL),
+                       ignore_row_order=True, ignore_nullable=True)
+    assert tables.synth_purchase_events.read(spark).count() == summary["events"]

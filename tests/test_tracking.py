@@ -11,6 +11,7 @@ import pytest
 from persona_lib import tracking
 from persona_lib.config import REPO_ROOT, load_config
 from persona_lib.errors import ConfigError
+from persona_lib.storage import resolve_tables
 
 DATABRICKS_CONF = REPO_ROOT / "conf" / "databricks.yaml"
 
@@ -25,7 +26,7 @@ def test_the_databricks_config_registers_in_unity_catalog_under_a_three_level_na
 def test_catalog_and_schema_overrides_move_the_registered_model_with_the_tables():
     config = load_config(DATABRICKS_CONF, catalog="dev", schema="personas_ana")
     assert tracking.registered_model_name(config) == "dev.personas_ana.personas_cold_start"
-    assert config.tables.customer_personas == "dev.personas_ana.customer_personas"
+    assert resolve_tables(config).customer_personas.location == "dev.personas_ana.customer_personas"
 
 
 def test_a_databricks_profile_keeps_its_profile_in_the_registry_uri():

@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> dict:
     from persona_lib.spark import get_spark
 
     spark = get_spark(config)
-    events_ref = storage.table_ref(config, "purchase_events")
+    tables = storage.resolve_tables(config)
+    events_ref = tables.purchase_events
     if not events_ref.exists(spark):
         raise InputError(f"purchase_events not found at {events_ref.location}: run "
                          f"`personas ingest` (with the same --workdir/--conf) first")
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> dict:
         return {"customers": total, "budget": budget, "labeller": labeller, "run_id": run_id,
                 "requested": 0, "llm_calls": 0}
     log.info("labelling %d of %d customers with %s (run %s)", plan.targets[0], total, labeller, run_id)
-    store_labels = StoreLabels(spark, config, customers, events, run_id, labeller=labeller)
+    store_labels = StoreLabels(spark, config, tables, customers, events, run_id, labeller=labeller)
     summary = run_rounds(customers, plan, store_labels, propagate=None)[0].label_summary
     return {"customers": total, "budget": budget, **summary}
 

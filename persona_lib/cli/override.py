@@ -56,12 +56,10 @@ def _checked(args: argparse.Namespace):
     return config, customer_id, load_taxonomy(existing_path(config, "labelling.taxonomy"))
 
 
-def _require_customer(spark, config, customer_id: str) -> None:
+def _require_customer(spark, events, customer_id: str) -> None:
+    """``events``: the purchase_events table, which must hold the customer."""
     from pyspark.sql import functions as F
 
-    from persona_lib import storage
-
-    events = storage.table_ref(config, "purchase_events")
     if not events.exists(spark):
         raise InputError(f"purchase_events not found at {events.location}: run `personas ingest` first")
     if events.read(spark).where(F.col("customer_id") == customer_id).limit(1).count() == 0:
@@ -71,13 +69,14 @@ def _require_customer(spark, config, customer_id: str) -> None:
 def run_add(args: argparse.Namespace) -> dict:
     from persona_lib.labelling.store import add_overrides, persona_names
     from persona_lib.spark import get_spark
+    from persona_lib.storage import resolve_tables
 
     config, customer_id, taxonomy = _checked(args)
     names, problem = persona_names(args.personas, taxonomy)
     if problem:
         raise InputError(f"--personas: {problem}")
     spark = get_spark(config)
-    _require_customer(spark, config, customer_id)
+    _require_customer(spark, resolve_tables(config).purchase_events, customer_id)
     result = add_overrides(spark, config, [{"customer_id": customer_id, "personas": names,
                                             "author": args.author.strip(), "reason": args.reason.strip()}],
                            taxonomy=taxonomy)

@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> dict:
     from persona_lib.graph import build_graph
     from persona_lib.propagation import propagate, write_propagation
     from persona_lib.spark import get_spark
+    from persona_lib.storage import resolve_tables
 
     config = load_app_config(args)
     if args.lhat is not None:
@@ -59,7 +60,8 @@ def run(args: argparse.Namespace) -> dict:
     if not 0.0 < args.seed_fraction <= 1.0:
         raise InputError(f"--seed-fraction must be in (0, 1], got {args.seed_fraction}")
     spark = get_spark(config)
-    graph = build_graph(_edges(spark, config, args))
+    tables = resolve_tables(config)
+    graph = build_graph(_edges(spark, tables, config.graph, args))
     log.info("graph: %d customers, %d products, %d edges",
              graph.customer_count, graph.product_count, graph.edge_count)
     labels = _labels(spark, config, args)
@@ -70,34 +72,30 @@ def run(args: argparse.Namespace) -> dict:
     result = propagate(spark, graph, labels, config.propagation, method=args.method, epsilon=args.epsilon,
                        on_superstep=progress)
     propagation_id = args.propagation_id or f"propagate-{uuid.uuid4().hex[:12]}"
-    tables = write_propagation(spark, config, result, propagation_id)
+    written = write_propagation(spark, tables, result, propagation_id)
     graph.unpersist()
     stats = result.stats
     log.info("propagation %s: %s, epsilon %.3g, %d seeds, %d supersteps, converged %s",
              propagation_id, stats["method"], stats["epsilon"], stats["seeds"], stats["supersteps"],
              stats["converged"])
     return {"propagation_id": propagation_id, **stats, "customers": graph.customer_count,
-            "products": graph.product_count, "tables": tables}
+            "products": graph.product_count, "tables": written}
 
 
-def _edges(spark, config, args):
-    from persona_lib import storage
+def _edges(spark, tables, graph_settings, args):
     from persona_lib.graph import edges_from_events, edges_from_pairs
 
     if args.pairs:
-        return edges_from_pairs(_read_pairs(spark, config, args.pairs))
-    ref = storage.table_ref(config, args.events)
+        return edges_from_pairs(_read_pairs(spark, tables, args.pairs))
+    ref = tables.get(args.events)
     if not ref.exists(spark):
         raise InputError(f"{args.events}: no Delta table at {ref.location}; run `personas ingest` "
                          f"(or `personas synth`) first, or pass --pairs")
-    return edges_from_events(ref.read(spark), config.graph.edge_weighting,
-                             config.graph.half_life_days)
+    return edges_from_events(ref.read(spark), graph_settings.edge_weighting, graph_settings.half_life_days)
 
 
-def _read_pairs(spark, config, location: str):
+def _read_pairs(spark, tables, location: str):
     from pyspark.sql import functions as F
-
-    from persona_lib import storage
 
     if location.endswith((".csv", ".csv.gz")):
         # A command-line path: relative to the current directory, not to the config.
@@ -110,7 +108,7 @@ def _read_pairs(spark, config, location: str):
             if old in frame.columns and new not in frame.columns:
                 frame = frame.withColumnRenamed(old, new)
     else:
-        ref = storage.resolve_table(config, "pairs", location)
+        ref = tables.named("pairs", location)
         if not ref.exists(spark):
             raise InputError(f"--pairs: no Delta table at {ref.location}")
         frame = ref.read(spark)

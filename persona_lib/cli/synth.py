@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.out or args.households is not None or args.labelled_share is not None:
         raise UsageError("--out, --households and --labelled-share apply to --layout grocery only")
     from persona_lib.spark import get_spark
+    from persona_lib.storage import resolve_tables
     from persona_lib.synth import write_synth
 
     config = load_app_config(args)
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> dict:
     spark = get_spark(config)
     log.info("generating %d events for %d customers, %d products, %d personas (seed %d)",
              params.events, params.customers, params.products, params.personas, params.seed)
-    return write_synth(spark, config, params)
+    return write_synth(spark, resolve_tables(config), params)
 
 
 def _grocery(args: argparse.Namespace) -> dict:

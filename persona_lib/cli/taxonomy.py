@@ -75,7 +75,7 @@ def run_propose(args: argparse.Namespace) -> dict:
     tp.check_backend(labeller, config)
 
     spark = get_spark(config)
-    events = storage.table_ref(config, "purchase_events")
+    events = storage.resolve_tables(config).purchase_events
     if not events.exists(spark):
         raise InputError(f"purchase_events not found at {events.location}: run `personas ingest` first")
     baskets = tp.sample_baskets(events.read(spark), args.customers, seed, args.chars_per_customer)

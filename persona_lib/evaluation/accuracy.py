@@ -310,7 +310,7 @@ def evaluate_accuracy(spark: SparkSession, config: AppConfig, budgets: Iterable[
                 log.info("run %s", json.dumps(figures))
                 if on_run is not None:
                     on_run(figures)
-    table = storage.table_ref(config, "evaluation_personas")
+    table = storage.resolve_tables(config).evaluation_personas
     storage.overwrite(last_predictions, table, contracts.EVALUATION_PERSONAS)
     rows = [_mean_row(budget, sampler, [r for r in runs if r["budget"] == budget and r["sampler"] == sampler],
                       authors[(budget, sampler)], context.product_answers, context.product_prompt_chars)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from persona_lib import publishing
+from persona_lib import publishing, storage
 from persona_lib.config import AppConfig
 from persona_lib.evaluation import data
 
@@ -77,6 +77,7 @@ def published_scores(customer_personas: DataFrame, persona_affinity: DataFrame, 
 
 def evaluate_published(spark: SparkSession, config: AppConfig) -> dict:
     """The latest complete run's published tables against the recorded labels."""
-    summary = publishing.read_current(spark, config, "customer_personas")
-    affinity = publishing.read_current(spark, config, "persona_affinity")
+    tables = storage.resolve_tables(config)
+    summary = publishing.read_current(spark, tables, "customer_personas")
+    affinity = publishing.read_current(spark, tables, "persona_affinity")
     return published_scores(summary, affinity, data.user_labels(spark, config))

@@ -157,7 +157,7 @@ def set_diversity(dominant_sets: DataFrame) -> dict:
 def evaluate_stability(spark: SparkSession, config: AppConfig) -> dict:
     started = time.monotonic()
     cfg = config.evaluation
-    events_ref = storage.table_ref(config, "paper_purchase_events")
+    events_ref = storage.resolve_tables(config).paper_purchase_events
     if not events_ref.exists(spark):
         raise InputError(f"{events_ref.location}: no paper-cut purchase_events; run "
                          "`personas ingest --cut paper` with the same --workdir first")
