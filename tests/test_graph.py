@@ -139,7 +139,7 @@ def test_the_run_walks_group_vertices_and_publishes_each_product_its_groups_affi
     storage.overwrite(products.select("product_id", "title", F.lit(None).cast("timestamp").alias("first_seen"),
                                       F.lit(None).cast("timestamp").alias("last_seen"), "events", "customers",
                                       "product_group"),
-                      storage.table_ref(grouped, "products"), contracts.PRODUCTS)
+                      storage.resolve_tables(grouped).get("products"), contracts.PRODUCTS)
     purchases = spark.createDataFrame([("1", "MILK"), ("2", "EGGS"), ("2", "MILK"), ("3", "BREAD")],
                                       "customer_id string, product_id string")
 

@@ -39,12 +39,12 @@ def write_conf(tmp_path: Path, source: dict) -> Path:
 
 
 def events(spark, config):
-    return (storage.table_ref(config, "purchase_events").read(spark)
+    return (storage.resolve_tables(config).get("purchase_events").read(spark)
             .select("customer_id", "product_id", "quantity").orderBy("customer_id", "product_id"))
 
 
 def versions(spark, config) -> dict:
-    return {key: storage.table_ref(config, key).version(spark)
+    return {key: storage.resolve_tables(config).get(key).version(spark)
             for key in ("purchase_events", "quarantine", "ingest_log")}
 
 
@@ -98,7 +98,7 @@ def test_a_change_feed_run_applies_updates_deletes_and_inserts_since_the_last_ve
         (3, 2, {"missing_customer": 1}, 1)
     expected = spark.createDataFrame([("1", "A", 2.5), ("3", "C", 1.0), ("4", "D", 1.0)], EVENTS)
     assert_df_equality(events(spark, config), expected, ignore_nullable=True)
-    log = storage.table_ref(config, "ingest_log").read(spark).select("rows_in", "rows_kept", "rows_quarantined",
+    log = storage.resolve_tables(config).get("ingest_log").read(spark).select("rows_in", "rows_kept", "rows_quarantined",
                                                                      "source_version")
     assert [tuple(r) for r in log.collect()] == [(3, 2, 1, 3)]
 
@@ -130,5 +130,5 @@ def test_a_source_without_a_change_feed_fails_through_the_cli_naming_the_setting
     assert "cannot read the change data feed of " + orders in result.stderr
     assert "delta.enableChangeDataFeed = true" in result.stderr
     # Nothing was written: the one event of the first run is all there is.
-    assert storage.table_ref(load_config(conf), "purchase_events").read(spark).count() == 1
+    assert storage.resolve_tables(load_config(conf)).get("purchase_events").read(spark).count() == 1
     assert not result.stdout.strip()  # no summary: the run failed before writing
