@@ -25,7 +25,8 @@ It appends one JSON line per run to ``bench/results/pipeline_scale.jsonl``:
   exact affinity of the same graph (bench/propagation.py's reference timing, measured after
   the run in this process, with the same number of seeds: ``sampling.budget`` of customers).
 
-``--quick`` is synth_100k with product labels off: a few minutes.
+``--quick`` is synth_100k with product labels off and the persona model at the tests'
+settings (3 folds, 15 iterations; recorded in the row's ``model``), for CI.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -63,7 +65,7 @@ def persona_name(index) -> pd.Series | str:
     return f"Persona {index:02d}" if isinstance(index, (int, np.integer)) else index.map("Persona {:02d}".format)
 
 
-def write_inputs(folder: Path, name: str, seed: int, product_labels: bool) -> dict:
+def write_inputs(folder: Path, name: str, seed: int, product_labels: bool, model: dict) -> dict:
     """The source, taxonomy, recorded answers and config of one run; returns their facts."""
     shape = SYNTH_SHAPES[name]
     # seed_fraction 1: every customer's planted personas (the pairs do not depend on it).
@@ -108,6 +110,7 @@ def write_inputs(folder: Path, name: str, seed: int, product_labels: bool) -> di
                       "products": {"enabled": product_labels, "selection": "popular", "budget": BUDGET,
                                    "replay_answers": str(folder / "product_answers.csv")}},
         "sampling": {"budget": BUDGET},
+        "model": model,
     }
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return {"pairs": pairs, "planted": planted, "shape": shape, "event_log": event_log}
@@ -233,7 +236,7 @@ def scipy_floor(pairs: pd.DataFrame, planted: pd.DataFrame, lhat: int, beta: flo
 def run_size(name: str, product_labels: bool, args) -> dict:
     folder = Path(tempfile.mkdtemp(prefix=f"pipeline-scale-{name}-", dir=args.workdir))
     generated = time.perf_counter()
-    facts = write_inputs(folder, name, args.seed, product_labels)
+    facts = write_inputs(folder, name, args.seed, product_labels, args.model)
     generate_s = time.perf_counter() - generated
     print(f"== {name} (product labels {'on' if product_labels else 'off'}): inputs in {generate_s:.1f} s, "
           f"{folder}", flush=True)
@@ -243,8 +246,12 @@ def run_size(name: str, product_labels: bool, args) -> dict:
     started = time.perf_counter()
     with open(folder / "run.stderr", "w") as stderr:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
-        with RssPoller(process.pid) as poller:
-            stdout, _ = process.communicate()
+        try:
+            with RssPoller(process.pid) as poller:
+                stdout, _ = process.communicate()
+        finally:
+            if process.poll() is None:  # interrupted: never leave a Spark job behind
+                process.kill()
     total_s = time.perf_counter() - started
     if process.returncode != 0:
         raise RuntimeError(f"personas run exited {process.returncode}; see {folder / 'run.stderr'}")
@@ -260,7 +267,8 @@ def run_size(name: str, product_labels: bool, args) -> dict:
     row = {
         "graph": name, "product_labels": product_labels, "edges": len(facts["pairs"]),
         "customers": summary["customers"], "products": int(facts["pairs"]["product_id"].nunique()),
-        "personas": facts["shape"].personas, "budget": BUDGET, "rounds": len(summary["rounds"]),
+        "personas": facts["shape"].personas, "budget": BUDGET,
+        "model": {"cv_folds": config.model.cv_folds, "max_iter": config.model.max_iter}, "rounds": len(summary["rounds"]),
         "total_s": round(total_s, 1), "generate_s": round(generate_s, 1), "stages": stages,
         "propagation_walks": walks, "scipy_s": round(scipy_s, 3),
         "propagation_over_scipy": round(propagate_s / walks / scipy_s, 1) if propagate_s and scipy_s else None,
@@ -289,10 +297,16 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", default=None, help="where inputs and work dirs go (default: a temp dir)")
     parser.add_argument("--out", default=str(RESULTS), help="JSON lines file appended to")
     args = parser.parse_args(argv)
+    # A timeout's SIGTERM then unwinds through run_size, which stops the pipeline it started.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     sizes = ["synth_100k"] if args.quick else [s.strip() for s in args.sizes.split(",") if s.strip()]
     unknown = sorted(set(sizes) - set(SYNTH_SHAPES))
     if unknown:
         parser.error(f"unknown size(s) {unknown}; known: {sorted(SYNTH_SHAPES)}")
+    # --quick is for CI: the persona model stays on, with the tests' folds and iterations
+    # (conf/test.yaml), because at the defaults (5 folds, 100 iterations) its fit alone takes
+    # over ten minutes at 100k pairs on a loaded 2-core machine.
+    args.model = {"cv_folds": 3, "max_iter": 15} if args.quick else {}
     variants = {"off": [False], "on": [True], "both": [False, True]}["off" if args.quick else args.product_labels]
     for name in sizes:
         for product_labels in variants:
