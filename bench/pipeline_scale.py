@@ -181,30 +181,30 @@ class RssPoller:
 
 def event_log_figures(folder: Path) -> dict:
     """Jobs, their time and shuffle volume from the application's Spark event log."""
-    logs = [p for p in folder.iterdir() if p.is_file()]
-    if len(logs) != 1:
-        raise RuntimeError(f"{folder}: expected one event log, found {[p.name for p in logs]}")
+    # Spark 4 rolls the log: eventlog_v2_<app>/events_<n>_<app>, read in n order.
+    logs = sorted(folder.glob("eventlog_v2_*/events_*"), key=lambda p: int(p.name.split("_")[1]))
+    logs = logs or [p for p in folder.iterdir() if p.is_file()]
+    if not logs:
+        raise RuntimeError(f"{folder}: no Spark event log")
     job_start: dict[int, int] = {}
     intervals, shuffle_read, shuffle_written, tasks = [], 0, 0, 0
     app_start = app_end = None
-    with logs[0].open() as handle:
-        for line in handle:
-            event = json.loads(line)
-            kind = event["Event"]
-            if kind == "SparkListenerJobStart":
-                job_start[event["Job ID"]] = event["Submission Time"]
-            elif kind == "SparkListenerJobEnd":
-                intervals.append((job_start[event["Job ID"]], event["Completion Time"]))
-            elif kind == "SparkListenerTaskEnd":
-                metrics = event.get("Task Metrics") or {}
-                read = metrics.get("Shuffle Read Metrics") or {}
-                shuffle_read += read.get("Remote Bytes Read", 0) + read.get("Local Bytes Read", 0)
-                shuffle_written += (metrics.get("Shuffle Write Metrics") or {}).get("Shuffle Bytes Written", 0)
-                tasks += 1
-            elif kind == "SparkListenerApplicationStart":
-                app_start = event["Timestamp"]
-            elif kind == "SparkListenerApplicationEnd":
-                app_end = event["Timestamp"]
+    for event in (json.loads(line) for log in logs for line in log.open()):
+        kind = event["Event"]
+        if kind == "SparkListenerJobStart":
+            job_start[event["Job ID"]] = event["Submission Time"]
+        elif kind == "SparkListenerJobEnd":
+            intervals.append((job_start[event["Job ID"]], event["Completion Time"]))
+        elif kind == "SparkListenerTaskEnd":
+            metrics = event.get("Task Metrics") or {}
+            read = metrics.get("Shuffle Read Metrics") or {}
+            shuffle_read += read.get("Remote Bytes Read", 0) + read.get("Local Bytes Read", 0)
+            shuffle_written += (metrics.get("Shuffle Write Metrics") or {}).get("Shuffle Bytes Written", 0)
+            tasks += 1
+        elif kind == "SparkListenerApplicationStart":
+            app_start = event["Timestamp"]
+        elif kind == "SparkListenerApplicationEnd":
+            app_end = event["Timestamp"]
     busy_ms, covered_to = 0, None
     for start, end in sorted(intervals):  # union: overlapping jobs count once
         if covered_to is None or start > covered_to:
@@ -255,6 +255,7 @@ def run_size(name: str, product_labels: bool, args) -> dict:
     total_s = time.perf_counter() - started
     if process.returncode != 0:
         raise RuntimeError(f"personas run exited {process.returncode}; see {folder / 'run.stderr'}")
+    (folder / "run.stdout").write_text(stdout)
     summary = json.loads(stdout.strip().splitlines()[-1])
     stages = summary["seconds"]
     walks = sum(1 for r in summary["rounds"] if r.get("supersteps") is not None) or len(summary["rounds"])
