@@ -223,6 +223,23 @@ def event_log_figures(folder: Path) -> dict:
     }
 
 
+def delta_rows(location: str, version: int) -> int | None:
+    """Rows of a local Delta table at ``version``, from its log's per-file numRecords (no Spark).
+    None where a checkpoint has replaced the early commits (not reached by one run's tables)."""
+    log = Path(location) / "_delta_log"
+    files: dict[str, int] = {}
+    for number in range(version + 1):
+        commit = log / f"{number:020d}.json"
+        if not commit.is_file():
+            return None
+        for action in (json.loads(line) for line in commit.open()):
+            if "add" in action:
+                files[action["add"]["path"]] = json.loads(action["add"]["stats"])["numRecords"]
+            elif "remove" in action:
+                files.pop(action["remove"]["path"], None)
+    return sum(files.values())
+
+
 def scipy_floor(pairs: pd.DataFrame, planted: pd.DataFrame, lhat: int, beta: float, seed: int) -> float:
     """Seconds of the scipy exact affinity from as many seeded customers as the run labels."""
     walk = walk_matrices(pairs)
@@ -277,7 +294,8 @@ def run_size(name: str, product_labels: bool, args) -> dict:
         "driver_peak_rss_bytes": poller.peak_hwm["jvm"],
         "python_driver_peak_rss_bytes": poller.peak_hwm["python_driver"],
         "python_workers_peak_rss_bytes": poller.workers_peak_sum,
-        "outputs": {t: summary["tables"][t].get("rows") for t in OUTPUTS},
+        "outputs": {t: delta_rows(summary["tables"][t]["location"], summary["tables"][t]["version"])
+                    for t in OUTPUTS},
         "labelled": summary["labelled"], "supersteps": summary["supersteps"],
         "product_label_summary": summary.get("product_labels"),
         "cores": os.cpu_count(),
