@@ -312,6 +312,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="synth_100k, product labels off (a few minutes)")
     parser.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated, of {sorted(SYNTH_SHAPES)}")
     parser.add_argument("--product-labels", choices=("off", "on", "both"), default="both")
+    parser.add_argument("--model-settings", choices=("default", "tests"), default=None,
+                        help="the persona model at its defaults, or the tests' 3 folds / 15 iterations "
+                             "(default: tests with --quick, else default)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--workdir", default=None, help="where inputs and work dirs go (default: a temp dir)")
     parser.add_argument("--out", default=str(RESULTS), help="JSON lines file appended to")
@@ -325,7 +328,8 @@ def main(argv=None) -> int:
     # --quick is for CI: the persona model stays on, with the tests' folds and iterations
     # (conf/test.yaml), because at the defaults (5 folds, 100 iterations) its fit alone takes
     # over ten minutes at 100k pairs on a loaded 2-core machine.
-    args.model = {"cv_folds": 3, "max_iter": 15} if args.quick else {}
+    settings = args.model_settings or ("tests" if args.quick else "default")
+    args.model = {"cv_folds": 3, "max_iter": 15} if settings == "tests" else {}
     variants = {"off": [False], "on": [True], "both": [False, True]}["off" if args.quick else args.product_labels]
     for name in sizes:
         for product_labels in variants:
