@@ -58,6 +58,10 @@ class SynthShape:
 SYNTH_SHAPES = {
     "synth_1m": SynthShape(customers=20_620, products=41_521, personas=51, pairs=1_000_000),
     "synth_13m": SynthShape(customers=206_209, products=49_677, personas=51, pairs=13_307_953),
+    # Customers and products log-interpolated between synth_1m and synth_13m (100k: extrapolated),
+    # for bench/pipeline_scale.py's --quick run and its middle size.
+    "synth_100k": SynthShape(customers=2_664, products=35_414, personas=51, pairs=100_000),
+    "synth_4m": SynthShape(customers=70_800, products=45_706, personas=51, pairs=4_000_000),
 }
 
 
@@ -243,9 +247,9 @@ def main(argv=None) -> int:
                         help="C1-only JIT (quick start-up, slower heavy work; off for the benchmark)")
     args = parser.parse_args(argv)
     graphs = ["online_retail"] if args.quick else [g.strip() for g in args.graphs.split(",") if g.strip()]
-    unknown = sorted(set(graphs) - set(GRAPHS))
+    unknown = sorted(set(graphs) - {"online_retail", *SYNTH_SHAPES})
     if unknown:
-        parser.error(f"unknown graph(s) {unknown}; known: {list(GRAPHS)}")
+        parser.error(f"unknown graph(s) {unknown}; known: {['online_retail', *SYNTH_SHAPES]}")
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="bench-propagation-")
     config = load_config(args.conf, workdir=args.workdir).replace("spark", fast_jvm=args.fast_jvm)
     args.has_graphframes = has_graphframes(list_jars(config.resolve_path(config.spark.jars_dir)))
