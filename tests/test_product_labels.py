@@ -31,7 +31,7 @@ LANTERN_PERSONAS = ["Home Decor Aficionado", "Seasonal and Festive Decorator", "
 def products(spark, rows):
     """products rows from (product_id, title, customers)."""
     return spark.createDataFrame(
-        [(pid, title, WHEN, WHEN, customers * 2, customers) for pid, title, customers in rows],
+        [(pid, title, WHEN, WHEN, customers * 2, customers, None) for pid, title, customers in rows],
         contracts.PRODUCTS)
 
 

@@ -111,7 +111,7 @@ def test_vllm_labels_product_titles_through_the_product_path(spark, config, tiny
     when = dt.datetime(2011, 1, 1)
     titles = ["WHITE HANGING HEART T-LIGHT HOLDER", "JUMBO BAG RED RETROSPOT", "GARDEN TOOL SET",
               "REGENCY CAKESTAND 3 TIER", INJECTION]
-    products = spark.createDataFrame([(f"P{i}", title, when, when, 10 - i, 10 - i)
+    products = spark.createDataFrame([(f"P{i}", title, when, when, 10 - i, 10 - i, None)
                                       for i, title in enumerate(titles)], contracts.PRODUCTS)
     summary = label_products(spark, config, products, run_id="pv1")
     labels = storage.table_ref(config, "product_labels").read(spark)
