@@ -314,10 +314,10 @@ def purchase_graph(spark, config, tables: storage.Tables, events: DataFrame):
     from persona_lib import graph as graph_lib
 
     edges = graph_lib.edges_from_events(events, config.graph.edge_weighting, config.graph.half_life_days)
-    graph_keys = graph_lib.product_graph_keys(tables.products.read(spark), config.graph.product_key)
-    if graph_keys is None:
+    if config.graph.product_key == "product":  # the paper's graph: no products table to read
         return edges, graph_lib.build_graph(edges), None
-    graph_keys = graph_keys.localCheckpoint()  # one row per product: small, read by every round
+    # One row per product: small, and read by every round's walk.
+    graph_keys = graph_lib.product_graph_keys(tables.products.read(spark), config.graph.product_key).localCheckpoint()
     return edges, graph_lib.build_graph(graph_lib.edges_by_key(edges, graph_keys, config.graph.edge_weighting)), \
         graph_keys
 
