@@ -10,9 +10,9 @@ Features of a customer u and persona m (``FEATURES``):
 - the IDF-weighted co-purchase vote: over u's products v with labelled buyers,
   idf(v) = log(N / buyers(v)) and frac(v, m) = share of v's labelled buyers labelled m;
   vote_mean = sum idf x frac / sum idf and vote_log_sum = log1p(sum idf x frac);
-- profile_logit: a sparse logistic over u's own products (binary TF x IDF, L2-normalised
-  per customer), one per persona (fitted as ONE MLlib logistic over persona-blocked
-  features: the loss separates by persona, so the blocks are independent per-persona fits);
+- profile_logit: a sparse L2 logistic over u's own products (binary TF x IDF, L2-normalised
+  per customer), one per persona; every fold's and the full model's are fitted in one grouped
+  Spark stage (``fit_profiles``), a fold per group;
 - item_share (only with product labels): share of u's products labelled m.
 
 A stacking logistic with a per-persona intercept and per-persona slopes turns them into the
@@ -49,8 +49,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+import pandas as pd
 from pyspark.ml.classification import LogisticRegression
-from pyspark.ml.linalg import SparseVector, VectorUDT
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -257,53 +257,79 @@ def tfidf(edges: DataFrame, idf: DataFrame) -> DataFrame:
     return weighted.select("customer_id", "product_id", (F.col("x") / norm).alias("x"))
 
 
-def fit_profile(spark: SparkSession, x: DataFrame, grid: DataFrame, personas: list[str],
-                product_index: DataFrame, cfg: ModelConfig) -> tuple[DataFrame, dict[str, float]]:
-    """Per-persona sparse logistics over the customers' TF-IDF vectors, as one MLlib fit.
+PROFILE_SCHEMA = "model_fold int, product_id string, persona string, weight double"
 
-    Row (u, m) has u's vector in block m and a 1 in m's intercept column; the loss and the L2
-    penalty separate by block, so this is exactly one logistic per persona with a shared C.
-    Returns ((product_id, persona, weight) with non-zero weights, {persona: intercept}).
+
+def fit_profiles(x: DataFrame, labels: DataFrame, folds: DataFrame, personas: list[str], fold_count: int,
+                 cfg: ModelConfig) -> tuple[DataFrame, DataFrame]:
+    """The purchase-profile logistics of every model fold in one grouped fit.
+
+    Model fold f < ``fold_count`` is trained on the labelled customers outside fold f, model fold
+    FULL on all of them. Returns ((model_fold, product_id, persona, weight) with non-zero
+    weights, (model_fold, persona, intercept)).
+
+    Each group (one model fold) holds its training customers' TF-IDF rows: it grows with the
+    labelled customers (the LLM budget), never with all customers, and the folds fit in
+    parallel on the executors. MLlib's logistic over persona-blocked features did the same
+    maths with a products x personas dense gradient tree-aggregated every iteration; that was
+    the pipeline's largest cost (bench/pipeline_scale.py).
     """
-    products = product_index.count()
-    width = products * len(personas) + len(personas)
-    persona_index = {p: i for i, p in enumerate(personas)}
-    index_of = F.create_map(*[v for p, i in persona_index.items() for v in (F.lit(p), F.lit(i))])
-    entries = x.join(product_index, "product_id").join(grid, "customer_id")
-    entries = entries.select("customer_id", "persona", "label",
-                             (index_of[F.col("persona")] * products + F.col("index")).alias("i"), "x")
-    rows = entries.groupBy("customer_id", "persona", "label").agg(
-        F.collect_list(F.struct("i", "x")).alias("entries"))
-    # Customers whose products are all unknown still train the intercept.
-    rows = grid.join(rows.drop("label"), ["customer_id", "persona"], "left")
+    spark = x.sparkSession
+    model_folds = F.broadcast(spark.createDataFrame([(f,) for f in [FULL, *range(fold_count)]], "model_fold int"))
+    members = (folds.crossJoin(model_folds).where(F.col("model_fold") != F.col("fold"))
+               .select("customer_id", "model_fold"))
+    given = F.coalesce(F.col("personas"), F.array().cast("array<string>"))
+    positives = labels.select("customer_id", F.filter(given, lambda p: p.isin(*personas)).alias("positives"))
+    # Customers whose products are all unknown keep a row (null product): they train the intercept.
+    entries = members.join(positives, "customer_id").join(x, "customer_id", "left")
 
-    def to_vector(persona: str, items) -> SparseVector:
-        pairs = {int(e["i"]): float(e["x"]) for e in (items or [])}
-        pairs[products * len(personas) + persona_index[persona]] = 1.0
-        keys = sorted(pairs)
-        return SparseVector(width, keys, [pairs[k] for k in keys])
+    def fit_group(rows: pd.DataFrame) -> pd.DataFrame:
+        return _fit_profile_group(rows, personas, cfg.profile_c, cfg.max_iter)
 
-    # useArrow stated: left unset, PySpark tries to read an eval type from the type hints and
-    # warns that it cannot (they are not pandas types); this is a plain row-at-a-time UDF.
-    vectorise = F.udf(to_vector, VectorUDT(), useArrow=False)
-    design = rows.select("label", vectorise("persona", "entries").alias("features")).cache()
-    n = design.count()
-    # sklearn's C on the summed loss = MLlib's regParam = 1 / (C x rows) on the mean loss.
-    lr = LogisticRegression(featuresCol="features", labelCol="label", regParam=1.0 / (cfg.profile_c * max(n, 1)),
-                            elasticNetParam=0.0, standardization=False, fitIntercept=True,
-                            maxIter=cfg.max_iter, tol=1e-6)
-    fitted = lr.fit(design)
-    design.unpersist()
-    coefficients = fitted.coefficients.toArray()
-    intercepts = {p: float(fitted.intercept + coefficients[products * len(personas) + i])
-                  for p, i in persona_index.items()}
-    blocks = coefficients[: products * len(personas)].reshape(len(personas), products)
-    nonzero = np.nonzero(np.abs(blocks) > 1e-12)
-    # products x personas floats: the model's size, never the customers'.
-    weights = spark.createDataFrame(
-        [(int(v), personas[int(m)], float(blocks[m, v])) for m, v in zip(*nonzero)],
-        "index long, persona string, weight double")
-    return weights.join(product_index, "index").select("product_id", "persona", "weight"), intercepts
+    # Checkpointed: the fit is the model's costliest step, and a cache could be evicted and re-run.
+    fitted = entries.groupBy("model_fold").applyInPandas(fit_group, schema=PROFILE_SCHEMA).localCheckpoint(eager=True)
+    weights = fitted.where(F.col("product_id").isNotNull())
+    intercepts = fitted.where(F.col("product_id").isNull()).select(
+        "model_fold", "persona", F.col("weight").alias("intercept"))
+    return weights, intercepts
+
+
+def _fit_profile_group(rows: pd.DataFrame, personas: list[str], c: float, max_iter: int) -> pd.DataFrame:
+    """One model fold: per persona m, minimise C x sum_u logloss(y_um, x_u . w_m + b_m) + |w_m|^2 / 2
+    (sklearn's form of the L2 logistic; the intercepts are not penalised), all personas in one
+    L-BFGS: the objective is a sum of per-persona terms, so its minimum is theirs."""
+    from scipy import optimize, sparse  # executor-side: the workers need scipy, not the driver
+
+    model_fold = int(rows["model_fold"].iloc[0])
+    customer_codes, _ = pd.factorize(rows["customer_id"])
+    known = rows["product_id"].notna().to_numpy()
+    product_codes, product_ids = pd.factorize(rows["product_id"][known])
+    n, p, k = int(customer_codes.max()) + 1, len(product_ids), len(personas)
+    matrix = sparse.csr_matrix((rows["x"].to_numpy()[known], (customer_codes[known], product_codes)), shape=(n, p))
+    persona_index = {m: i for i, m in enumerate(personas)}
+    targets = np.zeros((n, k))
+    first_rows = np.unique(customer_codes, return_index=True)[1]
+    for code, given in zip(customer_codes[first_rows], rows["positives"].to_numpy()[first_rows]):
+        targets[code, [persona_index[m] for m in given]] = 1.0
+
+    def loss_and_gradient(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        weights, bias = theta[: p * k].reshape(p, k), theta[p * k:]
+        logits = matrix @ weights + bias
+        loss = c * float(np.sum(np.logaddexp(0.0, logits) - targets * logits)) + 0.5 * float(np.sum(weights * weights))
+        residual = c * (1.0 / (1.0 + np.exp(-logits)) - targets)
+        return loss, np.concatenate([(matrix.T @ residual + weights).ravel(), residual.sum(axis=0)])
+
+    solution = optimize.minimize(loss_and_gradient, np.zeros(p * k + k), jac=True, method="L-BFGS-B",
+                                 options={"maxiter": max_iter, "gtol": 1e-6})
+    weights, bias = solution.x[: p * k].reshape(p, k), solution.x[p * k:]
+    product_rows, persona_cols = np.nonzero(np.abs(weights) > 1e-12)
+    persona_names = np.asarray(personas, dtype=object)
+    return pd.DataFrame({
+        "model_fold": model_fold,
+        "product_id": np.concatenate([np.asarray(product_ids, dtype=object)[product_rows], np.full(k, None, dtype=object)]),
+        "persona": np.concatenate([persona_names[persona_cols], persona_names]),
+        "weight": np.concatenate([weights[product_rows, persona_cols], bias]),
+    })
 
 
 def profile_logits(x: DataFrame, customers: DataFrame, personas: list[str], weights: DataFrame,
@@ -316,6 +342,18 @@ def profile_logits(x: DataFrame, customers: DataFrame, personas: list[str], weig
             .groupBy("customer_id", "persona").agg(F.sum(F.col("x") * F.col("weight")).alias("_dot")))
     return (customers.select("customer_id").crossJoin(base).join(sums, ["customer_id", "persona"], "left")
             .select("customer_id", "persona", (F.col("b") + F.coalesce(F.col("_dot"), F.lit(0.0))).alias("profile_logit")))
+
+
+def out_of_fold_profile_logits(x: DataFrame, folds: DataFrame, weights: DataFrame,
+                               intercepts: DataFrame) -> DataFrame:
+    """(customer_id, persona, profile_logit) of the labelled customers, each from the profile of
+    the model fold that left its own fold out."""
+    own_model = folds.select("customer_id", F.col("fold").alias("model_fold"))
+    sums = (x.join(own_model, "customer_id").join(weights, ["model_fold", "product_id"])
+            .groupBy("customer_id", "persona").agg(F.sum(F.col("x") * F.col("weight")).alias("_dot")))
+    return (own_model.join(F.broadcast(intercepts), "model_fold").join(sums, ["customer_id", "persona"], "left")
+            .select("customer_id", "persona",
+                    (F.col("intercept") + F.coalesce(F.col("_dot"), F.lit(0.0))).alias("profile_logit")))
 
 
 def item_shares(edges: DataFrame, product_labels: DataFrame) -> DataFrame:
@@ -492,18 +530,9 @@ def out_of_fold_features(spark: SparkSession, config: AppConfig, inputs: ModelIn
     training = _join_features(training, vote_features(labelled_edges, idf, buyers, fold_positives),
                               ("vote_mean", "vote_log_sum"))
     x = tfidf(inputs.edges, idf).cache()
-    product_index = idf.select("product_id").withColumn(
-        "index", (F.row_number().over(Window.orderBy("product_id")) - 1).cast("long")).cache()
-    profile_parts = []
-    for fold in range(fold_count):
-        train_grid = grid.join(folds.where(F.col("fold") != fold), "customer_id", "left_semi")
-        weights, intercepts = fit_profile(spark, x, train_grid, personas, product_index, cfg)
-        log.info("persona model: profile of fold %d/%d fitted", fold + 1, fold_count)
-        held_out = folds.where(F.col("fold") == fold)
-        profile_parts.append(profile_logits(x, held_out, personas, weights, intercepts).localCheckpoint(eager=True))
-    oof_profile = profile_parts[0]
-    for part in profile_parts[1:]:
-        oof_profile = oof_profile.unionByName(part)
+    profile_weights, profile_intercepts = fit_profiles(x, labels, folds, personas, fold_count, cfg)
+    log.info("persona model: profiles of %d folds and the full model fitted", fold_count)
+    oof_profile = out_of_fold_profile_logits(x, folds, profile_weights, profile_intercepts).localCheckpoint(eager=True)
     training = _join_features(training, oof_profile, ("profile_logit",))
     sizes = _sizes(inputs.edges)
     training = training.join(sizes, "customer_id", "left").fillna(0.0, ["log_products"])
@@ -513,7 +542,8 @@ def out_of_fold_features(spark: SparkSession, config: AppConfig, inputs: ModelIn
     training = training.localCheckpoint(eager=True)
     context = dict(personas=personas, features=features, grid=grid, folds=folds, positives=positives,
                    channels=channels, idf=idf, buyers=buyers, fold_positives=fold_positives, x=x,
-                   product_index=product_index, labels=labels, n_customers=n_customers)
+                   profile_weights=profile_weights, profile_intercepts=profile_intercepts, labels=labels,
+                   n_customers=n_customers)
     return training, context
 
 
@@ -524,7 +554,7 @@ def fit(spark: SparkSession, config: AppConfig, inputs: ModelInputs) -> PersonaM
     personas, features, n_customers = c["personas"], c["features"], c["n_customers"]
     grid, folds, positives, channels = c["grid"], c["folds"], c["positives"], c["channels"]
     idf, buyers, fold_positives, x = c["idf"], c["buyers"], c["fold_positives"], c["x"]
-    product_index, labels = c["product_index"], c["labels"]
+    profile_weights, profile_intercepts, labels = c["profile_weights"], c["profile_intercepts"], c["labels"]
     intercepts, slopes = fit_stacker(training, personas, features, cfg)
     oof = logit_interval(training, intercepts, slopes, features).select("customer_id", "persona", "probability",
                                                                         "label").cache()
@@ -534,7 +564,9 @@ def fit(spark: SparkSession, config: AppConfig, inputs: ModelInputs) -> PersonaM
     log.info("persona model: out-of-fold %s", figures)
 
     # The full model: profile on every label, product tables for scoring and serving.
-    full_weights, full_intercepts = fit_profile(spark, x, grid, personas, product_index, cfg)
+    full_weights = profile_weights.where(F.col("model_fold") == FULL).select("product_id", "persona", "weight")
+    full_intercepts = {r["persona"]: float(r["intercept"])
+                       for r in profile_intercepts.where(F.col("model_fold") == FULL).collect()}
     full_labels = positives
     unit = seed_unit(full_labels, config.propagation.beta, n_customers, len(personas))
     full_buyers = buyers.where(F.col("fold") == FULL).drop("fold")
@@ -557,7 +589,7 @@ def fit(spark: SparkSession, config: AppConfig, inputs: ModelInputs) -> PersonaM
         product_idf=idf.select("product_id", "idf", "labelled_buyers").localCheckpoint(eager=True),
         figures=figures)
     model._oof = oof.localCheckpoint(eager=True)  # noqa: SLF001 - read by fit_and_score
-    for frame in (grid, folds, channels, oof, buyers, fold_positives, labels, product_index, x, idf):
+    for frame in (grid, folds, channels, oof, buyers, fold_positives, labels, x, idf):
         frame.unpersist()
     return model
 
