@@ -502,7 +502,9 @@ def out_of_fold_features(spark: SparkSession, config: AppConfig, inputs: ModelIn
     # Walk, out of fold: one propagation with a channel per (fold, persona).
     channels = channel_labels(positives, folds, fold_count).cache()
     propagation_config = dataclasses.replace(config.propagation, epsilon=None)
-    channel_result = propagate(spark, inputs.graph, channels, propagation_config)
+    # Only the labelled customers' out-of-fold scores are read: the last hop goes to them alone.
+    channel_result = propagate(spark, inputs.graph, channels, propagation_config,
+                               targets=labels.select("customer_id"))
     log.info("persona model: out-of-fold walk, %d channels in one propagation (%s supersteps)",
              channel_result.stats["personas"], channel_result.stats["supersteps"])
     split = F.split(F.col("persona"), CHANNEL_SEPARATOR)

@@ -389,13 +389,16 @@ class PropagationResult:
 
 def propagate(spark: SparkSession, graph: PurchaseGraph, labels: DataFrame, config: PropagationConfig,
               method: Optional[str] = None, epsilon: Optional[float] = None,
-              on_superstep: Optional[SuperstepCallback] = None) -> PropagationResult:
+              on_superstep: Optional[SuperstepCallback] = None,
+              targets: Optional[DataFrame] = None) -> PropagationResult:
     """Affinities of every customer and product to every labelled persona (see the module doc).
 
     ``labels``: (customer_id, persona), one row per label. ``config``: the propagation
     settings (``AppConfig.propagation``). ``method``/``epsilon`` override the config;
     epsilon None and config epsilon null -> ``default_epsilon``. Every customer score is
-    within epsilon of the exact walk affinity (``push_threshold``).
+    within epsilon of the exact walk affinity (``push_threshold``). ``targets`` (customer_id):
+    only these customers' scores are wanted, so the last superstep sends only to them; their
+    scores are those of the whole walk (a layer's entry depends only on the layer before).
 
     Engineering: edges are hash-partitioned by customer id (``graph.build_graph``), so a
     customer layer joins them without a shuffle (``push``); a product layer is broadcast
@@ -424,25 +427,31 @@ def propagate(spark: SparkSession, graph: PurchaseGraph, labels: DataFrame, conf
                          beta=config.beta, theta=theta, seeds=int(mass_row["seeded"] or 0),
                          skipped_labels=skipped_customers, personas=len(persona_names), edges=graph.edge_count)
     broadcasts: list[Broadcast] = []  # product layers shared with the executors in this run
+    last_layer = 2 * config.lhat
+    last_edges = graph.edges if targets is None else edges_to_targets(graph, targets)
 
     def send(frontier: DataFrame, step: int) -> DataFrame:
         if step % 2 == 1:  # odd supersteps leave a customer layer, even ones a product layer
             return push(frontier, graph.edges, TO_DST)
+        edges = last_edges if step == last_layer else graph.edges
         if config.broadcast_product_layer:
-            sums, shared = broadcast_push(frontier, graph.edges, TO_SRC)
+            sums, shared = broadcast_push(frontier, edges, TO_SRC)
             broadcasts.append(shared)
             return sums
-        return push(frontier, graph.edges, TO_SRC)
+        return push(frontier, edges, TO_SRC)
 
     def materialise(layer: DataFrame, index: int) -> DataFrame:
         return materialise_layer(layer, index, config.checkpoint_interval, config.checkpoint_storage)
 
     layers, trace = run_supersteps(
         seed_layer(seeds, graph, persona_names), send, at_or_above(theta), graph.vertices.select(ID, "degree"),
-        last_layer=2 * config.lhat, max_supersteps=config.max_supersteps, materialise=materialise,
+        last_layer=last_layer, max_supersteps=config.max_supersteps, materialise=materialise,
         on_superstep=on_superstep)
     customer_affinity = named_scores(average_layers(layers[2::2], config.lhat, spark), graph, CUSTOMER,
                                      persona_names)
+    if targets is not None:  # the earlier customer layers (lhat > 1) reached everyone
+        customer_affinity = customer_affinity.join(
+            targets.select("customer_id").distinct(), "customer_id", "left_semi")
     product_layer = layers[1] if len(layers) > 1 else empty_layer(spark)
     product_affinity = named_scores(product_layer, graph, PRODUCT, persona_names)
     # The outputs are materialised, then the layers are released: the outputs must not
@@ -454,6 +463,15 @@ def propagate(spark: SparkSession, graph: PurchaseGraph, labels: DataFrame, conf
     for shared in broadcasts:
         shared.destroy()
     return PropagationResult(customer_affinity, product_affinity, run, trace)
+
+
+def edges_to_targets(graph: PurchaseGraph, targets: DataFrame) -> DataFrame:
+    """The edges of the ``targets`` customers (customer_id), still partitioned by customer."""
+    target_ids = (graph.vertices.where(F.col("kind") == CUSTOMER)
+                  .join(targets.select(F.col("customer_id").alias("key")).distinct(), "key", "left_semi")
+                  .select(F.col(ID).alias(SRC)))
+    # Broadcast: targets are labelled customers (the LLM budget); a shuffle join would move every edge.
+    return graph.edges.join(F.broadcast(target_ids), SRC, "left_semi")
 
 
 def average_layers(layers: list[DataFrame], lhat: int, spark: SparkSession) -> DataFrame:

@@ -121,6 +121,22 @@ def test_revaff_within_epsilon_of_exact(spark, awkward, lhat, epsilon):
     assert result.stats["converged"] and result.stats["max_residual"] < epsilon / (2 * lhat)
 
 
+@pytest.mark.parametrize("lhat", [1, 2])
+def test_targets_get_the_whole_walks_scores_and_nobody_else_gets_any(spark, awkward, lhat):
+    pairs, labels, graph = awkward
+    config = dataclasses.replace(BASE, lhat=lhat)
+    targets = sorted(set(pairs["customer_id"]))[::3]
+    label_frame = spark.createDataFrame(labels)
+    whole = spark_scores(propagate(spark, graph, label_frame, config, epsilon=0.01))
+    restricted = spark_scores(propagate(spark, graph, label_frame, config, epsilon=0.01,
+                                        targets=spark.createDataFrame([(t,) for t in targets], "customer_id string")))
+    assert set(restricted["customer_id"]) <= set(targets)
+    expected = whole[whole["customer_id"].isin(targets)]
+    key = ["customer_id", "persona"]
+    pd.testing.assert_frame_equal(restricted.sort_values(key).reset_index(drop=True),
+                                  expected.sort_values(key).reset_index(drop=True), rtol=1e-12)
+
+
 def test_coarse_epsilon_sends_fewer_messages_but_keeps_the_bound(spark, awkward):
     pairs, labels, graph = awkward
     fine = propagate(spark, graph, spark.createDataFrame(labels), BASE, epsilon=1e-4)
