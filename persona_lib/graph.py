@@ -155,13 +155,17 @@ def build_graph(edges: DataFrame, partitions: Optional[int] = None) -> PurchaseG
     """
     spark = edges.sparkSession
     partitions = partitions or int(spark.conf.get("spark.sql.shuffle.partitions"))
-    bad = edges.where(F.col("weight").isNull() | (F.col("weight") <= 0) | F.col("customer_id").isNull()
-                      | F.col("product_id").isNull()).limit(1).collect()
-    if bad:
-        raise InputError(f"graph edges: every edge needs a customer_id, a product_id and a weight > 0; "
-                         f"first bad row: {bad[0].asDict()}")
     keyed = edges.select(F.col("customer_id").cast("string"), F.col("product_id").cast("string"),
                          F.col("weight").cast("double"))
+    # Read once: the check, both degree sides and the edge join would each evaluate ``edges``
+    # (in the pipeline, a scan and shuffle of purchase_events).
+    keyed = keyed.persist(StorageLevel.MEMORY_AND_DISK)
+    bad = keyed.where(F.col("weight").isNull() | (F.col("weight") <= 0) | F.col("customer_id").isNull()
+                      | F.col("product_id").isNull()).limit(1).collect()
+    if bad:
+        keyed.unpersist()
+        raise InputError(f"graph edges: every edge needs a customer_id, a product_id and a weight > 0; "
+                         f"first bad row: {bad[0].asDict()}")
     customer_side = keyed.groupBy(F.col("customer_id").alias("key")).agg(
         F.count(F.lit(1)).alias("degree"), F.sum("weight").alias("weight_sum")
     ).withColumn("kind", F.lit(CUSTOMER))
@@ -186,6 +190,7 @@ def build_graph(edges: DataFrame, partitions: Optional[int] = None) -> PurchaseG
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
     edge_count = graph_edges.count()
+    keyed.unpersist()
     sizes = vertices.groupBy("kind").count().collect()
     counts = {row["kind"]: row["count"] for row in sizes}
     return PurchaseGraph(

@@ -22,6 +22,7 @@ import time
 from datetime import datetime, timezone
 from typing import Callable, Optional
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -264,6 +265,7 @@ def _run_rounds_and_publish(spark, config, tables, run_id, started_at, timer, sa
     _refresh_catalog_views(spark, tables)
     customers.unpersist()
     graph.unpersist()
+    edges.unpersist()
     return summary
 
 
@@ -313,7 +315,10 @@ def purchase_graph(spark, config, tables: storage.Tables, events: DataFrame):
     per-product edges: only the walk runs on the coarser vertices."""
     from persona_lib import graph as graph_lib
 
-    edges = graph_lib.edges_from_events(events, config.graph.edge_weighting, config.graph.half_life_days)
+    # Persisted: the graph build and the persona model read the pairs many times, and each
+    # read would otherwise scan purchase_events and shuffle it again. Unpersisted with the graph.
+    edges = graph_lib.edges_from_events(events, config.graph.edge_weighting,
+                                        config.graph.half_life_days).persist(StorageLevel.MEMORY_AND_DISK)
     if config.graph.product_key == "product":  # the paper's graph: no products table to read
         return edges, graph_lib.build_graph(edges), None
     # One row per product: small, and read by every round's walk.
@@ -583,4 +588,5 @@ def republish(spark: SparkSession, config: AppConfig, reason: str,
                               {name: t["version"] for name, t in outputs.items()}, {"reason": reason})
         _refresh_catalog_views(spark, tables)
         graph.unpersist()
+        edges.unpersist()
         return {"run_id": run_id, "tables": outputs}
