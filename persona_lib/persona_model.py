@@ -50,7 +50,6 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
-from pyspark.ml.classification import LogisticRegression
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -398,27 +397,67 @@ def logit_interval(frame: DataFrame, model_intercepts: dict, slopes: dict, featu
 
 def fit_stacker(training: DataFrame, personas: list[str], features: list[str], cfg: ModelConfig
                 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Logistic of ``label`` with per-persona intercepts and per-persona slopes (one MLlib fit)."""
-    from pyspark.ml.feature import VectorAssembler
+    """Logistic of ``label`` with per-persona intercepts and per-persona slopes.
 
-    columns, expressions = [], []
-    for i, persona in enumerate(personas):
-        is_persona = (F.col("persona") == persona).cast("double")
-        expressions.append(is_persona.alias(f"_b{i}"))
-        columns.append(f"_b{i}")
-        for name in features:
-            expressions.append((is_persona * F.col(name)).alias(f"_s{i}_{name}"))
-            columns.append(f"_s{i}_{name}")
-    design = training.select("label", *expressions)
-    assembled = VectorAssembler(inputCols=columns, outputCol="features").transform(design) \
-        .select("label", "features")
-    fitted = LogisticRegression(featuresCol="features", labelCol="label", regParam=cfg.stack_reg,
-                                standardization=True, maxIter=2 * cfg.max_iter,  # per-persona slopes: more to fit
-                                fitIntercept=True).fit(assembled)
-    w = dict(zip(columns, fitted.coefficients.toArray().tolist()))
-    intercepts = {p: float(fitted.intercept + w[f"_b{i}"]) for i, p in enumerate(personas)}
-    slopes = {p: {name: float(w[f"_s{i}_{name}"]) for name in features} for i, p in enumerate(personas)}
+    The objective is MLlib's logistic regression with ``standardization``: mean log-loss plus
+    ``stack_reg`` / 2 x the squared coefficients measured in units of their column's standard
+    deviation, over the design of a shared intercept, one indicator column per persona and
+    one (indicator x feature) column per persona and feature. It is minimised by scipy's
+    L-BFGS in one grouped task: the rows are the labelled customers x personas (the LLM
+    budget), and MLlib spent a Spark job on each of its iterations.
+    """
+    columns = ["persona", F.col("label").cast("double").alias("label"),
+               *[F.col(name).cast("double").alias(name) for name in features]]
+    schema = "name string, value double"
+
+    def fit_group(rows: pd.DataFrame) -> pd.DataFrame:
+        return _fit_stacker_rows(rows, personas, features, cfg.stack_reg, 2 * cfg.max_iter)
+
+    # One group: the fit is one optimisation (its rows are shipped to one task, not the driver).
+    fitted = (training.select(F.lit(0).alias("_all"), *columns).groupBy("_all")
+              .applyInPandas(fit_group, schema=schema).collect())
+    value = {r["name"]: float(r["value"]) for r in fitted}  # 1 + personas x (1 + features) numbers
+    intercepts = {p: value["intercept"] + value[f"b:{p}"] for p in personas}
+    slopes = {p: {name: value[f"s:{p}:{name}"] for name in features} for p in personas}
     return intercepts, slopes
+
+
+def _fit_stacker_rows(rows: pd.DataFrame, personas: list[str], features: list[str], reg: float,
+                      max_iter: int) -> pd.DataFrame:
+    from scipy import optimize  # executor-side
+
+    k, f = len(personas), len(features)
+    persona_of = pd.Categorical(rows["persona"], categories=personas).codes.astype(np.int64)
+    values = rows[features].to_numpy(dtype=float)
+    label = rows["label"].to_numpy(dtype=float)
+    n = len(label)
+    # Column standard deviations of the design (sample std, as MLlib's summariser).
+    share = np.bincount(persona_of, minlength=k) / n
+    indicator_var = share * (1 - share) * n / max(n - 1, 1)
+    sums = np.zeros((k, f))
+    squares = np.zeros((k, f))
+    np.add.at(sums, persona_of, values)
+    np.add.at(squares, persona_of, values * values)
+    slope_var = (squares / n - (sums / n) ** 2) * n / max(n - 1, 1)
+    penalty = np.concatenate([[0.0], indicator_var, slope_var.ravel()])  # the intercept is not penalised
+
+    def loss_and_gradient(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        bias, offsets, slopes = theta[0], theta[1:1 + k], theta[1 + k:].reshape(k, f)
+        logit = bias + offsets[persona_of] + np.einsum("ij,ij->i", values, slopes[persona_of])
+        loss = float(np.mean(np.logaddexp(0.0, logit) - label * logit)) + 0.5 * reg * float(penalty @ (theta * theta))
+        residual = (1.0 / (1.0 + np.exp(-logit)) - label) / n
+        slope_grad = np.zeros((k, f))
+        np.add.at(slope_grad, persona_of, values * residual[:, None])
+        gradient = np.concatenate([[residual.sum()], np.bincount(persona_of, residual, minlength=k),
+                                   slope_grad.ravel()]) + reg * penalty * theta
+        return loss, gradient
+
+    solution = optimize.minimize(loss_and_gradient, np.zeros(1 + k + k * f), jac=True, method="L-BFGS-B",
+                                 options={"maxiter": max_iter, "gtol": 1e-9, "ftol": 1e-12})
+    theta = solution.x
+    names = (["intercept"] + [f"b:{p}" for p in personas]
+             + [f"s:{p}:{name}" for p in personas for name in features])
+    return pd.DataFrame({"name": names, "value": theta})
 
 
 def choose_thresholds(scored: DataFrame, max_gap: float, population: Optional[DataFrame] = None) -> dict[str, float]:
