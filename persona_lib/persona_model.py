@@ -58,7 +58,7 @@ from persona_lib.graph import PurchaseGraph
 from persona_lib.labelling.answers import LABEL_STATUSES, UNREPRESENTABLE, UNREPRESENTABLE_STATUS
 from persona_lib.labelling.backends import read_or_empty
 from persona_lib.labelling.store import without_forgotten
-from persona_lib.propagation import default_epsilon, propagate, seeds_from_labels
+from persona_lib.propagation import _segment_sums, default_epsilon, propagate, seeds_from_labels
 
 log = logging.getLogger("personas.model")
 
@@ -234,14 +234,61 @@ def vote_tables(edges: DataFrame, grid: DataFrame, folds: DataFrame, fold_count:
     return buyers, positives
 
 
+def weighted_product_sums(rows: DataFrame, table: DataFrame, name: str) -> DataFrame:
+    """(customer_id, persona, ``name``): per customer and persona, the sum over its rows
+    (customer_id, group, product_id, w) of w x table[group, product_id, persona]; non-zero sums only.
+
+    ``table`` (group, product_id, persona, value) holds at most products x personas entries
+    per group: it is broadcast as one dense matrix per group and every batch of rows is summed
+    with numpy (``propagation._segment_sums``, the walk's product -> customer kernel), instead
+    of a join that makes edges x personas rows. The sums are materialised before the
+    broadcast is released.
+    """
+    spark = rows.sparkSession
+    local = table.toPandas()  # <= groups x products x personas rows, by construction
+    personas = np.asarray(sorted(local["persona"].unique()), dtype=object)
+    persona_position = pd.Index(personas)
+    matrices = {}
+    for group, part in local.groupby("group"):
+        products = pd.Index(part["product_id"].unique())
+        matrix = np.zeros((len(products), len(personas)))
+        matrix[products.get_indexer(part["product_id"]), persona_position.get_indexer(part["persona"])] = \
+            part["value"].to_numpy(dtype=float)
+        matrices[int(group)] = (products, matrix)
+    shared = spark.sparkContext.broadcast((personas, matrices))
+
+    def sums(batches):
+        persona_names, tables = shared.value
+        for batch in batches:
+            for group, part in batch.groupby("group"):
+                if int(group) not in tables:
+                    continue
+                products, matrix = tables[int(group)]
+                customer_codes, customers = pd.factorize(part["customer_id"])
+                summed = _segment_sums(products.get_indexer(part["product_id"]), customer_codes,
+                                       part["w"].to_numpy(dtype=float), np.arange(len(products)), matrix)
+                yield pd.DataFrame({"customer_id": np.asarray(customers, dtype=object)[summed["id"].to_numpy()],
+                                    "persona": persona_names[summed["persona"].to_numpy()],
+                                    name: summed["value"].to_numpy()})
+
+    schema = f"customer_id string, persona string, {name} double"
+    result = (rows.select("customer_id", F.col("group").cast("int"), "product_id", F.col("w").cast("double"))
+              .mapInPandas(sums, schema)
+              .groupBy("customer_id", "persona").agg(F.sum(name).alias(name))
+              .localCheckpoint(eager=True))
+    shared.destroy()
+    return result
+
+
 def vote_features(customer_edges: DataFrame, idf: DataFrame, buyers: DataFrame, positives: DataFrame) -> DataFrame:
     """(customer_id, persona, vote_mean, vote_log_sum) from (customer_id, product_id, fold) rows:
     each customer's products read the fold's complement counts (FULL for unlabelled)."""
     reached = customer_edges.join(buyers, ["product_id", "fold"]).join(idf.select("product_id", "idf"), "product_id")
     denominators = reached.groupBy("customer_id").agg(F.sum("idf").alias("_idf_total"))
-    votes = (reached.join(positives, ["product_id", "fold"])
-             .groupBy("customer_id", "persona")
-             .agg(F.sum(F.col("idf") * F.col("pos") / F.col("n")).alias("_vote")))
+    shares = positives.join(buyers, ["product_id", "fold"]).select(
+        F.col("fold").alias("group"), "product_id", "persona", (F.col("pos") / F.col("n")).alias("value"))
+    votes = weighted_product_sums(reached.select("customer_id", F.col("fold").alias("group"), "product_id",
+                                                 F.col("idf").alias("w")), shares, "_vote")
     return votes.join(denominators, "customer_id").select(
         "customer_id", "persona",
         F.when(F.col("_idf_total") > 0, F.col("_vote") / F.col("_idf_total")).otherwise(0.0).alias("vote_mean"),
@@ -336,9 +383,10 @@ def profile_logits(x: DataFrame, customers: DataFrame, personas: list[str], weig
     """(customer_id, persona, profile_logit) for ``customers`` x personas."""
     spark = x.sparkSession
     base = F.broadcast(spark.createDataFrame([(p, intercepts[p]) for p in personas], "persona string, b double"))
-    sums = (x.join(customers.select("customer_id"), "customer_id", "left_semi")
-            .join(F.broadcast(weights), "product_id")
-            .groupBy("customer_id", "persona").agg(F.sum(F.col("x") * F.col("weight")).alias("_dot")))
+    sums = weighted_product_sums(
+        x.join(customers.select("customer_id"), "customer_id", "left_semi")
+        .select("customer_id", F.lit(FULL).alias("group"), "product_id", F.col("x").alias("w")),
+        weights.select(F.lit(FULL).alias("group"), "product_id", "persona", F.col("weight").alias("value")), "_dot")
     return (customers.select("customer_id").crossJoin(base).join(sums, ["customer_id", "persona"], "left")
             .select("customer_id", "persona", (F.col("b") + F.coalesce(F.col("_dot"), F.lit(0.0))).alias("profile_logit")))
 
@@ -348,8 +396,11 @@ def out_of_fold_profile_logits(x: DataFrame, folds: DataFrame, weights: DataFram
     """(customer_id, persona, profile_logit) of the labelled customers, each from the profile of
     the model fold that left its own fold out."""
     own_model = folds.select("customer_id", F.col("fold").alias("model_fold"))
-    sums = (x.join(own_model, "customer_id").join(weights, ["model_fold", "product_id"])
-            .groupBy("customer_id", "persona").agg(F.sum(F.col("x") * F.col("weight")).alias("_dot")))
+    sums = weighted_product_sums(
+        x.join(own_model, "customer_id").select("customer_id", F.col("model_fold").alias("group"), "product_id",
+                                                 F.col("x").alias("w")),
+        weights.where(F.col("model_fold") != FULL).select(F.col("model_fold").alias("group"), "product_id", "persona",
+                                                          F.col("weight").alias("value")), "_dot")
     return (own_model.join(F.broadcast(intercepts), "model_fold").join(sums, ["customer_id", "persona"], "left")
             .select("customer_id", "persona",
                     (F.col("intercept") + F.coalesce(F.col("_dot"), F.lit(0.0))).alias("profile_logit")))
