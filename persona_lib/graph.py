@@ -160,8 +160,11 @@ def build_graph(edges: DataFrame, partitions: Optional[int] = None) -> PurchaseG
     # Read once: the check, both degree sides and the edge join would each evaluate ``edges``
     # (in the pipeline, a scan and shuffle of purchase_events).
     keyed = keyed.persist(StorageLevel.MEMORY_AND_DISK)
-    bad = keyed.where(F.col("weight").isNull() | (F.col("weight") <= 0) | F.col("customer_id").isNull()
-                      | F.col("product_id").isNull()).limit(1).collect()
+    is_bad = (F.col("weight").isNull() | (F.col("weight") <= 0) | F.col("customer_id").isNull()
+              | F.col("product_id").isNull())
+    # One pass that also fills the cache; limit(1) alone would run a widening series of jobs,
+    # each re-evaluating the input until the partitions it scanned were cached.
+    bad = keyed.where(is_bad).limit(1).collect() if keyed.where(is_bad).count() else []
     if bad:
         keyed.unpersist()
         raise InputError(f"graph edges: every edge needs a customer_id, a product_id and a weight > 0; "

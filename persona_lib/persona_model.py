@@ -87,17 +87,18 @@ class PersonaModel:
 
     def artifact(self) -> dict:
         """JSON-able: everything ``score_basket`` needs. Grows with products x personas only."""
-        tables: dict[str, dict] = {}
-        for row in self.product_idf.toLocalIterator():
-            tables[row["product_id"]] = {"idf": float(row["idf"]), "labelled": int(row["labelled_buyers"]),
-                                         "affinity": {}, "frac": {}, "weight": {}, "item": {}}
-        for row in self.product_tables.toLocalIterator():
-            entry = tables.get(row["product_id"])
-            if entry is None:
-                continue
-            for key in ("affinity", "frac", "weight", "item"):
-                if row[key]:
-                    entry[key][row["persona"]] = float(row[key])
+        # Arrow batches, not Row objects: products x personas rows reach the driver here.
+        idf = self.product_idf.select("product_id", "idf", "labelled_buyers").toPandas()
+        tables: dict[str, dict] = {
+            product: {"idf": float(value), "labelled": int(labelled),
+                      "affinity": {}, "frac": {}, "weight": {}, "item": {}}
+            for product, value, labelled in zip(idf["product_id"], idf["idf"], idf["labelled_buyers"])}
+        entries = self.product_tables.toPandas()
+        entries = entries[entries["product_id"].isin(tables.keys())]
+        for key in ("affinity", "frac", "weight", "item"):
+            given = entries[entries[key].notna() & (entries[key] != 0)]
+            for product, persona, value in zip(given["product_id"], given["persona"], given[key].astype(float)):
+                tables[product][key][persona] = value
         return {"format": "persona_model/1", "personas": self.personas, "features": self.features,
                 "intercepts": self.intercepts, "slopes": self.slopes, "thresholds": self.thresholds,
                 "unit": self.unit, "customers": self.customers,
