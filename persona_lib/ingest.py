@@ -380,7 +380,7 @@ def drop_forgotten(classified: DataFrame, tombstones: Optional[DataFrame], key: 
 
     A line is forgotten when the keyed hash of its customer id is a tombstone, or, for a line
     whose CustomerID could not be read (malformed, unparsable), when any number of its raw
-    text is. ``key`` is ``persona_lib.tombstones.tombstone_key(config)``.
+    text is. ``key`` is ``persona_lib.tombstones.tombstone_key(config.forget)``.
     """
     if tombstones is None:
         return classified.withColumn("forgotten", F.lit(False))
@@ -654,7 +654,7 @@ def ingest_source(spark: SparkSession, config: AppConfig, tables: storage.Tables
     tombstones = tombstones_ref.read(spark) if tombstones_ref.exists(spark) else None
     classified = drop_forgotten(
         ingest_sources.coerce_source(raw, source, config.ingest, name, fingerprint),
-        tombstones, tombstone_key(config) if tombstones is not None else None,
+        tombstones, tombstone_key(config.forget) if tombstones is not None else None,
     ).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         rows_in = raw.count()
@@ -859,7 +859,7 @@ def _write_contents(spark, config, rules, records, to_ingest, rewrite, committed
         earlier = events_ref.read(spark).where(F.col("content_sha256").isin(*earlier_contents))
     tombstones = tombstones_ref.read(spark) if tombstones_ref.exists(spark) else None
     classified = drop_forgotten(classify_lines(data, rules, config.ingest, earlier), tombstones,
-                                tombstone_key(config) if tombstones is not None else None) \
+                                tombstone_key(config.forget) if tombstones is not None else None) \
         .persist(StorageLevel.MEMORY_AND_DISK)
     try:
         per_file = _per_file_counts(data, classified, to_ingest)

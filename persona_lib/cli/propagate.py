@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> dict:
     graph = build_graph(_edges(spark, tables, config.graph, args))
     log.info("graph: %d customers, %d products, %d edges",
              graph.customer_count, graph.product_count, graph.edge_count)
-    labels = _labels(spark, config, args)
+    labels = _labels(spark, config, tables, args)
 
     def progress(step: int, messages: int, max_residual: float) -> None:
         log.info("superstep %d: %d messages, largest residual left %.3g", step, messages, max_residual)
@@ -118,11 +118,11 @@ def _read_pairs(spark, tables, location: str):
     return frame.select(F.trim("customer_id").alias("customer_id"), F.trim("product_id").alias("product_id"))
 
 
-def _labels(spark, config, args):
+def _labels(spark, config, tables, args):
     if args.labels_from == "persona_labels":
         from persona_lib.labelling.store import labels_for_propagation
 
-        return labels_for_propagation(spark, config)
+        return labels_for_propagation(spark, tables, config.forget)
     return replay_labels(spark, config, args.seed_fraction,
                          config.sampling.seed if args.seed is None else args.seed)
 

@@ -41,6 +41,7 @@ from persona_lib.labelling.store import (
 )
 from persona_lib.labelling.validation import validate_answer, validate_answers
 from persona_lib.prompts import build_prompts, prompt_template
+from persona_lib.storage import Tables
 from persona_lib.taxonomy import load_taxonomy
 
 log = logging.getLogger("personas.labelling")
@@ -50,8 +51,8 @@ __all__ = ["LABELLERS", "Labeler", "add_overrides", "remove_override", "label_cu
            "validate_answer", "STATUSES"]
 
 
-def label_customers(spark: SparkSession, config: AppConfig, sample: DataFrame, events: DataFrame,
-                    run_id: str, labeller: Optional[str] = None) -> dict:
+def label_customers(spark: SparkSession, config: AppConfig, tables: Tables, sample: DataFrame,
+                    events: DataFrame, run_id: str, labeller: Optional[str] = None) -> dict:
     """Label the customers of ``sample`` (customer_id) from their ``events`` (purchase_events).
 
     Returns the run's summary: requested, excluded (forgotten, overridden, from_file: customers
@@ -65,24 +66,24 @@ def label_customers(spark: SparkSession, config: AppConfig, sample: DataFrame, e
     name = labeller or labelling.labeller
     taxonomy = load_taxonomy(config.resolve_path(labelling.taxonomy))
     template = prompt_template(taxonomy, labelling.prompt_token_budget)
-    backend = make_labeler(name, config, taxonomy, template)
+    backend = make_labeler(name, config, tables, taxonomy, template)
 
     # Materialised: a sample computed from the label store would change under the write below.
     requested = sample.select("customer_id").distinct().localCheckpoint()
-    remembered = without_forgotten(spark, config, requested)
+    remembered = without_forgotten(spark, tables, config.forget, requested)
     not_overridden = remembered
     if name != "manual":  # an override wins: nobody asks an LLM about that customer
-        overrides = read_or_empty(spark, config, "persona_overrides").select("customer_id")
+        overrides = read_or_empty(spark, tables.persona_overrides).select("customer_id")
         not_overridden = remembered.join(overrides, "customer_id", "left_anti")
     # A label from a file is the team's answer: never re-sent, never overwritten.
-    askable = not_overridden.join(file_labelled(spark, config), "customer_id", "left_anti")
+    askable = not_overridden.join(file_labelled(spark, tables), "customer_id", "left_anti")
     # The sample is small next to the events: checkpoint it so each count below does not
     # redo the anti-joins, and the prompts are built once.
     askable = askable.localCheckpoint()
     prompts = build_prompts(events, askable, taxonomy, labelling.prompt_token_budget).localCheckpoint()
 
     # Materialised now: read after the write below, it would count this run's own labels.
-    hits = cached_labels(read_or_empty(spark, config, "persona_labels"), prompts, taxonomy.version,
+    hits = cached_labels(read_or_empty(spark, tables.persona_labels), prompts, taxonomy.version,
                          backend.source).localCheckpoint()
     to_ask = prompts.join(hits, "customer_id", "left_anti")
     # Reliable checkpoint of the answers: Spark would otherwise re-run the backend (and pay
@@ -100,8 +101,8 @@ def label_customers(spark: SparkSession, config: AppConfig, sample: DataFrame, e
         F.current_timestamp().alias("labelled_at"), F.lit(run_id).alias("run_id"),
     )
     if new_statuses:  # a run served wholly from the store writes nothing
-        write_labels(spark, config, labels)
-    store = labels_ref(spark, config)
+        write_labels(spark, tables, labels)
+    store = labels_ref(spark, tables)
 
     counts = _counts(requested, remembered, not_overridden, askable, hits)
     counts["llm_calls"] = counts["labelled"] = spent["llm_calls"]
