@@ -7,7 +7,7 @@ import logging
 import uuid
 from pathlib import Path
 
-from persona_lib.cli import add_common_options, load_app_config
+from persona_lib.cli import add_common_options, load_app_config, with_options
 from persona_lib.config import EDGE_WEIGHTINGS, PROPAGATION_METHODS
 from persona_lib.errors import InputError
 
@@ -52,11 +52,8 @@ def run(args: argparse.Namespace) -> dict:
     from persona_lib.spark import get_spark
     from persona_lib.storage import resolve_tables
 
-    config = load_app_config(args)
-    if args.lhat is not None:
-        config = config.replace("propagation", lhat=args.lhat)
-    if args.weighting is not None:
-        config = config.replace("graph", edge_weighting=args.weighting)
+    config = with_options(load_app_config(args), args,
+                          {"lhat": ("propagation", "lhat"), "weighting": ("graph", "edge_weighting")})
     if not 0.0 < args.seed_fraction <= 1.0:
         raise InputError(f"--seed-fraction must be in (0, 1], got {args.seed_fraction}")
     spark = get_spark(config)

@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 from persona_lib.config import AppConfig
 from persona_lib.labelling.answers import FAILED, LABELLERS, STATUSES, Labeler
 from persona_lib.labelling.backends import make_labeler, read_or_empty
-from persona_lib.labelling.figures import answer_figures, raise_if_failing, suffix_lengths
+from persona_lib.labelling.figures import answer_figures, generate_calls, raise_if_failing, suffix_lengths
 from persona_lib.labelling.products import label_products, product_labels_for_model
 from persona_lib.labelling.store import (
     add_overrides,
@@ -126,8 +126,7 @@ def label_customers(spark: SparkSession, config: AppConfig, tables: Tables, samp
         "labelled_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if name == "vllm":
-        summary["generate_calls"] = int(answers.where(F.col("batch_id").isNotNull())
-                                        .select("batch_id").distinct().count())
+        summary["generate_calls"] = generate_calls(answers)
     log.info("labelled %d customers with %s (%d cache hits); statuses %s",
              counts["labelled"], backend.source, counts["cache_hits"], summary["new_statuses"])
     raise_if_failing(answers, "customer_id", "labelling", f"{counts['llm_calls']} customers", failure_rate,

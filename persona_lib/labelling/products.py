@@ -38,7 +38,7 @@ from persona_lib.config import AppConfig, ProductLabellingConfig
 from persona_lib.errors import ConfigError, InputError
 from persona_lib.labelling.answers import FAILED, LABEL_STATUSES, NO_ANSWER, STATUSES, Labeler, no_model_columns
 from persona_lib.labelling.backends import make_labeler, read_or_empty
-from persona_lib.labelling.figures import answer_figures, raise_if_failing, suffix_lengths
+from persona_lib.labelling.figures import answer_figures, generate_calls, raise_if_failing, suffix_lengths
 from persona_lib.labelling.store import cached_labels, status_counts
 from persona_lib.labelling.validation import validate_answers
 from persona_lib.prompts import PromptTemplate, build_product_prompts, product_prompt_template
@@ -244,8 +244,7 @@ def label_products(spark: SparkSession, config: AppConfig, tables: storage.Table
         "labelled_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if name == "vllm":
-        summary["generate_calls"] = int(answers.where(F.col("batch_id").isNotNull())
-                                        .select("batch_id").distinct().count())
+        summary["generate_calls"] = generate_calls(answers)
     log.info("labelled %d products with %s (%d cache hits, %d prompt characters); statuses %s",
              spent["llm_calls"], backend.source, summary["cache_hits"], spent["prompt_chars"],
              summary["new_statuses"])
