@@ -36,6 +36,7 @@ from persona_lib.labelling.store import (
     labels_ref,
     remove_override,
     status_counts,
+    upsert_overrides,
     without_forgotten,
     write_labels,
 )
@@ -48,7 +49,7 @@ log = logging.getLogger("personas.labelling")
 
 __all__ = ["LABELLERS", "Labeler", "add_overrides", "remove_override", "label_customers", "label_distribution",
            "label_products", "labels_for_propagation", "make_labeler", "product_labels_for_model",
-           "validate_answer", "STATUSES"]
+           "upsert_overrides", "validate_answer", "STATUSES"]
 
 
 def label_customers(spark: SparkSession, config: AppConfig, tables: Tables, sample: DataFrame,
