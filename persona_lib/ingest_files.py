@@ -30,6 +30,8 @@ from typing import Iterator, Optional, Sequence
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
+from persona_lib.config import IngestConfig
+
 # Python's csv reader refuses a field longer than this (its default limit); such a record
 # is quarantined as malformed_line, with the limit in its detail.
 CSV_FIELD_LIMIT = csv.field_size_limit()
@@ -57,9 +59,9 @@ def customer_id_digits(text: Column) -> Column:
     return F.regexp_replace(F.regexp_extract(F.trim(text), CUSTOMER_ID_PATTERN, 1), r"^0+(?=[0-9])", "")
 
 
-def out_of_range_rules(settings, event_ts: Column, quantity: Column, unit_price: Column,
+def out_of_range_rules(settings: IngestConfig, event_ts: Column, quantity: Column, unit_price: Column,
                        shown: Sequence[tuple[str, str, Column]]) -> tuple[Column, Column]:
-    """(whether a row breaks a range rule of ``settings`` (IngestConfig), the "; "-joined
+    """(whether a row breaks a range rule of ``settings``, the "; "-joined
     "<field> <value> <rule>" of every rule it breaks), the rules being the event date within
     ingest.event_date_min..event_date_max, |quantity| at most ingest.quantity_max and |unit
     price| at most ingest.unit_price_max. ``shown``: (rule "date", "quantity" or "price",
