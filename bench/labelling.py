@@ -100,10 +100,10 @@ def main(argv=None) -> dict:
     timed = ordered.where(F.col("n") > 2).select("customer_id")
 
     started = time.perf_counter()
-    label_customers(spark, config, warmup, events, run_id="bench-warmup")
+    label_customers(spark, config, storage.resolve_tables(config), warmup, events, run_id="bench-warmup")
     warmup_s = time.perf_counter() - started
     started = time.perf_counter()
-    summary = label_customers(spark, config, timed, events, run_id="bench")
+    summary = label_customers(spark, config, storage.resolve_tables(config), timed, events, run_id="bench")
     elapsed = time.perf_counter() - started
     n = max(summary["llm_calls"], 1)
     tokens = summary["tokens"]
@@ -153,7 +153,7 @@ def smollm2_bench(customers: int, workdir, max_tokens: int) -> dict:
                                cpu_kvcache_gib=1)
     config = config.replace("labelling", vllm=vllm, max_failure_rate=1.0)
     spark = get_spark(config)
-    events_ref = storage.table_ref(config, "purchase_events")
+    events_ref = storage.resolve_tables(config).purchase_events
     if not events_ref.exists(spark):
         sys.exit(f"no purchase_events at {events_ref.location}: run `personas ingest --workdir {workdir}`")
     events = events_ref.read(spark)
@@ -178,13 +178,14 @@ def smollm2_bench(customers: int, workdir, max_tokens: int) -> dict:
     def run(labeller: str, run_config, tag: str) -> dict:
         run_config = dataclasses.replace(run_config, tables=dataclasses.replace(
             run_config.tables, persona_labels=str(scratch / f"labels_{tag}")))
+        run_tables = storage.resolve_tables(run_config)
         started = time.perf_counter()
-        label_customers(spark, run_config, ids(warmup), events, run_id=f"{tag}-warmup", labeller=labeller)
+        label_customers(spark, run_config, run_tables, ids(warmup), events, run_id=f"{tag}-warmup", labeller=labeller)
         warmup_s = time.perf_counter() - started
         started = time.perf_counter()
-        summary = label_customers(spark, run_config, ids(timed), events, run_id=tag, labeller=labeller)
+        summary = label_customers(spark, run_config, run_tables, ids(timed), events, run_id=tag, labeller=labeller)
         elapsed = time.perf_counter() - started
-        answers = {r["customer_id"]: r for r in storage.table_ref(run_config, "persona_labels").read(spark)
+        answers = {r["customer_id"]: r for r in run_tables.persona_labels.read(spark)
                    .where(F.col("run_id") == tag).collect()}
         tokens = summary["tokens"]
         return {

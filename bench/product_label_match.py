@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
     if not tables.purchase_events.exists(spark):
         ingest(spark, config)
     products = tables.products.read(spark).cache()
-    summary = label_products(spark, config, products, run_id="bench-product-match")
+    summary = label_products(spark, config, storage.resolve_tables(config), products, run_id="bench-product-match")
 
     labels = tables.product_labels.read(spark).select(
         "product_id", (F.col("status") != "no_answer").cast("int").alias("answered"))

@@ -86,7 +86,7 @@ def forget_customers(spark: SparkSession, config: AppConfig, raw_ids: Iterable[s
     ids = sorted({clean_customer_id(r) for r in raw_ids})
     if not ids:
         raise InputError("forget: give at least one --customer ID")
-    key = tombstone_key(config)
+    key = tombstone_key(config.forget)
     tables = storage.resolve_tables(config)
 
     # The caller holds the writer lock (the CLI takes it), so a 'running' row is a killed job.

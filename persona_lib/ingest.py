@@ -52,7 +52,7 @@ from pyspark.sql.window import Window
 from persona_lib import contracts, storage
 from persona_lib.config import AppConfig, IngestConfig
 from persona_lib.errors import ConfigError, InputError
-from persona_lib.ingest_files import customer_id_digits, header_problem, open_content, split_records
+from persona_lib.ingest_files import customer_id_digits, header_problem, open_content, out_of_range_rules, split_records
 from persona_lib.tombstones import UNREADABLE_ID_REASONS, customer_hash_column, raw_id_tokens, tombstone_key
 
 # Every rejection reason, in the order they are tested: a record gets the first that applies.
@@ -289,21 +289,10 @@ def classify_lines(records: DataFrame, rules: CutRules, settings: IngestConfig,
         F.when(product_unkeyable, F.lit("Description" if rules.product_key == "title" else "StockCode")),
         F.when(customer_unparsable, F.lit("CustomerID (digits with an optional .0)")),
     )))
-    event_date = F.to_date("event_ts")
-    date_out = (event_date < F.lit(settings.event_date_min).cast("date")) | \
-        (event_date > F.lit(settings.event_date_max).cast("date"))
-    price_out = F.abs("unit_price") > F.lit(settings.unit_price_max)
-    quantity_out = F.abs("quantity") > F.lit(settings.quantity_max)
-    out_of_range = date_out | price_out | quantity_out
-    out_of_range_detail = F.concat_ws("; ", F.array_compact(F.array(
-        F.when(date_out, F.concat(F.lit("InvoiceDate "), F.trim("raw_invoice_date"),
-                                  F.lit(f" outside ingest.event_date_min..event_date_max "
-                                        f"[{settings.event_date_min}, {settings.event_date_max}]"))),
-        F.when(price_out, F.concat(F.lit("UnitPrice "), F.trim("raw_unit_price"),
-                                   F.lit(f" beyond ingest.unit_price_max {settings.unit_price_max:g}"))),
-        F.when(quantity_out, F.concat(F.lit("Quantity "), F.trim("raw_quantity"),
-                                      F.lit(f" beyond ingest.quantity_max {settings.quantity_max}"))),
-    )))
+    out_of_range, out_of_range_detail = out_of_range_rules(
+        settings, F.col("event_ts"), F.col("quantity"), F.col("unit_price"),
+        [("date", "InvoiceDate", F.trim("raw_invoice_date")), ("price", "UnitPrice", F.trim("raw_unit_price")),
+         ("quantity", "Quantity", F.trim("raw_quantity"))])
     reason = (
         F.when(~F.col("well_formed"), F.lit("malformed_line"))
         .when(unparsable, F.lit("unparsable_value"))
@@ -380,7 +369,7 @@ def drop_forgotten(classified: DataFrame, tombstones: Optional[DataFrame], key: 
 
     A line is forgotten when the keyed hash of its customer id is a tombstone, or, for a line
     whose CustomerID could not be read (malformed, unparsable), when any number of its raw
-    text is. ``key`` is ``persona_lib.tombstones.tombstone_key(config)``.
+    text is. ``key`` is ``persona_lib.tombstones.tombstone_key(config.forget)``.
     """
     if tombstones is None:
         return classified.withColumn("forgotten", F.lit(False))
@@ -654,7 +643,7 @@ def ingest_source(spark: SparkSession, config: AppConfig, tables: storage.Tables
     tombstones = tombstones_ref.read(spark) if tombstones_ref.exists(spark) else None
     classified = drop_forgotten(
         ingest_sources.coerce_source(raw, source, config.ingest, name, fingerprint),
-        tombstones, tombstone_key(config) if tombstones is not None else None,
+        tombstones, tombstone_key(config.forget) if tombstones is not None else None,
     ).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         rows_in = raw.count()
@@ -728,14 +717,7 @@ def _write_source_manifest(spark, log_ref, name: str, fingerprint: str, counts: 
     log_row = spark.createDataFrame(
         [(uuid.uuid4().hex, name, fingerprint, INGESTED, None, *counts, ingested_at, source_version)],
         contracts.INGEST_LOG)
-    (
-        log_ref.delta(spark).alias("t")
-        .merge(log_row.alias("s"), "t.source_file = s.source_file AND t.content_sha256 = s.content_sha256")
-        .withSchemaEvolution()  # a manifest written before source_version existed gains it
-        .whenMatchedUpdateAll()
-        .whenNotMatchedInsertAll()
-        .execute()
-    )
+    _merge_ingest_log(spark, log_ref, log_row)
 
 
 def _merge_source_rows(spark, rows: DataFrame, ref: storage.TableRef, schema, keys, fingerprint: str,
@@ -859,7 +841,7 @@ def _write_contents(spark, config, rules, records, to_ingest, rewrite, committed
         earlier = events_ref.read(spark).where(F.col("content_sha256").isin(*earlier_contents))
     tombstones = tombstones_ref.read(spark) if tombstones_ref.exists(spark) else None
     classified = drop_forgotten(classify_lines(data, rules, config.ingest, earlier), tombstones,
-                                tombstone_key(config) if tombstones is not None else None) \
+                                tombstone_key(config.forget) if tombstones is not None else None) \
         .persist(StorageLevel.MEMORY_AND_DISK)
     try:
         per_file = _per_file_counts(data, classified, to_ingest)
@@ -921,14 +903,7 @@ def _write_manifest(spark, ref, manifest: _Manifest, plan: list[FileAction], per
         return
     storage.ensure_table(spark, ref, contracts.INGEST_LOG)
     source = spark.createDataFrame(rows, contracts.INGEST_LOG)
-    (
-        ref.delta(spark).alias("t")
-        .merge(source.alias("s"), "t.source_file = s.source_file AND t.content_sha256 = s.content_sha256")
-        .withSchemaEvolution()  # a manifest written before source_version existed gains it
-        .whenMatchedUpdateAll()
-        .whenNotMatchedInsertAll()
-        .execute()
-    )
+    _merge_ingest_log(spark, ref, source)
 
 
 def _per_file_counts(data: DataFrame, classified: DataFrame, to_ingest: list[FileAction]) -> dict:
@@ -978,3 +953,15 @@ def _check_manifest_coverage(events: DataFrame, to_ingest: list[FileAction]) -> 
     missing = written - {a.content_sha256 for a in to_ingest}
     if missing:
         raise IngestInvariantError(f"events of content(s) without a manifest row, nothing written: {sorted(missing)[:5]}")
+
+
+def _merge_ingest_log(spark: SparkSession, ref: storage.TableRef, rows: DataFrame) -> None:
+    """Upsert ``rows`` (INGEST_LOG) into the ingest log, keyed by file name and content hash."""
+    (
+        ref.delta(spark).alias("t")
+        .merge(rows.alias("s"), "t.source_file = s.source_file AND t.content_sha256 = s.content_sha256")
+        .withSchemaEvolution()  # a manifest written before source_version existed gains it
+        .whenMatchedUpdateAll()
+        .whenNotMatchedInsertAll()
+        .execute()
+    )

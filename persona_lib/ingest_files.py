@@ -30,6 +30,8 @@ from typing import Iterator, Optional, Sequence
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
+from persona_lib.config import IngestConfig
+
 # Python's csv reader refuses a field longer than this (its default limit); such a record
 # is quarantined as malformed_line, with the limit in its detail.
 CSV_FIELD_LIMIT = csv.field_size_limit()
@@ -55,6 +57,32 @@ def parse_customer_id(text: Optional[str]) -> Optional[str]:
 def customer_id_digits(text: Column) -> Column:
     """``parse_customer_id`` as a Spark column, "" where ``text`` is not an id (null stays null)."""
     return F.regexp_replace(F.regexp_extract(F.trim(text), CUSTOMER_ID_PATTERN, 1), r"^0+(?=[0-9])", "")
+
+
+def out_of_range_rules(settings: IngestConfig, event_ts: Column, quantity: Column, unit_price: Column,
+                       shown: Sequence[tuple[str, str, Column]]) -> tuple[Column, Column]:
+    """(whether a row breaks a range rule of ``settings``, the "; "-joined
+    "<field> <value> <rule>" of every rule it breaks), the rules being the event date within
+    ingest.event_date_min..event_date_max, |quantity| at most ingest.quantity_max and |unit
+    price| at most ingest.unit_price_max. ``shown``: (rule "date", "quantity" or "price",
+    the field's name, its value as the source wrote it), in the order the detail lists them.
+    """
+    event_date = F.to_date(event_ts)
+    rules = {
+        "date": ((event_date < F.lit(settings.event_date_min).cast("date"))
+                 | (event_date > F.lit(settings.event_date_max).cast("date")),
+                 f"outside ingest.event_date_min..event_date_max "
+                 f"[{settings.event_date_min}, {settings.event_date_max}]"),
+        "quantity": (F.coalesce(F.abs(quantity) > F.lit(float(settings.quantity_max)), F.lit(False)),
+                     f"beyond ingest.quantity_max {settings.quantity_max}"),
+        "price": (F.coalesce(F.abs(unit_price) > F.lit(settings.unit_price_max), F.lit(False)),
+                  f"beyond ingest.unit_price_max {settings.unit_price_max:g}"),
+    }
+    broken = rules["date"][0] | rules["quantity"][0] | rules["price"][0]
+    detail = F.concat_ws("; ", F.array_compact(F.array(*[
+        F.when(rules[rule][0], F.concat(F.lit(f"{field} "), value, F.lit(f" {rules[rule][1]}")))
+        for rule, field, value in shown])))
+    return broken, detail
 
 
 def customer_id_column(text: Column) -> Column:

@@ -30,7 +30,7 @@ from pyspark.sql.window import Window
 
 from persona_lib.config import FORMAT_LOCATION, AppConfig, IngestConfig, IngestSourceConfig, ProductCatalogConfig
 from persona_lib.errors import ConfigError, InputError
-from persona_lib.ingest_files import customer_id_digits
+from persona_lib.ingest_files import customer_id_digits, out_of_range_rules
 
 # The purchase fields a mapping may name, in the order they are tested for errors.
 MAPPED_FIELDS = ("customer_id", "product_id", "quantity", "event_ts", "unit_price", "basket_id", "title",
@@ -334,30 +334,20 @@ def classify_source_rows(typed: DataFrame, mapping: dict[str, tuple[str, ...]], 
         unparsable = unparsable | F.coalesce(condition, F.lit(False))
     unparsable_detail = F.concat_ws("; ", F.array_compact(F.array(*[F.when(c, d) for c, d in problems])))
 
-    event_date = F.to_date("event_ts")
-    date_out = (event_date < F.lit(settings.event_date_min).cast("date")) | \
-        (event_date > F.lit(settings.event_date_max).cast("date"))
-    quantity_out = F.abs("quantity") > F.lit(float(settings.quantity_max))
-    price_out = F.coalesce(F.abs("unit_price") > F.lit(settings.unit_price_max), F.lit(False))
-    out_of_range_detail = F.concat_ws("; ", F.array_compact(F.array(
-        F.when(date_out, F.concat(F.lit("event_ts "), F.col("event_ts").cast("string"),
-                                  F.lit(f" outside ingest.event_date_min..event_date_max "
-                                        f"[{settings.event_date_min}, {settings.event_date_max}]"))),
-        F.when(quantity_out, F.concat(F.lit("quantity "), F.col("raw_quantity"),
-                                      F.lit(f" beyond ingest.quantity_max {settings.quantity_max}"))),
-        F.when(price_out, F.concat(F.lit("unit_price "), F.col("raw_unit_price"),
-                                   F.lit(f" beyond ingest.unit_price_max {settings.unit_price_max:g}"))),
-    )))
+    out_of_range, out_of_range_detail = out_of_range_rules(
+        settings, F.col("event_ts"), F.col("quantity"), F.col("unit_price"),
+        [("date", "event_ts", F.col("event_ts").cast("string")), ("quantity", "quantity", F.col("raw_quantity")),
+         ("price", "unit_price", F.col("raw_unit_price"))])
     reason = (
         F.when(unparsable, F.lit("unparsable_value"))
-        .when(date_out | quantity_out | price_out, F.lit("out_of_range_value"))
+        .when(out_of_range, F.lit("out_of_range_value"))
         .when(~given("customer_id"), F.lit("missing_customer"))
         .when(F.col("quantity") <= 0, F.lit("non_positive_quantity"))
         .when(F.coalesce(F.col("unit_price") <= 0, F.lit(False)), F.lit("non_positive_price"))
     )
     detail = (
         F.when(unparsable, F.concat(F.lit("unparsable: "), unparsable_detail))
-        .when(date_out | quantity_out | price_out, out_of_range_detail)
+        .when(out_of_range, out_of_range_detail)
         .when(~given("customer_id"), F.lit(f"{where('customer_id')} is empty"))
         .when(F.col("quantity") <= 0, F.concat(F.lit(f"{where('quantity')} "), F.col("raw_quantity"),
                                                F.lit(" is not positive")))

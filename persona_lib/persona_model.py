@@ -53,12 +53,13 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from persona_lib.config import AppConfig, ModelConfig
+from persona_lib.config import AppConfig, ForgetConfig, ModelConfig
 from persona_lib.graph import PurchaseGraph
 from persona_lib.labelling.answers import LABEL_STATUSES, UNREPRESENTABLE, UNREPRESENTABLE_STATUS
 from persona_lib.labelling.backends import read_or_empty
 from persona_lib.labelling.store import without_forgotten
 from persona_lib.propagation import _segment_sums, default_epsilon, propagate, seeds_from_labels
+from persona_lib.storage import Tables
 
 log = logging.getLogger("personas.model")
 
@@ -770,19 +771,19 @@ def _oof_figures(oof: DataFrame, thresholds: dict[str, float], prefix: str = "")
 # --------------------------------------------------------------------------- the run's model
 
 
-def training_labels(spark: SparkSession, config: AppConfig) -> DataFrame:
+def training_labels(spark: SparkSession, tables: Tables, forget: ForgetConfig) -> DataFrame:
     """(customer_id, personas) of every labelled customer the model learns from.
 
     LLM answers of status ok, repaired or unrepresentable ("none of these": an empty list,
     negative for every persona), overrides winning; forgotten customers left out.
     """
-    overrides = read_or_empty(spark, config, "persona_overrides").select("customer_id", "personas")
-    llm = (read_or_empty(spark, config, "persona_labels")
+    overrides = read_or_empty(spark, tables.persona_overrides).select("customer_id", "personas")
+    llm = (read_or_empty(spark, tables.persona_labels)
            .where(F.col("status").isin(*LABEL_STATUSES, UNREPRESENTABLE_STATUS))
            .select("customer_id", F.array_remove(F.coalesce(F.col("personas"), F.array().cast("array<string>")),
                                                  UNREPRESENTABLE).alias("personas"))
            .join(overrides.select("customer_id"), "customer_id", "left_anti"))
-    return without_forgotten(spark, config, llm.unionByName(overrides))
+    return without_forgotten(spark, tables, forget, llm.unionByName(overrides))
 
 
 def fit_and_score(spark: SparkSession, config: AppConfig, inputs: ModelInputs) -> tuple[PersonaModel, DataFrame]:

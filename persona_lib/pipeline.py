@@ -91,7 +91,7 @@ def run_pipeline(spark: SparkSession, config: AppConfig,
             ingest_summary = ingest(spark, config)
 
     if config.sampling.budget == 0:
-        _require_labels_without_llm(spark, config)
+        _require_labels_without_llm(spark, tables, config.forget)
     # The caller holds the writer lock (the CLI takes it), so a 'running' row is a killed job.
     setup_started = time.perf_counter()
     publishing.abandon_stale_runs(spark, tables.runs, config)
@@ -130,7 +130,7 @@ def _run_rounds_and_publish(spark, config, tables, run_id, started_at, timer, sa
     # labelling.products (off by default): product titles are labelled once, before the rounds.
     with timer("label_products"):
         product_summary = labelling.label_products(
-            spark, config, tables.products.read(spark), run_id)
+            spark, config, tables, tables.products.read(spark), run_id)
     if product_summary["enabled"]:
         say(f"product labels: {product_summary['requested']} products, cache hits "
             f"{product_summary['cache_hits']}, LLM calls {product_summary['llm_calls']}, "
@@ -191,7 +191,7 @@ def _run_rounds_and_publish(spark, config, tables, run_id, started_at, timer, sa
     records = rounds_lib.run_rounds(customers, plan, store_labels, walk, hooks)
     result = records[-1].result
     spend = _llm_spend(round_figures, product_summary)
-    without_seed = _personas_without_seed(spark, config)
+    without_seed = _personas_without_seed(spark, config, tables)
     tracking.log_metrics(spend)
 
     say("fitting the persona model")
@@ -281,19 +281,19 @@ def _refresh_catalog_views(spark, tables) -> None:
         publishing.register_tables(spark, tables)
 
 
-def _require_labels_without_llm(spark, config) -> None:
+def _require_labels_without_llm(spark, tables: storage.Tables, forget) -> None:
     """Budget 0 asks no LLM: without a file label or an override there is nothing to spread,
     which is a mistake to say before a run starts, not an empty publication."""
     from persona_lib import labelling
     from persona_lib.errors import InputError
 
-    if not labelling.labels_for_propagation(spark, config).limit(1).count():
+    if not labelling.labels_for_propagation(spark, tables, forget).limit(1).count():
         raise InputError("sampling.budget is 0 (no LLM sampling) and no customer has a label to propagate: "
                          "load labels with `personas label --from-file`, add overrides with "
                          "`personas override add`, or set a budget")
 
 
-def _personas_without_seed(spark, config) -> list[str]:
+def _personas_without_seed(spark, config, tables: storage.Tables) -> list[str]:
     """The taxonomy's personas no labelled customer has: a warning, since propagation has
     nothing to spread for them (the summary lists them too)."""
     from persona_lib import labelling
@@ -301,7 +301,7 @@ def _personas_without_seed(spark, config) -> list[str]:
     from persona_lib.taxonomy import load_taxonomy
 
     taxonomy = load_taxonomy(config.resolve_path(config.labelling.taxonomy))
-    missing = personas_without_seed(taxonomy, labelling.label_distribution(spark, config))
+    missing = personas_without_seed(taxonomy, labelling.label_distribution(spark, tables, config.forget))
     if missing:
         log.warning("%d persona(s) of taxonomy %r have no seed (no labelled customer has them), so "
                     "propagation gives them to nobody: %s", len(missing), taxonomy.name, ", ".join(missing))
@@ -337,14 +337,14 @@ def per_product_affinity(result, graph_keys: Optional[DataFrame]):
                                                                                       graph_keys))
 
 
-def _product_labels(spark, config) -> Optional[DataFrame]:
+def _product_labels(spark, config, tables: storage.Tables) -> Optional[DataFrame]:
     """(product_id, persona) of the product-labelling stage, None while it is switched off
     (labelling.products.enabled), so the model then has no product-label feature at all."""
     if not config.labelling.products.enabled:
         return None
     from persona_lib import labelling
 
-    return labelling.product_labels_for_model(spark, config)
+    return labelling.product_labels_for_model(spark, config, tables)
 
 
 def _fit_persona_model(spark, config, tables, graph, edges, epsilon: float):
@@ -353,10 +353,10 @@ def _fit_persona_model(spark, config, tables, graph, edges, epsilon: float):
 
     inputs = persona_model.ModelInputs(
         graph=graph, edges=edges.select("customer_id", "product_id").distinct(),
-        labels=persona_model.training_labels(spark, config),
+        labels=persona_model.training_labels(spark, tables, config.forget),
         customer_affinity=tables.customer_affinity.read(spark),
         product_affinity=tables.product_affinity.read(spark),
-        epsilon=epsilon, product_labels=_product_labels(spark, config))
+        epsilon=epsilon, product_labels=_product_labels(spark, config, tables))
     return persona_model.fit_and_score(spark, config, inputs)
 
 
@@ -565,8 +565,8 @@ def republish(spark: SparkSession, config: AppConfig, reason: str,
         publishing.record_run(spark, tables.runs, run_id, "running", started_at, None, {})
         customers = events.select("customer_id").distinct()
         edges, graph, graph_keys = purchase_graph(spark, config, tables, events)
-        result = per_product_affinity(propagation.propagate(spark, graph, labelling.labels_for_propagation(spark, config),
-                                                            config.propagation), graph_keys)
+        seeds = labelling.labels_for_propagation(spark, tables, config.forget)
+        result = per_product_affinity(propagation.propagate(spark, graph, seeds, config.propagation), graph_keys)
         propagation.write_propagation(spark, tables, result, propagation_id=f"{run_id}-{reason}")
         say(f"{reason}: re-propagated in {result.stats['supersteps']} supersteps")
         model, persona_scores = _fit_persona_model(spark, config, tables, graph, edges,

@@ -192,11 +192,11 @@ class StoreLabels:
     def label(self, sample: DataFrame, round_index: int) -> dict:
         if not self._asks_llm:
             return {}
-        return labelling.label_customers(self._spark, self._config, sample, self._events, self._run_id,
-                               labeller=self._labeller)
+        return labelling.label_customers(self._spark, self._config, self._tables, sample, self._events,
+                                         self._run_id, labeller=self._labeller)
 
     def seeds(self) -> DataFrame:
-        return labelling.labels_for_propagation(self._spark, self._config)
+        return labelling.labels_for_propagation(self._spark, self._tables, self._config.forget)
 
     def distribution(self) -> dict[str, int]:
-        return labelling.label_distribution(self._spark, self._config)
+        return labelling.label_distribution(self._spark, self._tables, self._config.forget)

@@ -583,7 +583,7 @@ class PersonaService:
         self.config = config
         self.tables = resolve_tables(config)
         self._load_model = load_model
-        self._state = State(snapshot=None, key=tombstone_key(config))
+        self._state = State(snapshot=None, key=tombstone_key(config.forget))
         self._runs_version: Optional[int] = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None

@@ -119,18 +119,6 @@ def resolve_tables(config: AppConfig) -> Tables:
     return Tables(**refs, catalog=section.catalog, schema=section.schema, tables_dir=tables_dir)
 
 
-# The two below serve the labelling modules (persona_lib/labelling), which still take the
-# whole config; everything else is handed a Tables. They go once labelling is too.
-def table_ref(config: AppConfig, key: str) -> TableRef:
-    """The table of ``config.tables.<key>``."""
-    return resolve_tables(config).get(key)
-
-
-def resolve_table(config: AppConfig, key: str, name: str) -> TableRef:
-    """A table named outside the config (``Tables.named``)."""
-    return resolve_tables(config).named(key, name)
-
-
 def _place(key: str, name: str, catalog: Optional[str], schema: Optional[str], tables_dir: str) -> TableRef:
     if "://" in name or name.startswith(("dbfs:", "/")):
         return TableRef(key, name, is_catalog=False)

@@ -103,6 +103,16 @@ def load_taxonomy(path: str | Path) -> Taxonomy:
     return taxonomy_from_mapping(raw, where=str(path))
 
 
+def persona_list_problem(entries: object, what: str, fewest: int, most: int) -> Optional[str]:
+    """Why ``entries`` (a mapping's ``personas`` field) is not a list of ``fewest`` to ``most``
+    persona entries, or None; ``what`` names the document in the message ("a taxonomy")."""
+    if not isinstance(entries, list):
+        return "field 'personas' must be a list of {name, definition}"
+    if not fewest <= len(entries) <= most:
+        return f"field 'personas' holds {len(entries)} personas; {what} needs {fewest} to {most}"
+    return None
+
+
 def taxonomy_from_mapping(raw: object, where: str = "taxonomy") -> Taxonomy:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: the top level must be a mapping with name, max_personas, personas")
@@ -113,11 +123,9 @@ def taxonomy_from_mapping(raw: object, where: str = "taxonomy") -> Taxonomy:
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"{where}: field 'name' must be a non-empty string")
     entries = raw.get("personas")
-    if not isinstance(entries, list):
-        raise ConfigError(f"{where}: field 'personas' must be a list of {{name, definition}}")
-    if not MIN_PERSONAS <= len(entries) <= MAX_PERSONAS:
-        raise ConfigError(f"{where}: field 'personas' holds {len(entries)} personas; "
-                          f"a taxonomy needs {MIN_PERSONAS} to {MAX_PERSONAS}")
+    problem = persona_list_problem(entries, "a taxonomy", MIN_PERSONAS, MAX_PERSONAS)
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
     personas = tuple(_persona(entry, f"{where}: personas[{i}]") for i, entry in enumerate(entries))
     _check_unique(personas, where)
     k = raw.get("max_personas")

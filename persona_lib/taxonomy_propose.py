@@ -34,7 +34,7 @@ import yaml
 
 from persona_lib.config import AppConfig
 from persona_lib.errors import DependencyError, InputError
-from persona_lib.taxonomy import Taxonomy, taxonomy_from_mapping
+from persona_lib.taxonomy import Taxonomy, persona_list_problem, taxonomy_from_mapping
 
 if TYPE_CHECKING:  # the command line builds its parser from this module without starting PySpark
     from pyspark.sql import DataFrame
@@ -227,11 +227,9 @@ def parse_proposal(text: Optional[str], name: str, where: str = "the answer") ->
         raise InputError(f"{where} is empty")
     mapping = _load_mapping(text)
     personas = mapping.get("personas")
-    if not isinstance(personas, list):
-        raise InputError(f"{where}: field 'personas' must be a list of {{name, definition}}")
-    if not MIN_PERSONAS <= len(personas) <= MAX_PERSONAS:
-        raise InputError(f"{where}: field 'personas' holds {len(personas)} personas; a proposal "
-                         f"needs {MIN_PERSONAS} to {MAX_PERSONAS}")
+    problem = persona_list_problem(personas, "a proposal", MIN_PERSONAS, MAX_PERSONAS)
+    if problem:
+        raise InputError(f"{where}: {problem}")
     k = mapping.get("max_personas")
     if k is None:
         k = min(DEFAULT_K, len(personas))

@@ -16,7 +16,7 @@ import re
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from persona_lib.config import AppConfig
+from persona_lib.config import ForgetConfig
 from persona_lib.errors import InputError
 from persona_lib.ingest_files import parse_customer_id
 
@@ -45,17 +45,17 @@ def customer_hash(customer_id: str, key: bytes) -> str:
     return hmac.new(key, customer_id.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def tombstone_key(config: AppConfig) -> bytes:
+def tombstone_key(forget: ForgetConfig) -> bytes:
     """The tombstone key: the environment variable ``forget.tombstone_key_env``, else the
     config's public ``forget.demo_key`` (demo and test configs only); InputError if neither."""
-    name = config.forget.tombstone_key_env
+    name = forget.tombstone_key_env
     value = os.environ.get(name, "")
     if value:
         return value.encode("utf-8")
-    if config.forget.demo_key:
+    if forget.demo_key:
         log.warning("tombstone key: $%s is unset, using the config's public demo key (forget.demo_key); "
                     "set the variable from a secret outside the demo", name)
-        return config.forget.demo_key.encode("utf-8")
+        return forget.demo_key.encode("utf-8")
     raise InputError(f"the tombstone key is not set: export {name}=<secret> (forget.tombstone_key_env "
                      "names the variable); tombstones are HMAC-SHA256 of the id under this key, and "
                      "the same key must be used by every job of this work dir")

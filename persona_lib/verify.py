@@ -145,7 +145,7 @@ def check_no_tombstoned_customer(spark: SparkSession, config: AppConfig, tables:
     tombstones = tombstones_ref.read(spark)
     if not tombstones.limit(1).count():
         return []
-    key = tombstone_key(config)
+    key = tombstone_key(config.forget)
     found = []
     for ref in forget.id_tables(spark, tables):
         table = ref.read(spark)

@@ -80,7 +80,7 @@ def published_site(spark, tmp_path_factory) -> PublishedSite:
                                     "sampling": {"budget": 0.3, "rounds": 2}}))
     config = load_config(conf, workdir=str(root / "work"))
     ingest(spark, config)
-    overridden = (storage.table_ref(config, "purchase_events").read(spark)
+    overridden = (storage.resolve_tables(config).purchase_events.read(spark)
                   .select("customer_id").distinct().orderBy("customer_id").first()["customer_id"])
     add_overrides(spark, config, [{"customer_id": overridden, "personas": list(PublishedSite.override_personas),
                                    "author": "tests", "reason": PublishedSite.override_reason}])

@@ -5,6 +5,7 @@ none of them starts Spark."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -159,3 +160,17 @@ def test_a_relative_jars_dir_in_a_config_is_looked_up_beside_it(tmp_path):
     result = personas("ingest", "--conf", str(conf), "--workdir", str(tmp_path / "work"))
     assert result.returncode == 4, result.stderr
     assert f"in {tmp_path / 'conf' / 'no-jars'}" in result.stderr
+
+
+def test_command_line_options_given_replace_their_config_keys_and_absent_ones_keep_them():
+    from persona_lib.cli import with_options
+    from persona_lib.config import load_config
+    from persona_lib.testing import TEST_CONF
+
+    config = load_config(TEST_CONF)
+    args = argparse.Namespace(budget=0.1, rounds=None, weighting="recency")
+    changed = with_options(config, args, {"budget": ("sampling", "budget"), "rounds": ("sampling", "rounds"),
+                                          "weighting": ("graph", "edge_weighting")})
+    assert (changed.sampling.budget, changed.sampling.rounds, changed.graph.edge_weighting) == \
+        (0.1, config.sampling.rounds, "recency")
+    assert config.sampling.budget != 0.1

@@ -69,11 +69,11 @@ def write_conf(path: Path, overrides: dict) -> Path:
 
 
 def table(spark, config, key: str):
-    return storage.table_ref(config, key).read(spark)
+    return storage.resolve_tables(config).get(key).read(spark)
 
 
 def versions(spark, config) -> dict:
-    return {key: storage.table_ref(config, key).version(spark) for key in INGEST_TABLES}
+    return {key: storage.resolve_tables(config).get(key).version(spark) for key in INGEST_TABLES}
 
 
 def sha256_text(text: str) -> str:
@@ -296,9 +296,9 @@ def test_a_half_written_ingest_is_reconciled_by_the_next_run(spark, tmp_path):
     config = load_config(TEST_CONF, workdir=str(work))
     # What a run that died after its events commit leaves: no quarantine and no manifest row;
     # plus events of a content that no manifest row and no landing file accounts for.
-    storage.table_ref(config, "quarantine").delta(spark).delete()
-    storage.table_ref(config, "ingest_log").delta(spark).delete()
-    events_ref = storage.table_ref(config, "purchase_events")
+    storage.resolve_tables(config).quarantine.delta(spark).delete()
+    storage.resolve_tables(config).ingest_log.delta(spark).delete()
+    events_ref = storage.resolve_tables(config).purchase_events
     orphan = events_ref.read(spark).limit(1).withColumn("event_id", F.lit("0" * 64)) \
         .withColumn("content_sha256", F.lit("f" * 64))
     storage.append(orphan, events_ref, contracts.PURCHASE_EVENTS)

@@ -152,7 +152,7 @@ def planted_elsewhere(spark, site, concurrent_first_runs):
     add_overrides(spark, config, [{"customer_id": PLANTED_ID, "personas": ["Gardening Lover"],
                                    "author": "tests", "reason": "planted"}])
     row = spark.createDataFrame([(PLANTED_ID, ["Gardening Lover"], "llm", 0.2, "du", 1)], contracts.EVALUATION_PERSONAS)
-    storage.overwrite(row, storage.table_ref(config, "evaluation_personas"), contracts.EVALUATION_PERSONAS)
+    storage.overwrite(row, storage.resolve_tables(config).evaluation_personas, contracts.EVALUATION_PERSONAS)
     return config
 
 
@@ -182,7 +182,7 @@ def forgotten(site, killed_run):
 
 def test_the_next_job_marks_a_killed_run_abandoned(spark, site, killed_run, forgotten):
     _, _, config = site
-    statuses = {r["status"] for r in storage.table_ref(config, "runs").read(spark).select("status").collect()}
+    statuses = {r["status"] for r in storage.resolve_tables(config).runs.read(spark).select("status").collect()}
     assert "running" not in statuses
     assert "abandoned" in statuses
 
@@ -198,7 +198,7 @@ def test_forget_leaves_no_trace_of_the_customer_in_any_file(spark, site, forgott
 
 def test_the_tombstone_is_a_keyed_hash(spark, site, forgotten):
     _, _, config = site
-    hashes = {r["customer_hash"] for r in storage.table_ref(config, "tombstones").read(spark).collect()}
+    hashes = {r["customer_hash"] for r in storage.resolve_tables(config).tombstones.read(spark).collect()}
     assert hashes == {hmac.new(DEMO_KEY, PLANTED_ID.encode(), hashlib.sha256).hexdigest()}
     assert hashlib.sha256(PLANTED_ID.encode()).hexdigest() not in hashes
 
@@ -214,7 +214,7 @@ def test_forget_without_a_key_is_exit_3_naming_the_variable(tmp_path):
 @pytest.fixture(scope="module")
 def forgotten_without_recompute(spark, site, forgotten):
     _, _, config = site
-    current = storage.table_ref(config, "customer_personas").read(spark).where(F.col("source") == "llm") \
+    current = storage.resolve_tables(config).customer_personas.read(spark).where(F.col("source") == "llm") \
         .orderBy("customer_id").limit(2).collect()
     gone, kept = current[0]["customer_id"], current[1]["customer_id"]
     result = personas("forget", "--no-recompute", "--customer", gone, *common(site))
@@ -257,11 +257,11 @@ def test_verify_passes_on_a_clean_work_dir(site, forgotten_without_recompute):
 
 def test_verify_lists_a_planted_violation(spark, site, forgotten_without_recompute):
     _, _, config = site
-    event = storage.table_ref(config, "purchase_events").read(spark).orderBy("event_id").first()
+    event = storage.resolve_tables(config).purchase_events.read(spark).orderBy("event_id").first()
     planted = spark.createDataFrame(
         [(event["source_file"], event["line_number"], event["content_sha256"], "duplicate_line", "planted by the test", "x",
           None, None, None, None, None, None, None, None, event["ingested_at"])], contracts.QUARANTINE)
-    storage.append(planted, storage.table_ref(config, "quarantine"), contracts.QUARANTINE)
+    storage.append(planted, storage.resolve_tables(config).quarantine, contracts.QUARANTINE)
     result = personas("verify", *common(site))
     assert result.returncode == 1
     report = last_json(result.stdout)

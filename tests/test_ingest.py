@@ -18,7 +18,7 @@ GOOD = "536365,85123a ,WHITE HANGING HEART T-LIGHT HOLDER ,6,2010-12-01 08:26:00
 
 
 def quarantine_reasons(spark, config):
-    return (storage.table_ref(config, "quarantine").read(spark)
+    return (storage.resolve_tables(config).quarantine.read(spark)
             .select("source_file", "line_number", "reason").orderBy("line_number"))
 
 
@@ -56,7 +56,7 @@ def test_kept_line_is_normalised_to_the_contract(spark, config, tmp_path):
     write_landing_file(landing, "day1.csv.gz", [GOOD])
     ingest(spark, config, landing=str(landing))
 
-    events = storage.table_ref(config, "purchase_events").read(spark)
+    events = storage.resolve_tables(config).purchase_events.read(spark)
     # The key comes from the file's content (hashed after gunzip) and the record's line, not its name.
     content_sha256 = hashlib.sha256(f"{HEADER}\n{GOOD}\n".encode()).hexdigest()
     expected_id = hashlib.sha256(f"{content_sha256}:2".encode()).hexdigest()
@@ -77,7 +77,7 @@ def test_reingesting_overlapping_files_adds_only_the_new_file(spark, config, tmp
     write_landing_file(landing, "day2.csv", [GOOD.replace("536365", "536400")])
     summary = ingest(spark, config, landing=str(landing))
 
-    events = storage.table_ref(config, "purchase_events").read(spark)
+    events = storage.resolve_tables(config).purchase_events.read(spark)
     assert sorted(r.source_file for r in events.select("source_file").collect()) == ["day1.csv", "day2.csv"]
     # day1.csv's content is already ingested: skipped, not read again.
     assert (summary["files_skipped"], summary["rows_in"], summary["pairs"]) == (1, 1, 1)
@@ -89,8 +89,8 @@ def test_forgotten_customer_is_not_ingested_anywhere(spark, config, tmp_path):
         GOOD, "C536379,D,Discount,-1,2010-12-01 09:41:00,27.5,17850.0,United Kingdom",
         "536366,22633,HAND WARMER,6,2010-12-01 08:28:00,1.85,13047.0,United Kingdom",
     ])
-    tombstones = storage.table_ref(config, "tombstones")
-    rows = spark.createDataFrame([(customer_hash("17850", tombstone_key(config)),)], "customer_hash string") \
+    tombstones = storage.resolve_tables(config).tombstones
+    rows = spark.createDataFrame([(customer_hash("17850", tombstone_key(config.forget)),)], "customer_hash string") \
         .withColumn("forgotten_at", F.current_timestamp())
     from persona_lib import contracts
     storage.overwrite(rows, tombstones, contracts.TOMBSTONES)
@@ -98,7 +98,7 @@ def test_forgotten_customer_is_not_ingested_anywhere(spark, config, tmp_path):
     summary = ingest(spark, config, landing=str(landing))
 
     assert summary["forgotten"] == 2 and summary["rows_kept"] == 1
-    quarantine = storage.table_ref(config, "quarantine").read(spark)
+    quarantine = storage.resolve_tables(config).quarantine.read(spark)
     assert quarantine.where(F.col("raw_line").contains("17850")).count() == 0
 
 
@@ -115,7 +115,7 @@ def test_a_missing_or_empty_landing_folder_fails_naming_it(spark, config, tmp_pa
     make_files(landing)
     with pytest.raises(InputError, match=message):
         ingest(spark, config, landing=str(landing))
-    assert not storage.table_ref(config, "purchase_events").exists(spark)
+    assert not storage.resolve_tables(config).purchase_events.exists(spark)
 
 
 @pytest.mark.parametrize(
@@ -133,8 +133,8 @@ def test_a_bad_file_is_recorded_as_failed_naming_the_problem(spark, config, tmp_
     summary = ingest(spark, config, landing=str(landing))
     assert [(f["file"], f["status"]) for f in summary["files_failed"]] == [(name, "failed")]
     assert message in summary["files_failed"][0]["detail"]
-    assert not storage.table_ref(config, "purchase_events").exists(spark)
-    log = storage.table_ref(config, "ingest_log").read(spark).collect()
+    assert not storage.resolve_tables(config).purchase_events.exists(spark)
+    log = storage.resolve_tables(config).ingest_log.read(spark).collect()
     assert [(r.source_file, r.status) for r in log] == [(name, "failed")] and message in log[0].detail
 
 
@@ -147,12 +147,12 @@ def test_paper_cut_keys_products_by_title_and_drops_listed_countries(spark, conf
     ])
     summary = ingest(spark, config, cut="paper", landing=str(landing))
 
-    events = storage.table_ref(config, "paper_purchase_events").read(spark).select("customer_id", "product_id")
+    events = storage.resolve_tables(config).paper_purchase_events.read(spark).select("customer_id", "product_id")
     expected = spark.createDataFrame([("17850", "WHITE HANGING HEART T-LIGHT HOLDER"), ("12583", "POSTAGE")],
                                      "customer_id string, product_id string")
     assert_df_equality(events, expected, ignore_row_order=True, ignore_nullable=True)
     assert summary["quarantined"]["excluded_country"] == 1
-    assert not storage.table_ref(config, "purchase_events").exists(spark)
+    assert not storage.resolve_tables(config).purchase_events.exists(spark)
 
 
 # ----------------------------------------------------------------- the bundled real data
@@ -185,24 +185,24 @@ def test_real_data_quarantine_counts_per_reason(first_ingest):
 def test_real_data_lines_in_equal_kept_plus_quarantined_per_file(spark, real_config, first_ingest):
     assert first_ingest["rows_in"] == 541909
     assert first_ingest["rows_in"] == first_ingest["rows_kept"] + sum(first_ingest["quarantined"].values())
-    log = storage.table_ref(real_config, "ingest_log").read(spark)
+    log = storage.resolve_tables(real_config).ingest_log.read(spark)
     unbalanced = log.where(F.col("rows_in") != F.col("rows_kept") + F.col("rows_quarantined") + F.col("rows_forgotten"))
     assert log.count() == 305 and unbalanced.count() == 0
-    kept = storage.table_ref(real_config, "purchase_events").read(spark).count()
-    quarantined = storage.table_ref(real_config, "quarantine").read(spark).count()
+    kept = storage.resolve_tables(real_config).purchase_events.read(spark).count()
+    quarantined = storage.resolve_tables(real_config).quarantine.read(spark).count()
     assert kept + quarantined == 541909
 
 
 @pytest.mark.slow
 def test_real_data_second_ingest_changes_nothing(spark, real_config, first_ingest):
     tables = ("purchase_events", "products", "quarantine", "ingest_log")
-    versions = {t: storage.table_ref(real_config, t).version(spark) for t in tables}
+    versions = {t: storage.resolve_tables(real_config).get(t).version(spark) for t in tables}
     second = ingest(spark, real_config)
     sizes = ("customers", "products", "pairs", "events")
     assert {k: second[k] for k in sizes} == {k: first_ingest[k] for k in sizes}
     # Every file's content is already ingested: all skipped, nothing read, nothing committed.
     assert (second["files_skipped"], second["files_ingested"], second["rows_in"]) == (305, 0, 0)
-    assert {t: storage.table_ref(real_config, t).version(spark) for t in tables} == versions
+    assert {t: storage.resolve_tables(real_config).get(t).version(spark) for t in tables} == versions
 
 
 @pytest.mark.slow

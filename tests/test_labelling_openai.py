@@ -12,7 +12,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from persona_lib import storage
 from persona_lib.config import OpenAIConfig
 from persona_lib.labelling import label_customers
 from persona_lib.labelling.openai_backend import complete
@@ -112,7 +111,7 @@ def test_a_client_error_is_not_retried(endpoint_factory):
     assert len(endpoint.requests) == 1
 
 
-def test_the_request_carries_the_schema_in_the_configured_field(endpoint_factory, spark, config):
+def test_the_request_carries_the_schema_in_the_configured_field(endpoint_factory, spark, config, tables):
     endpoint = endpoint_factory(fail_when="PRODUCT 2-")
     openai = settings(endpoint.url, max_retries=1, structured_output_field="structured_outputs")
     config = config.replace("labelling", labeller="openai", openai=openai, max_failure_rate=0.5)
@@ -120,10 +119,10 @@ def test_the_request_carries_the_schema_in_the_configured_field(endpoint_factory
     events = spark.createDataFrame(rows, "customer_id string, product_id string, product_title string, "
                                          "quantity int, event_ts timestamp")
     customers = spark.createDataFrame([(str(c),) for c in range(3)], "customer_id string")
-    summary = label_customers(spark, config, customers, events, run_id="o1")
+    summary = label_customers(spark, config, tables, customers, events, run_id="o1")
     assert summary["new_statuses"] == {"ok": 2, "repaired": 0, "unrepresentable": 0,
                                        "no_answer": 0, "failed": 1}
-    labels = {r["customer_id"]: r for r in storage.table_ref(config, "persona_labels").read(spark).collect()}
+    labels = {r["customer_id"]: r for r in tables.persona_labels.read(spark).collect()}
     assert labels["2"]["detail"].startswith("HTTP 500") and labels["0"]["personas"] == ["Gardening Lover"]
     request = endpoint.requests[0]
     assert request["structured_outputs"]["json"]["properties"]["personas"]["anyOf"][0]["maxItems"] == 8

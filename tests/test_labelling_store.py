@@ -33,11 +33,11 @@ def sample(spark, ids=CUSTOMERS):
 
 
 def stored_labels(spark, config):
-    return storage.table_ref(config, "persona_labels").read(spark).select("customer_id", "status", "personas")
+    return storage.resolve_tables(config).persona_labels.read(spark).select("customer_id", "status", "personas")
 
 
-def test_replay_labels_with_the_recorded_answers_and_reuses_them_until_history_changes(spark, config):
-    summary = label_customers(spark, config, sample(spark), events(spark), run_id="r1")
+def test_replay_labels_with_the_recorded_answers_and_reuses_them_until_history_changes(spark, config, tables):
+    summary = label_customers(spark, config, tables, sample(spark), events(spark), run_id="r1")
     expected = spark.createDataFrame([
         ("12346", "ok", ["Collector of Unique and Novelty Items"]),
         ("12347", "ok", ["Vintage and Retro Enthusiast", "Crafting and DIY Hobbyist",
@@ -54,35 +54,36 @@ def test_replay_labels_with_the_recorded_answers_and_reuses_them_until_history_c
     assert summary["tables"]["persona_labels"]["location"].endswith("persona_labels")
 
     # A second run asks nobody, unless the customer's history changed.
-    again = label_customers(spark, config, sample(spark), events(spark), run_id="r2")
+    again = label_customers(spark, config, tables, sample(spark), events(spark), run_id="r2")
     assert (again["llm_calls"], again["cache_hits"], again["cache_hit_rate"]) == (0, 4, 1.0)
     bought_more = events(spark, [("12346", "23167", "SMALL CERAMIC TOP STORAGE JAR", 1,
                                   dt.datetime(2011, 2, 1))])
-    changed = label_customers(spark, config, sample(spark), bought_more, run_id="r3")
+    changed = label_customers(spark, config, tables, sample(spark), bought_more, run_id="r3")
     assert (changed["llm_calls"], changed["cache_hits"]) == (1, 3)
-    runs = storage.table_ref(config, "persona_labels").read(spark).select("customer_id", "run_id")
+    runs = tables.persona_labels.read(spark).select("customer_id", "run_id")
     assert {r["customer_id"] for r in runs.where(F.col("run_id") == "r3").collect()} == {"12346"}
 
 
-def test_forgotten_and_overridden_customers_are_never_asked(spark, config):
-    tombstones = spark.createDataFrame([(customer_hash("12347", tombstone_key(config)),)], "customer_hash string") \
+def test_forgotten_and_overridden_customers_are_never_asked(spark, config, tables):
+    tombstone = customer_hash("12347", tombstone_key(config.forget))
+    tombstones = spark.createDataFrame([(tombstone,)], "customer_hash string") \
         .withColumn("forgotten_at", F.current_timestamp())
-    storage.overwrite(tombstones, storage.table_ref(config, "tombstones"), contracts.TOMBSTONES)
+    storage.overwrite(tombstones, tables.tombstones, contracts.TOMBSTONES)
     add_overrides(spark, config, [{"customer_id": "12346", "personas": ["gardening lover"],
                                    "author": "ana", "reason": "store visit"}])
-    summary = label_customers(spark, config, sample(spark), events(spark), run_id="r1")
+    summary = label_customers(spark, config, tables, sample(spark), events(spark), run_id="r1")
     assert summary["excluded"] == {"forgotten": 1, "overridden": 1, "from_file": 0}
     assert summary["llm_calls"] == 2
     assert sorted(r["customer_id"] for r in stored_labels(spark, config).collect()) == ["12350", "99999"]
 
 
-def test_propagation_reads_ok_labels_with_overrides_winning(spark, config):
-    label_customers(spark, config, sample(spark), events(spark), run_id="r1")
+def test_propagation_reads_ok_labels_with_overrides_winning(spark, config, tables):
+    label_customers(spark, config, tables, sample(spark), events(spark), run_id="r1")
     add_overrides(spark, config, [{"customer_id": "12347", "personas": ["Gardening Lover"], "author": "ana"}])
     expected = spark.createDataFrame([
         ("12346", "Collector of Unique and Novelty Items"), ("12347", "Gardening Lover"),
     ], "customer_id string, persona string")
-    assert_df_equality(labels_for_propagation(spark, config), expected, ignore_row_order=True,
+    assert_df_equality(labels_for_propagation(spark, tables, config.forget), expected, ignore_row_order=True,
                        ignore_nullable=True)
 
 
@@ -91,10 +92,10 @@ def test_an_override_with_an_unknown_persona_is_rejected(spark, config):
         add_overrides(spark, config, [{"customer_id": "1", "personas": ["Hacker"], "author": "ana"}])
 
 
-def test_manual_labeller_serves_the_teams_assignments(spark, config):
+def test_manual_labeller_serves_the_teams_assignments(spark, config, tables):
     add_overrides(spark, config, [{"customer_id": "12350", "personas": ["Gardening Lover"], "author": "ana"},
                                   {"customer_id": "12347", "personas": "", "author": "ana"}])
-    summary = label_customers(spark, config, sample(spark, ("12350", "12347", "99999")), events(spark),
+    summary = label_customers(spark, config, tables, sample(spark, ("12350", "12347", "99999")), events(spark),
                               run_id="m1", labeller="manual")
     expected = spark.createDataFrame([("12350", "ok", ["Gardening Lover"]), ("12347", "unrepresentable", []),
                                       ("99999", "no_answer", [])], LABEL_COLUMNS)
@@ -102,19 +103,20 @@ def test_manual_labeller_serves_the_teams_assignments(spark, config):
     assert summary["source"] == "manual"
 
 
-def test_too_many_failed_answers_fail_the_run_after_storing_the_rest(spark, config):
+def test_too_many_failed_answers_fail_the_run_after_storing_the_rest(spark, config, tables):
     recorded = spark.createDataFrame([
         ("12346", '{"personas": ["Gardening Lover"]}', "gpt-4-turbo"),
         ("12347", '{"personas": ["Gardening', "gpt-4-turbo"),
         ("12350", '{"personas": ["Hacker"]}', "gpt-4-turbo"),
     ], contracts.RECORDED_ANSWERS)
-    storage.overwrite(recorded, storage.table_ref(config, "recorded_answers"), contracts.RECORDED_ANSWERS)
+    storage.overwrite(recorded, tables.recorded_answers, contracts.RECORDED_ANSWERS)
     with pytest.raises(PersonasError) as error:
-        label_customers(spark, config, sample(spark, ("12346", "12347", "12350")), events(spark), run_id="f1")
+        label_customers(spark, config, tables, sample(spark, ("12346", "12347", "12350")), events(spark), run_id="f1")
     assert "failed for 66.7% of 3 customers" in str(error.value)
     assert "12347: bad JSON" in str(error.value)
     assert {r["customer_id"]: r["status"] for r in stored_labels(spark, config).collect()} == {
         "12346": "ok", "12347": "failed", "12350": "failed"}
     lenient = config.replace("labelling", max_failure_rate=1.0)
-    retried = label_customers(spark, lenient, sample(spark, ("12346", "12347", "12350")), events(spark), run_id="f2")
+    retried = label_customers(spark, lenient, tables, sample(spark, ("12346", "12347", "12350")), events(spark),
+                              run_id="f2")
     assert (retried["cache_hits"], retried["llm_calls"]) == (1, 2)

@@ -55,13 +55,13 @@ def site(spark, tmp_path_factory):
     workdir = root / "work"
     config = load_config(conf, workdir=str(workdir))
     ingest(spark, config)
-    customers = [r["customer_id"] for r in storage.table_ref(config, "purchase_events").read(spark)
+    customers = [r["customer_id"] for r in storage.resolve_tables(config).purchase_events.read(spark)
                  .select("customer_id").distinct().orderBy("customer_id").limit(5).collect()]
     return ["--conf", str(conf), "--workdir", str(workdir), "--quiet"], config, customers
 
 
 def table(spark, site, key: str):
-    return storage.table_ref(site[1], key).read(spark)
+    return storage.resolve_tables(site[1]).get(key).read(spark)
 
 
 def write_labels(path: Path, rows: list[str]) -> Path:
@@ -90,7 +90,7 @@ def test_a_bad_labels_file_is_exit_3_naming_file_line_and_field_before_spark_sta
                               (7, "personas", "cannot stand next to personas")]:
         assert f"labels file {labels} line {line}, field {field}: " in error, error
         assert text in error
-    assert not storage.table_ref(config, "persona_labels").exists(spark)
+    assert not storage.resolve_tables(config).persona_labels.exists(spark)
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +151,7 @@ def test_override_add_and_remove_round_trip_with_author_and_reason(spark, site):
     assert removed["removed"] == 1
     assert table(spark, site, "persona_overrides").count() == 0
     notes = [json.loads(r["userMetadata"]) for r in
-             storage.table_ref(config, "persona_overrides").delta(spark).history()
+             storage.resolve_tables(config).persona_overrides.delta(spark).history()
              .where(F.col("userMetadata").isNotNull()).orderBy("version").collect()]
     assert notes == [{"action": "override add", "authors": ["ana"], "reasons": ["store visit"]},
                      {"action": "override remove", "authors": ["bo"], "reasons": ["wrong customer"]}]

@@ -53,7 +53,7 @@ def crashed_then_resumed(spark, small_config):
         patch.setattr(propagation, "propagate", crash_on_second_call)
         with pytest.raises(CrashInRoundTwo):
             run_pipeline(spark, small_config)
-    labelled_before_crash = storage.table_ref(small_config, "persona_labels").read(spark).count()
+    labelled_before_crash = storage.resolve_tables(small_config).persona_labels.read(spark).count()
     return labelled_before_crash, run_pipeline(spark, small_config)
 
 
@@ -64,11 +64,11 @@ def first_run(crashed_then_resumed):
 
 def test_a_crashed_run_resumes_without_asking_the_llm_again(spark, small_config, crashed_then_resumed):
     labelled_before_crash, resumed = crashed_then_resumed
-    runs = {r["status"] for r in storage.table_ref(small_config, "runs").read(spark).collect()}
+    runs = {r["status"] for r in storage.resolve_tables(small_config).runs.read(spark).collect()}
     assert runs == {"failed", "complete"}
     assert labelled_before_crash > 0
     assert resumed["rounds"][0]["llm_calls"] == 0
-    total = storage.table_ref(small_config, "persona_labels").read(spark).count()
+    total = storage.resolve_tables(small_config).persona_labels.read(spark).count()
     assert sum(r["llm_calls"] for r in resumed["rounds"]) == total - labelled_before_crash
 
 
@@ -80,7 +80,7 @@ def test_the_summary_lists_the_taxonomys_personas_no_label_seeds(spark, small_co
     from persona_lib.labelling import label_distribution
     from persona_lib.taxonomy import load_taxonomy
 
-    seeded = label_distribution(spark, small_config)
+    seeded = label_distribution(spark, storage.resolve_tables(small_config), small_config.forget)
     taxonomy = load_taxonomy(small_config.resolve_path(small_config.labelling.taxonomy))
     assert first_run["personas_without_seed"] == [name for name in taxonomy.names if name not in seeded]
     assert len(first_run["personas_without_seed"]) < len(taxonomy.names)
@@ -116,7 +116,7 @@ def test_probabilities_are_calibrated_multi_label_and_ranks_follow_them(spark, s
 
 
 def test_labelled_customers_keep_their_llm_labels(spark, small_config, first_run):
-    labels = storage.table_ref(small_config, "persona_labels").read(spark).where("status in ('ok', 'repaired')")
+    labels = storage.resolve_tables(small_config).persona_labels.read(spark).where("status in ('ok', 'repaired')")
     published = current(spark, small_config, "customer_personas").where("source = 'llm'")
     mismatched = labels.select("customer_id", "personas").exceptAll(published.select("customer_id", "personas"))
     assert published.count() == labels.count() and mismatched.count() == 0
@@ -124,7 +124,7 @@ def test_labelled_customers_keep_their_llm_labels(spark, small_config, first_run
 
 def test_thin_evidence_is_ambiguous_and_customers_with_evidence_get_personas(spark, small_config, first_run):
     summary = current(spark, small_config, "customer_personas").where("source = 'propagated'")
-    products = storage.table_ref(small_config, "purchase_events").read(spark) \
+    products = storage.resolve_tables(small_config).purchase_events.read(spark) \
         .groupBy("customer_id").agg(F.countDistinct("product_id").alias("products"))
     rows = summary.join(products, "customer_id", "left")
     thin = (F.col("why.labelled_neighbours") == 0) | (F.coalesce("products", F.lit(0)) < small_config.model.min_products)
@@ -187,19 +187,20 @@ def test_an_override_wins_and_becomes_a_label(spark, small_config, overridden_se
     customer, _ = overridden_second_run
     row = current(spark, small_config, "customer_personas").where(F.col("customer_id") == customer).first()
     assert (row["source"], row["personas"]) == ("override", ["Gardening Lover"])
-    seeds = labels_for_propagation(spark, small_config).where(F.col("customer_id") == customer)
+    seeds = labels_for_propagation(spark, storage.resolve_tables(small_config), small_config.forget) \
+        .where(F.col("customer_id") == customer)
     assert [r["persona"] for r in seeds.collect()] == ["Gardening Lover"]
 
 
 def test_forget_removes_every_trace_and_nothing_brings_it_back(spark, small_config, overridden_second_run):
-    customer = storage.table_ref(small_config, "persona_labels").read(spark).where("status = 'ok'") \
+    customer = storage.resolve_tables(small_config).persona_labels.read(spark).where("status = 'ok'") \
         .orderBy("customer_id").first()["customer_id"]
     result = forget_customers(spark, small_config, [customer])
     assert result["removed"]["purchase_events"] > 0 and result["removed"]["persona_labels"] == 1
 
     for key in ("purchase_events", "quarantine", "persona_labels", "persona_overrides", "recorded_answers",
                 "customer_affinity", "persona_affinity", "customer_personas"):
-        ref = storage.table_ref(small_config, key)
+        ref = storage.resolve_tables(small_config).get(key)
         if ref.exists(spark):
             column = F.regexp_replace("customer_id", r"\.0$", "")
             assert ref.read(spark).where(column == customer).count() == 0, key
@@ -211,10 +212,11 @@ def test_forget_removes_every_trace_and_nothing_brings_it_back(spark, small_conf
     # back (tests/test_ingest.py proves tombstones hold for new content).
     assert again["files_skipped"] == again["files"]
     asked = spark.createDataFrame([(customer,)], "customer_id string")
-    events = storage.table_ref(small_config, "purchase_events").read(spark)
-    label_customers(spark, small_config, asked, events, run_id="after-forget")
+    tables = storage.resolve_tables(small_config)
+    events = tables.purchase_events.read(spark)
+    label_customers(spark, small_config, tables, asked, events, run_id="after-forget")
     for key in ("purchase_events", "persona_labels"):
-        assert storage.table_ref(small_config, key).read(spark).where(F.col("customer_id") == customer).count() == 0
+        assert tables.get(key).read(spark).where(F.col("customer_id") == customer).count() == 0
 
 
 def _parquet_files_containing(root: Path, customer: str) -> list[str]:

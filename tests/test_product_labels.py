@@ -50,12 +50,12 @@ def enabled(config, **changes):
 
 
 def stored(spark, config):
-    return storage.table_ref(config, "product_labels").read(spark)
+    return storage.resolve_tables(config).product_labels.read(spark)
 
 
-def test_replay_labels_products_by_normalised_title_with_statuses(spark, config):
+def test_replay_labels_products_by_normalised_title_with_statuses(spark, config, tables):
     config = enabled(config, selection="all")
-    summary = label_products(spark, config, products(spark, CATALOGUE), run_id="p1")
+    summary = label_products(spark, config, tables, products(spark, CATALOGUE), run_id="p1")
     expected = spark.createDataFrame([
         ("85123A", "ok", HEART_PERSONAS),
         ("71053", "ok", LANTERN_PERSONAS),
@@ -75,35 +75,35 @@ def test_replay_labels_products_by_normalised_title_with_statuses(spark, config)
     assert row["prompt_version"] == summary["prompt_version"]
 
 
-def test_popular_selection_asks_the_budgets_most_bought_titled_products(spark, config):
+def test_popular_selection_asks_the_budgets_most_bought_titled_products(spark, config, tables):
     config = enabled(config, selection="popular", budget=2)
-    summary = label_products(spark, config, products(spark, CATALOGUE), run_id="p1")
+    summary = label_products(spark, config, tables, products(spark, CATALOGUE), run_id="p1")
     assert {r["product_id"] for r in stored(spark, config).collect()} == {"85123A", "71053"}
     assert summary["requested"] == 2
-    half = label_products(spark, enabled(config, selection="popular", budget=0.5),
+    half = label_products(spark, enabled(config, selection="popular", budget=0.5), tables,
                           products(spark, CATALOGUE), run_id="p2")
     assert half["requested"] == 2  # half of the 3 titled products, rounded
 
 
-def test_a_second_run_asks_nothing_and_a_changed_title_is_asked_again(spark, config):
+def test_a_second_run_asks_nothing_and_a_changed_title_is_asked_again(spark, config, tables):
     config = enabled(config, selection="all")
-    label_products(spark, config, products(spark, CATALOGUE), run_id="p1")
-    version = storage.table_ref(config, "product_labels").version(spark)
+    label_products(spark, config, tables, products(spark, CATALOGUE), run_id="p1")
+    version = tables.product_labels.version(spark)
 
-    again = label_products(spark, config, products(spark, CATALOGUE), run_id="p2")
+    again = label_products(spark, config, tables, products(spark, CATALOGUE), run_id="p2")
     assert (again["llm_calls"], again["cache_hits"], again["prompt_chars"]) == (0, 3, 0)
-    assert storage.table_ref(config, "product_labels").version(spark) == version
+    assert tables.product_labels.version(spark) == version
 
     renamed = [("71053", "WHITE METAL LANTERN SMALL", 20) if pid == "71053" else (pid, title, n)
                for pid, title, n in CATALOGUE]
-    changed = label_products(spark, config, products(spark, renamed), run_id="p3")
+    changed = label_products(spark, config, tables, products(spark, renamed), run_id="p3")
     assert (changed["llm_calls"], changed["cache_hits"]) == (1, 2)
     row = stored(spark, config).where("product_id = '71053'").first()
     # The new title has no recorded answer: the stored label follows the title, not the id.
     assert (row["title"], row["status"], row["run_id"]) == ("WHITE METAL LANTERN SMALL", "no_answer", "p3")
 
 
-def test_an_answer_outside_the_taxonomy_is_not_ok(spark, config, tmp_path):
+def test_an_answer_outside_the_taxonomy_is_not_ok(spark, config, tables, tmp_path):
     recorded = tmp_path / "item_labels.csv"
     recorded.write_text("Description,StockCode,personas,author_tidx\n"
                         "SPACE ROCKET,1,Space Pirate,0\n"
@@ -112,7 +112,7 @@ def test_an_answer_outside_the_taxonomy_is_not_ok(spark, config, tmp_path):
     config = enabled(config, selection="all", replay_answers=str(recorded))
     config = config.replace("labelling", max_failure_rate=0.5)
     catalogue = [("1", "SPACE ROCKET", 3), ("2", "GARDEN HOSE", 2), ("3", "TEA TIN", 1)]
-    summary = label_products(spark, config, products(spark, catalogue), run_id="p1")
+    summary = label_products(spark, config, tables, products(spark, catalogue), run_id="p1")
     rows = {r["product_id"]: r for r in stored(spark, config).collect()}
     assert (rows["1"]["status"], rows["1"]["personas"]) == ("failed", [])
     assert "Space Pirate" in rows["1"]["detail"]
@@ -123,13 +123,13 @@ def test_an_answer_outside_the_taxonomy_is_not_ok(spark, config, tmp_path):
     # A failed answer is asked again next time; too many failures fail the stage, after storing.
     strict = config.replace("labelling", max_failure_rate=0.0)
     with pytest.raises(PersonasError, match="product labelling failed for 100.0% of 1 products"):
-        label_products(spark, strict, products(spark, catalogue), run_id="p2")
+        label_products(spark, strict, tables, products(spark, catalogue), run_id="p2")
     assert stored(spark, config).where("run_id = 'p2'").count() == 1
 
 
-def test_prompt_characters_count_every_character_sent(spark, config):
+def test_prompt_characters_count_every_character_sent(spark, config, tables):
     config = enabled(config, selection="all")
-    summary = label_products(spark, config, products(spark, CATALOGUE), run_id="p1")
+    summary = label_products(spark, config, tables, products(spark, CATALOGUE), run_id="p1")
     taxonomy = load_taxonomy(config.resolve_path(config.labelling.taxonomy))
     template = product_prompt_template(taxonomy, config.labelling.products.max_personas)
     # The titles as the prompt quotes them: trimmed, whitespace runs as one space.
@@ -139,7 +139,7 @@ def test_prompt_characters_count_every_character_sent(spark, config):
     assert summary["prompt_chars"] == sent
 
 
-def test_customer_prompt_characters_are_counted_too(spark, config):
+def test_customer_prompt_characters_are_counted_too(spark, config, tables):
     from persona_lib.labelling import label_customers
     from persona_lib.prompts import build_prompts, prompt_template
 
@@ -149,14 +149,14 @@ def test_customer_prompt_characters_are_counted_too(spark, config):
          ("12347", "71053", "WHITE METAL LANTERN", 3, WHEN)],
         "customer_id string, product_id string, product_title string, quantity int, event_ts timestamp")
     sample = spark.createDataFrame([("12346",), ("12347",)], "customer_id string")
-    summary = label_customers(spark, config, sample, events, run_id="c1")
+    summary = label_customers(spark, config, tables, sample, events, run_id="c1")
     taxonomy = load_taxonomy(config.resolve_path(config.labelling.taxonomy))
     budget = config.labelling.prompt_token_budget
     template = prompt_template(taxonomy, budget)
     suffixes = [row["prompt_suffix"] for row in build_prompts(events, sample, taxonomy, budget).collect()]
     assert summary["prompt_chars"] == sum(len(message["content"]) for suffix in suffixes
                                           for message in template.messages(suffix))
-    assert label_customers(spark, config, sample, events, run_id="c2")["prompt_chars"] == 0
+    assert label_customers(spark, config, tables, sample, events, run_id="c2")["prompt_chars"] == 0
 
 
 def test_the_product_prompt_has_its_own_version_and_k(config):
@@ -169,34 +169,34 @@ def test_the_product_prompt_has_its_own_version_and_k(config):
     assert "at most 5 personas" in five.prefix and "<product>" in five.prefix
 
 
-def test_the_model_view_has_one_row_per_validated_persona_and_only_while_enabled(spark, config):
+def test_the_model_view_has_one_row_per_validated_persona_and_only_while_enabled(spark, config, tables):
     config = enabled(config, selection="all")
-    label_products(spark, config, products(spark, CATALOGUE), run_id="p1")
+    label_products(spark, config, tables, products(spark, CATALOGUE), run_id="p1")
     expected = spark.createDataFrame(
         [("85123A", p) for p in HEART_PERSONAS] + [("71053", p) for p in LANTERN_PERSONAS],
         "product_id string, persona string")
-    assert_df_equality(product_labels_for_model(spark, config), expected, ignore_row_order=True,
+    assert_df_equality(product_labels_for_model(spark, config, tables), expected, ignore_row_order=True,
                        ignore_nullable=True)
     disabled = config.replace("labelling", products=dataclasses.replace(
         config.labelling.products, enabled=False))
-    assert product_labels_for_model(spark, disabled).count() == 0
+    assert product_labels_for_model(spark, disabled, tables).count() == 0
 
 
-def test_a_disabled_stage_asks_nothing(spark, config):
-    summary = label_products(spark, config, products(spark, CATALOGUE), run_id="p1")
+def test_a_disabled_stage_asks_nothing(spark, config, tables):
+    summary = label_products(spark, config, tables, products(spark, CATALOGUE), run_id="p1")
     assert summary == {"enabled": False, "llm_calls": 0, "prompt_chars": 0, "cache_hits": 0}
-    assert not storage.table_ref(config, "product_labels").exists(spark)
+    assert not tables.product_labels.exists(spark)
 
 
-def test_product_settings_are_typed_and_checked(spark, config, tmp_path):
+def test_product_settings_are_typed_and_checked(spark, config, tables, tmp_path):
     bad_key = tmp_path / "bad.yaml"
     bad_key.write_text(f"base: {TEST_CONF}\nlabelling:\n  products:\n    enabeld: true\n")
     with pytest.raises(ConfigError, match="enabeld"):
         load_config(bad_key)
     with pytest.raises(ConfigError, match="labelling.products.selection"):
-        label_products(spark, enabled(config, selection="newest"), products(spark, CATALOGUE), "p1")
+        label_products(spark, enabled(config, selection="newest"), tables, products(spark, CATALOGUE), "p1")
     with pytest.raises(ConfigError, match="labelling.products.max_personas"):
-        label_products(spark, enabled(config, max_personas=0), products(spark, CATALOGUE), "p1")
+        label_products(spark, enabled(config, max_personas=0), tables, products(spark, CATALOGUE), "p1")
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,7 @@ def backend_conf(site, name: str, **openai) -> Path:
 
 
 def assert_stored_inside_the_taxonomy(spark, conf: Path, workdir: Path, summary: dict, source: str):
-    labels = storage.table_ref(load_config(conf, workdir=str(workdir)), "persona_labels").read(spark).collect()
+    labels = storage.resolve_tables(load_config(conf, workdir=str(workdir))).persona_labels.read(spark).collect()
     assert len(labels) == summary["llm_calls"] == CUSTOMERS, summary
     statuses = {}
     for row in labels:

@@ -231,7 +231,7 @@ def site(spark, tmp_path_factory):
              "line_number": c * 10 + p, "content_sha256": None, "ingested_at": when}
             for c in range(12) for p in range(3)]
     storage.overwrite(spark.createDataFrame(rows, contracts.PURCHASE_EVENTS),
-                      storage.table_ref(config, "purchase_events"), contracts.PURCHASE_EVENTS)
+                      storage.resolve_tables(config).purchase_events, contracts.PURCHASE_EVENTS)
     return conf, workdir
 
 

@@ -56,7 +56,7 @@ def with_vllm(config, model, **changes):
 
 
 def stored(spark, config):
-    return storage.table_ref(config, "persona_labels").read(spark)
+    return storage.resolve_tables(config).persona_labels.read(spark)
 
 
 def assert_inside_taxonomy(labels):
@@ -69,24 +69,24 @@ def assert_inside_taxonomy(labels):
         assert "Hacker" not in row["raw_response"]
 
 
-def test_vllm_labels_a_sample_through_spark_inside_the_taxonomy_and_caches(spark, config, tiny_model):
+def test_vllm_labels_a_sample_through_spark_inside_the_taxonomy_and_caches(spark, config, tables, tiny_model):
     config = with_vllm(config, tiny_model)
-    summary = label_customers(spark, config, sample(spark), events(spark), run_id="v1")
+    summary = label_customers(spark, config, tables, sample(spark), events(spark), run_id="v1")
     assert_inside_taxonomy(stored(spark, config))
     assert summary["source"] == f"vllm:{tiny_model}"
     assert (summary["llm_calls"], summary["generate_calls"]) == (6, 2)  # batches of 4
     assert summary["tokens"]["prompt_tokens"] > 6 * 500
     # Every prompt after the first starts with the cached instructions and persona list.
     assert summary["tokens"]["cached_tokens"] >= 5 * 500
-    again = label_customers(spark, config, sample(spark), events(spark), run_id="v2")
+    again = label_customers(spark, config, tables, sample(spark), events(spark), run_id="v2")
     assert (again["llm_calls"], again["generate_calls"], again["cache_hits"]) == (0, 0, 6)
 
 
-def test_a_prompt_too_long_for_the_model_fails_alone(spark, config, tiny_model):
+def test_a_prompt_too_long_for_the_model_fails_alone(spark, config, tables, tiny_model):
     config = with_vllm(config, tiny_model).replace("labelling", prompt_token_budget=100_000,
                                                      max_failure_rate=0.5)
     huge = [("1", f"H{i}", f"HUGE HISTORY ITEM NUMBER {i}", 1, dt.datetime(2011, 3, 1)) for i in range(600)]
-    summary = label_customers(spark, config, sample(spark, 3), events(spark, 3, huge), run_id="v3")
+    summary = label_customers(spark, config, tables, sample(spark, 3), events(spark, 3, huge), run_id="v3")
     labels = stored(spark, config)
     failed = labels.where(F.col("status") == "failed").collect()
     assert [r["customer_id"] for r in failed] == ["1"]
@@ -95,7 +95,7 @@ def test_a_prompt_too_long_for_the_model_fails_alone(spark, config, tiny_model):
     assert summary["new_statuses"]["failed"] == 1
 
 
-def test_vllm_labels_product_titles_through_the_product_path(spark, config, tiny_model):
+def test_vllm_labels_product_titles_through_the_product_path(spark, config, tables, tiny_model):
     from persona_lib import contracts
     from persona_lib.labelling import label_products
 
@@ -107,14 +107,14 @@ def test_vllm_labels_product_titles_through_the_product_path(spark, config, tiny
               "REGENCY CAKESTAND 3 TIER", INJECTION]
     products = spark.createDataFrame([(f"P{i}", title, when, when, 10 - i, 10 - i, None)
                                       for i, title in enumerate(titles)], contracts.PRODUCTS)
-    summary = label_products(spark, config, products, run_id="pv1")
-    labels = storage.table_ref(config, "product_labels").read(spark)
+    summary = label_products(spark, config, tables, products, run_id="pv1")
+    labels = tables.product_labels.read(spark)
     assert_inside_taxonomy(labels)
     assert all(len(row["personas"]) <= 3 for row in labels.collect())
     assert summary["source"] == f"vllm:{tiny_model}"
     assert (summary["llm_calls"], summary["generate_calls"]) == (5, 2)  # batches of 4
     assert summary["prompt_chars"] > 5 * 2000 and summary["tokens"]["prompt_tokens"] > 5 * 500
-    again = label_products(spark, config, products, run_id="pv2")
+    again = label_products(spark, config, tables, products, run_id="pv2")
     assert (again["llm_calls"], again["generate_calls"], again["cache_hits"]) == (0, 0, 5)
 
 
@@ -130,12 +130,12 @@ def vllm_server(tiny_model, tmp_path_factory):
 
 @pytest.mark.parametrize("field", ["response_format", "structured_outputs"])
 def test_openai_labeller_against_a_real_vllm_server_stays_inside_the_taxonomy(
-        spark, config, tiny_model, vllm_server, field):
+        spark, config, tables, tiny_model, vllm_server, field):
     openai = dataclasses.replace(config.labelling.openai, base_url=vllm_server, model=str(tiny_model),
                                  temperature=1.0, max_tokens=256, concurrency=4, timeout_s=120,
                                  structured_output_field=field)
     config = config.replace("labelling", labeller="openai", openai=openai)
-    summary = label_customers(spark, config, sample(spark), events(spark), run_id="o1")
+    summary = label_customers(spark, config, tables, sample(spark), events(spark), run_id="o1")
     assert_inside_taxonomy(stored(spark, config))
     assert summary["llm_calls"] == 6
     assert summary["tokens"]["prompt_tokens"] > 6 * 500

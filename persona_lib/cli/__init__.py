@@ -100,6 +100,16 @@ def load_app_config(args: argparse.Namespace):
     return load_config(args.conf, workdir=args.workdir, catalog=catalog, schema=schema)
 
 
+def with_options(config, args: argparse.Namespace, options: dict[str, tuple[str, str]]):
+    """``config`` with every command-line option given (not None) set at its config key:
+    ``{"budget": ("sampling", "budget")}`` sets ``sampling.budget`` from ``--budget``."""
+    for option, (section, key) in options.items():
+        value = getattr(args, option)
+        if value is not None:
+            config = config.replace(section, **{key: value})
+    return config
+
+
 # Python warnings of our dependencies that are not about anything a user can act on.
 _IGNORED_WARNINGS = (
     # MLflow's schema inference, also used for dataset records, where missing values do not matter.

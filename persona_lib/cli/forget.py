@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> dict:
     # Bad ids and a missing key are exit 3 before Spark starts.
     for raw in args.customer:
         clean_customer_id(raw)
-    tombstone_key(config)
+    tombstone_key(config.forget)
     spark = get_spark(config)
     result = forget_customers(spark, config, args.customer, recompute=not args.no_recompute)
     log.info("forgot %d customer(s); rows removed: %s", result["forgotten"], result["removed"])

@@ -96,17 +96,19 @@ def _load(args: argparse.Namespace, config, run_id: str) -> dict:
     from persona_lib.config import existing_path
     from persona_lib.labelling import file_labels
     from persona_lib.spark import get_spark
+    from persona_lib.storage import resolve_tables
     from persona_lib.taxonomy import load_taxonomy
 
     taxonomy = load_taxonomy(existing_path(config, "labelling.taxonomy"))
+    tables = resolve_tables(config)
     if args.from_file:
         # Every check but the one against purchase_events runs before the JVM starts.
         path = Path(args.from_file).expanduser().resolve()
         rows = file_labels.read_labels_csv(path)
         file_labels.check_file_rows(rows, path, taxonomy)
-        summary = file_labels.load_labels_file(get_spark(config), config, path, run_id, rows=rows)
+        summary = file_labels.load_labels_file(get_spark(config), config, tables, path, run_id, rows=rows)
     else:
-        summary = file_labels.load_labels_table(get_spark(config), config, args.from_table, run_id)
+        summary = file_labels.load_labels_table(get_spark(config), config, tables, args.from_table, run_id)
     log.info("loaded %d labels (%d none of these) from %s: %d written, %d unchanged",
              summary["labels"], summary["none_of_these"], summary["source"], summary["written"],
              summary["unchanged"])

@@ -67,7 +67,7 @@ def _require_customer(spark, events, customer_id: str) -> None:
 
 
 def run_add(args: argparse.Namespace) -> dict:
-    from persona_lib.labelling.store import add_overrides, persona_names
+    from persona_lib.labelling.store import persona_names, upsert_overrides
     from persona_lib.spark import get_spark
     from persona_lib.storage import resolve_tables
 
@@ -76,10 +76,11 @@ def run_add(args: argparse.Namespace) -> dict:
     if problem:
         raise InputError(f"--personas: {problem}")
     spark = get_spark(config)
-    _require_customer(spark, resolve_tables(config).purchase_events, customer_id)
-    result = add_overrides(spark, config, [{"customer_id": customer_id, "personas": names,
-                                            "author": args.author.strip(), "reason": args.reason.strip()}],
-                           taxonomy=taxonomy)
+    tables = resolve_tables(config)
+    _require_customer(spark, tables.purchase_events, customer_id)
+    result = upsert_overrides(spark, tables, taxonomy, [{"customer_id": customer_id, "personas": names,
+                                                         "author": args.author.strip(),
+                                                         "reason": args.reason.strip()}])
     log.info("override of customer %s: %s", customer_id, names or "none of these")
     return {"action": "add", "customer_id": customer_id, "personas": names, "author": args.author.strip(),
             "reason": args.reason.strip(), "table": result["table"]}
@@ -88,8 +89,10 @@ def run_add(args: argparse.Namespace) -> dict:
 def run_remove(args: argparse.Namespace) -> dict:
     from persona_lib.labelling.store import remove_override
     from persona_lib.spark import get_spark
+    from persona_lib.storage import resolve_tables
 
     config, customer_id, _ = _checked(args)
-    result = remove_override(get_spark(config), config, customer_id, args.author.strip(), args.reason.strip())
+    result = remove_override(get_spark(config), resolve_tables(config), customer_id, args.author.strip(),
+                             args.reason.strip())
     log.info("removed the override of customer %s", customer_id)
     return {"action": "remove", "author": args.author.strip(), "reason": args.reason.strip(), **result}

@@ -7,7 +7,7 @@ import logging
 import uuid
 from pathlib import Path
 
-from persona_lib.cli import add_common_options, load_app_config
+from persona_lib.cli import add_common_options, load_app_config, with_options
 from persona_lib.config import EDGE_WEIGHTINGS, PROPAGATION_METHODS
 from persona_lib.errors import InputError
 
@@ -52,11 +52,8 @@ def run(args: argparse.Namespace) -> dict:
     from persona_lib.spark import get_spark
     from persona_lib.storage import resolve_tables
 
-    config = load_app_config(args)
-    if args.lhat is not None:
-        config = config.replace("propagation", lhat=args.lhat)
-    if args.weighting is not None:
-        config = config.replace("graph", edge_weighting=args.weighting)
+    config = with_options(load_app_config(args), args,
+                          {"lhat": ("propagation", "lhat"), "weighting": ("graph", "edge_weighting")})
     if not 0.0 < args.seed_fraction <= 1.0:
         raise InputError(f"--seed-fraction must be in (0, 1], got {args.seed_fraction}")
     spark = get_spark(config)
@@ -64,7 +61,7 @@ def run(args: argparse.Namespace) -> dict:
     graph = build_graph(_edges(spark, tables, config.graph, args))
     log.info("graph: %d customers, %d products, %d edges",
              graph.customer_count, graph.product_count, graph.edge_count)
-    labels = _labels(spark, config, args)
+    labels = _labels(spark, config, tables, args)
 
     def progress(step: int, messages: int, max_residual: float) -> None:
         log.info("superstep %d: %d messages, largest residual left %.3g", step, messages, max_residual)
@@ -118,11 +115,11 @@ def _read_pairs(spark, tables, location: str):
     return frame.select(F.trim("customer_id").alias("customer_id"), F.trim("product_id").alias("product_id"))
 
 
-def _labels(spark, config, args):
+def _labels(spark, config, tables, args):
     if args.labels_from == "persona_labels":
         from persona_lib.labelling.store import labels_for_propagation
 
-        return labels_for_propagation(spark, config)
+        return labels_for_propagation(spark, tables, config.forget)
     return replay_labels(spark, config, args.seed_fraction,
                          config.sampling.seed if args.seed is None else args.seed)
 

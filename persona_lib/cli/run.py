@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Callable, Iterator, TextIO
 
-from persona_lib.cli import add_common_options, load_app_config
+from persona_lib.cli import add_common_options, load_app_config, with_options
 from persona_lib.config import LABELLERS
 
 log = logging.getLogger("personas.run")
@@ -40,15 +40,9 @@ def run(args: argparse.Namespace) -> dict:
     from persona_lib.pipeline import run_pipeline
     from persona_lib.spark import get_spark
 
-    config = load_app_config(args)
-    if args.budget is not None:
-        config = config.replace("sampling", budget=args.budget)
-    if args.rounds is not None:
-        config = config.replace("sampling", rounds=args.rounds)
-    if args.labeller is not None:
-        config = config.replace("labelling", labeller=args.labeller)
-    if args.epsilon is not None:
-        config = config.replace("propagation", epsilon=args.epsilon)
+    config = with_options(load_app_config(args), args, {
+        "budget": ("sampling", "budget"), "rounds": ("sampling", "rounds"),
+        "labeller": ("labelling", "labeller"), "epsilon": ("propagation", "epsilon")})
     # Taxonomy, labeller and budget are checked before the JVM starts: exit 3 in a second.
     validate_for_labelling(config)
     started = time.perf_counter()

@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 from persona_lib.config import AppConfig
 from persona_lib.labelling.answers import FAILED, LABELLERS, STATUSES, Labeler
 from persona_lib.labelling.backends import make_labeler, read_or_empty
-from persona_lib.labelling.figures import answer_figures, raise_if_failing, suffix_lengths
+from persona_lib.labelling.figures import answer_figures, generate_calls, raise_if_failing, suffix_lengths
 from persona_lib.labelling.products import label_products, product_labels_for_model
 from persona_lib.labelling.store import (
     add_overrides,
@@ -36,22 +36,24 @@ from persona_lib.labelling.store import (
     labels_ref,
     remove_override,
     status_counts,
+    upsert_overrides,
     without_forgotten,
     write_labels,
 )
 from persona_lib.labelling.validation import validate_answer, validate_answers
 from persona_lib.prompts import build_prompts, prompt_template
+from persona_lib.storage import Tables
 from persona_lib.taxonomy import load_taxonomy
 
 log = logging.getLogger("personas.labelling")
 
 __all__ = ["LABELLERS", "Labeler", "add_overrides", "remove_override", "label_customers", "label_distribution",
            "label_products", "labels_for_propagation", "make_labeler", "product_labels_for_model",
-           "validate_answer", "STATUSES"]
+           "upsert_overrides", "validate_answer", "STATUSES"]
 
 
-def label_customers(spark: SparkSession, config: AppConfig, sample: DataFrame, events: DataFrame,
-                    run_id: str, labeller: Optional[str] = None) -> dict:
+def label_customers(spark: SparkSession, config: AppConfig, tables: Tables, sample: DataFrame,
+                    events: DataFrame, run_id: str, labeller: Optional[str] = None) -> dict:
     """Label the customers of ``sample`` (customer_id) from their ``events`` (purchase_events).
 
     Returns the run's summary: requested, excluded (forgotten, overridden, from_file: customers
@@ -65,24 +67,24 @@ def label_customers(spark: SparkSession, config: AppConfig, sample: DataFrame, e
     name = labeller or labelling.labeller
     taxonomy = load_taxonomy(config.resolve_path(labelling.taxonomy))
     template = prompt_template(taxonomy, labelling.prompt_token_budget)
-    backend = make_labeler(name, config, taxonomy, template)
+    backend = make_labeler(name, config, tables, taxonomy, template)
 
     # Materialised: a sample computed from the label store would change under the write below.
     requested = sample.select("customer_id").distinct().localCheckpoint()
-    remembered = without_forgotten(spark, config, requested)
+    remembered = without_forgotten(spark, tables, config.forget, requested)
     not_overridden = remembered
     if name != "manual":  # an override wins: nobody asks an LLM about that customer
-        overrides = read_or_empty(spark, config, "persona_overrides").select("customer_id")
+        overrides = read_or_empty(spark, tables.persona_overrides).select("customer_id")
         not_overridden = remembered.join(overrides, "customer_id", "left_anti")
     # A label from a file is the team's answer: never re-sent, never overwritten.
-    askable = not_overridden.join(file_labelled(spark, config), "customer_id", "left_anti")
+    askable = not_overridden.join(file_labelled(spark, tables), "customer_id", "left_anti")
     # The sample is small next to the events: checkpoint it so each count below does not
     # redo the anti-joins, and the prompts are built once.
     askable = askable.localCheckpoint()
     prompts = build_prompts(events, askable, taxonomy, labelling.prompt_token_budget).localCheckpoint()
 
     # Materialised now: read after the write below, it would count this run's own labels.
-    hits = cached_labels(read_or_empty(spark, config, "persona_labels"), prompts, taxonomy.version,
+    hits = cached_labels(read_or_empty(spark, tables.persona_labels), prompts, taxonomy.version,
                          backend.source).localCheckpoint()
     to_ask = prompts.join(hits, "customer_id", "left_anti")
     # Reliable checkpoint of the answers: Spark would otherwise re-run the backend (and pay
@@ -100,8 +102,8 @@ def label_customers(spark: SparkSession, config: AppConfig, sample: DataFrame, e
         F.current_timestamp().alias("labelled_at"), F.lit(run_id).alias("run_id"),
     )
     if new_statuses:  # a run served wholly from the store writes nothing
-        write_labels(spark, config, labels)
-    store = labels_ref(spark, config)
+        write_labels(spark, tables, labels)
+    store = labels_ref(spark, tables)
 
     counts = _counts(requested, remembered, not_overridden, askable, hits)
     counts["llm_calls"] = counts["labelled"] = spent["llm_calls"]
@@ -125,8 +127,7 @@ def label_customers(spark: SparkSession, config: AppConfig, sample: DataFrame, e
         "labelled_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if name == "vllm":
-        summary["generate_calls"] = int(answers.where(F.col("batch_id").isNotNull())
-                                        .select("batch_id").distinct().count())
+        summary["generate_calls"] = generate_calls(answers)
     log.info("labelled %d customers with %s (%d cache hits); statuses %s",
              counts["labelled"], backend.source, counts["cache_hits"], summary["new_statuses"])
     raise_if_failing(answers, "customer_id", "labelling", f"{counts['llm_calls']} customers", failure_rate,

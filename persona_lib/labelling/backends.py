@@ -12,6 +12,8 @@ is the same for every backend (``validation.validate_answers``).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -28,11 +30,13 @@ __all__ = ["LABELLERS", "Labeler", "ManualLabeler", "ReplayLabeler", "ensure_rec
            "no_model_columns", "read_or_empty"]
 
 
-def make_labeler(name: str, config: AppConfig, taxonomy: Taxonomy, template: PromptTemplate) -> Labeler:
+def make_labeler(name: str, config: AppConfig, tables: storage.Tables, taxonomy: Taxonomy,
+                 template: PromptTemplate) -> Labeler:
     if name == "replay":
-        return ReplayLabeler(config)
+        return ReplayLabeler(tables.recorded_answers, config.resolve_path(config.labelling.replay_answers),
+                             config.labelling.replay_model)
     if name == "manual":
-        return ManualLabeler(config)
+        return ManualLabeler(tables.persona_overrides)
     if name == "vllm":
         return VllmLabeler(config.labelling.vllm, config, taxonomy, template)
     if name == "openai":
@@ -40,12 +44,11 @@ def make_labeler(name: str, config: AppConfig, taxonomy: Taxonomy, template: Pro
     raise ConfigError(f"labelling.labeller: unknown labeller {name!r}; known: {', '.join(LABELLERS)}")
 
 
-def read_or_empty(spark: SparkSession, config: AppConfig, key: str) -> DataFrame:
-    """The table named by ``config.tables.<key>``, or an empty frame of its contract if absent."""
-    ref = storage.table_ref(config, key)
+def read_or_empty(spark: SparkSession, ref: storage.TableRef) -> DataFrame:
+    """The table ``ref`` (one of ``storage.Tables``), or an empty frame of its contract if absent."""
     if ref.exists(spark):
         return ref.read(spark)
-    return spark.createDataFrame([], contracts.CONTRACTS_BY_KEY[key].schema)
+    return spark.createDataFrame([], contracts.CONTRACTS_BY_KEY[ref.name].schema)
 
 
 class ReplayLabeler:
@@ -53,32 +56,32 @@ class ReplayLabeler:
 
     name = "replay"
 
-    def __init__(self, config: AppConfig):
-        self.config = config
-        self.source = f"replay:{config.labelling.replay_model}"
+    def __init__(self, recorded_answers: storage.TableRef, answers_file: Path, model: str):
+        self.recorded_answers, self.answers_file, self.model = recorded_answers, answers_file, model
+        self.source = f"replay:{model}"
 
     def answers(self, spark: SparkSession, prompts: DataFrame) -> DataFrame:
-        recorded = ensure_recorded_answers(spark, self.config).read(spark).where(
-            F.col("model") == self.config.labelling.replay_model)
+        recorded = ensure_recorded_answers(spark, self.recorded_answers, self.answers_file, self.model).read(
+            spark).where(F.col("model") == self.model)
         joined = prompts.select("customer_id").join(
             recorded.select("customer_id", F.col("response").alias("raw_response")),
             "customer_id", "left")
         return no_model_columns(joined.withColumn("error", F.lit(None).cast("string")))
 
 
-def ensure_recorded_answers(spark: SparkSession, config: AppConfig) -> storage.TableRef:
-    """The recorded_answers table, loaded from ``labelling.replay_answers`` on first use.
+def ensure_recorded_answers(spark: SparkSession, ref: storage.TableRef, answers_file: Path,
+                            model: str) -> storage.TableRef:
+    """The recorded_answers table ``ref``, loaded on first use from ``answers_file``
+    (``labelling.replay_answers``) as the answers of ``model`` (``labelling.replay_model``).
 
     Each customer's recorded personas (``answers.read_recorded_answers``) are stored as the
     JSON answer {"personas": [...]} the model would have given, so replayed answers pass the
     same validation as live ones.
     """
-    ref = storage.table_ref(config, "recorded_answers")
     if ref.exists(spark):
         return ref
-    recorded = read_recorded_answers(spark, config.resolve_path(config.labelling.replay_answers)).select(
-        "customer_id", F.to_json(F.struct("personas")).alias("response"),
-        F.lit(config.labelling.replay_model).alias("model"))
+    recorded = read_recorded_answers(spark, answers_file).select(
+        "customer_id", F.to_json(F.struct("personas")).alias("response"), F.lit(model).alias("model"))
     # One plain write on first use (a MERGE into an empty table costs a join for nothing).
     storage.overwrite(recorded, ref, contracts.RECORDED_ANSWERS)
     return ref
@@ -90,11 +93,11 @@ class ManualLabeler:
     name = "manual"
     source = "manual"
 
-    def __init__(self, config: AppConfig):
-        self.config = config
+    def __init__(self, overrides: storage.TableRef):
+        self.overrides = overrides
 
     def answers(self, spark: SparkSession, prompts: DataFrame) -> DataFrame:
-        overrides = read_or_empty(spark, self.config, "persona_overrides")
+        overrides = read_or_empty(spark, self.overrides)
         # An empty override is "none of these": the answer that says so.
         personas = F.when(F.size("personas") == 0, F.array(F.lit(UNREPRESENTABLE))).otherwise(F.col("personas"))
         assigned = overrides.select("customer_id", F.to_json(F.struct(personas.alias("personas"))).alias("raw_response"))

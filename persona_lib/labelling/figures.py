@@ -58,3 +58,8 @@ def raise_if_failing(answers: DataFrame, key: str, stage: str, asked: str, failu
         f"{stage} failed for {failure_rate:.1%} of {asked} (labelling.max_failure_rate is "
         f"{max_failure_rate:.1%}); the other answers are stored. Examples: "
         + "; ".join(f"{row[key]}: {row['detail']}" for row in examples))
+
+
+def generate_calls(answers: DataFrame) -> int:
+    """How many vLLM generate() calls (distinct batch_id) answered ``answers``."""
+    return int(answers.where(F.col("batch_id").isNotNull()).select("batch_id").distinct().count())

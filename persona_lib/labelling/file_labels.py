@@ -126,9 +126,9 @@ def check_file_rows(rows: list[tuple[int, Optional[str], Optional[str]]], path: 
     _raise(problems[:MAX_REPORTED], len(problems), f"labels file {path}")
 
 
-def read_labels_table(spark: SparkSession, config: AppConfig, name: str) -> DataFrame:
+def read_labels_table(spark: SparkSession, tables: storage.Tables, name: str) -> DataFrame:
     """RAW_ROWS of a Delta path or catalog table with the columns customer_id and personas."""
-    ref = storage.resolve_table(config, "labels", name)
+    ref = tables.named("labels", name)
     if not ref.exists(spark):
         raise InputError(f"labels table not found: {ref.location}")
     table = ref.read(spark)
@@ -206,11 +206,11 @@ def _raise(first: list[tuple], total: int, where: str) -> None:
                      + "\n  ".join(place(*problem) for problem in first))
 
 
-def load_labels(spark: SparkSession, config: AppConfig, raw: DataFrame, where: str, source_name: str,
-                run_id: str) -> dict:
+def load_labels(spark: SparkSession, config: AppConfig, tables: storage.Tables, raw: DataFrame, where: str,
+                source_name: str, run_id: str) -> dict:
     """Check ``raw`` (RAW_ROWS) and MERGE its labels into persona_labels; the load's summary."""
     taxonomy = load_taxonomy(config.resolve_path(config.labelling.taxonomy))
-    events = storage.table_ref(config, "purchase_events")
+    events = tables.purchase_events
     if not events.exists(spark):
         raise InputError(f"purchase_events not found at {events.location}: run `personas ingest` "
                          f"(with the same --workdir/--conf) before loading labels")
@@ -232,7 +232,7 @@ def load_labels(spark: SparkSession, config: AppConfig, raw: DataFrame, where: s
         .localCheckpoint()
     )
     # Rows whose stored label says the same are left alone: a reload writes nothing.
-    stored = read_or_empty(spark, config, "persona_labels")
+    stored = read_or_empty(spark, tables.persona_labels)
     same = [F.col(f"s.{c}").eqNullSafe(F.col(f"n.{c}"))
             for c in ("customer_id", "personas", "status", "source", "taxonomy_version", "raw_response")]
     condition = same[0]
@@ -243,8 +243,8 @@ def load_labels(spark: SparkSession, config: AppConfig, raw: DataFrame, where: s
                          F.sum((F.col("status") == UNREPRESENTABLE_STATUS).cast("int")).alias("none")).first()
     written = changed.count()
     if written:
-        write_labels(spark, config, changed)
-    without_seed = personas_without_seed(taxonomy, label_distribution(spark, config))
+        write_labels(spark, tables, changed)
+    without_seed = personas_without_seed(taxonomy, label_distribution(spark, tables, config.forget))
     return {
         "source": source,
         "run_id": run_id,
@@ -255,7 +255,7 @@ def load_labels(spark: SparkSession, config: AppConfig, raw: DataFrame, where: s
         "written": written,
         "unchanged": int(figures["rows"]) - written,
         "personas_without_seed": without_seed,
-        "tables": {"persona_labels": labels_ref(spark, config).summary(spark)},
+        "tables": {"persona_labels": labels_ref(spark, tables).summary(spark)},
         "loaded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -266,14 +266,15 @@ def personas_without_seed(taxonomy: Taxonomy, distribution: dict[str, int]) -> l
     return [name for name in taxonomy.names if not distribution.get(name)]
 
 
-def load_labels_file(spark: SparkSession, config: AppConfig, path: Path, run_id: str,
+def load_labels_file(spark: SparkSession, config: AppConfig, tables: storage.Tables, path: Path, run_id: str,
                      rows: Optional[list[tuple[int, Optional[str], Optional[str]]]] = None) -> dict:
     """Load a labels CSV (``rows``: its ``read_labels_csv``, when the caller has read it)."""
     rows = read_labels_csv(path) if rows is None else rows
     raw = spark.createDataFrame(rows, RAW_ROWS)
-    return load_labels(spark, config, raw, f"labels file {path}", path.name, run_id)
+    return load_labels(spark, config, tables, raw, f"labels file {path}", path.name, run_id)
 
 
-def load_labels_table(spark: SparkSession, config: AppConfig, name: str, run_id: str) -> dict:
-    raw = read_labels_table(spark, config, name)
-    return load_labels(spark, config, raw, f"labels table {name}", name, run_id)
+def load_labels_table(spark: SparkSession, config: AppConfig, tables: storage.Tables, name: str,
+                      run_id: str) -> dict:
+    raw = read_labels_table(spark, tables, name)
+    return load_labels(spark, config, tables, raw, f"labels table {name}", name, run_id)

@@ -38,7 +38,7 @@ from persona_lib.config import AppConfig, ProductLabellingConfig
 from persona_lib.errors import ConfigError, InputError
 from persona_lib.labelling.answers import FAILED, LABEL_STATUSES, NO_ANSWER, STATUSES, Labeler, no_model_columns
 from persona_lib.labelling.backends import make_labeler, read_or_empty
-from persona_lib.labelling.figures import answer_figures, raise_if_failing, suffix_lengths
+from persona_lib.labelling.figures import answer_figures, generate_calls, raise_if_failing, suffix_lengths
 from persona_lib.labelling.store import cached_labels, status_counts
 from persona_lib.labelling.validation import validate_answers
 from persona_lib.prompts import PromptTemplate, build_product_prompts, product_prompt_template
@@ -54,8 +54,8 @@ MODEL_SCHEMA = StructType([StructField("product_id", StringType(), False),
                            StructField("persona", StringType(), False)])
 
 
-def product_labels_ref(spark: SparkSession, config: AppConfig) -> storage.TableRef:
-    ref = storage.table_ref(config, "product_labels")
+def product_labels_ref(spark: SparkSession, tables: storage.Tables) -> storage.TableRef:
+    ref = tables.product_labels
     storage.ensure_table(spark, ref, contracts.PRODUCT_LABELS)
     return ref
 
@@ -159,17 +159,17 @@ class NoProductAssignments:
         return no_model_columns(none)
 
 
-def make_product_labeler(name: str, config: AppConfig, taxonomy: Taxonomy,
+def make_product_labeler(name: str, config: AppConfig, tables: storage.Tables, taxonomy: Taxonomy,
                          template: PromptTemplate) -> Labeler:
     if name == "replay":
         return ProductReplayLabeler(config)
     if name == "manual":
         return NoProductAssignments()
-    return make_labeler(name, config, taxonomy, template)
+    return make_labeler(name, config, tables, taxonomy, template)
 
 
-def label_products(spark: SparkSession, config: AppConfig, products: DataFrame, run_id: str,
-                   labeller: Optional[str] = None) -> dict:
+def label_products(spark: SparkSession, config: AppConfig, tables: storage.Tables, products: DataFrame,
+                   run_id: str, labeller: Optional[str] = None) -> dict:
     """Label the selected ``products`` (the products table: product_id, title, events,
     customers) into product_labels; the stage's summary.
 
@@ -187,7 +187,7 @@ def label_products(spark: SparkSession, config: AppConfig, products: DataFrame, 
     name = labeller or config.labelling.labeller
     taxonomy = product_taxonomy(load_taxonomy(config.resolve_path(config.labelling.taxonomy)), settings)
     template = product_prompt_template(taxonomy, taxonomy.max_personas)
-    backend = make_product_labeler(name, config, taxonomy, template)
+    backend = make_product_labeler(name, config, tables, taxonomy, template)
 
     counts = products.agg(F.count(F.lit(1)).alias("products"),
                           F.count(F.when(F.col("title").isNotNull() & (F.trim("title") != ""), True))
@@ -197,7 +197,7 @@ def label_products(spark: SparkSession, config: AppConfig, products: DataFrame, 
     selected = select_products(products, wanted).select("product_id", "title").localCheckpoint()
     prompts = build_product_prompts(selected, taxonomy, taxonomy.max_personas).localCheckpoint()
     # Materialised now: read after the write below, it would count this run's own labels.
-    hits = cached_labels(read_or_empty(spark, config, "product_labels"), prompts, taxonomy.version,
+    hits = cached_labels(read_or_empty(spark, tables.product_labels), prompts, taxonomy.version,
                          backend.source, key="product_id", input_hash="title_hash").localCheckpoint()
     to_ask = prompts.join(hits, "product_id", "left_anti")
     # Reliable checkpoint: otherwise every action on the answers would ask the LLM again.
@@ -214,9 +214,9 @@ def label_products(spark: SparkSession, config: AppConfig, products: DataFrame, 
             F.lit(backend.source).alias("source"), "prompt_version",
             F.lit(taxonomy.version).alias("taxonomy_version"), "title_hash", "raw_response",
             F.current_timestamp().alias("labelled_at"), F.lit(run_id).alias("run_id"))
-        storage.merge_upsert(spark, labels, product_labels_ref(spark, config), contracts.PRODUCT_LABELS,
+        storage.merge_upsert(spark, labels, product_labels_ref(spark, tables), contracts.PRODUCT_LABELS,
                              keys=("product_id",))
-    store = product_labels_ref(spark, config)
+    store = product_labels_ref(spark, tables)
     stored_statuses = status_counts(store.read(spark).join(selected, "product_id", "left_semi"))
     requested = selected.count()
     failure_rate = new_statuses.get(FAILED, 0) / spent["llm_calls"] if spent["llm_calls"] else 0.0
@@ -244,8 +244,7 @@ def label_products(spark: SparkSession, config: AppConfig, products: DataFrame, 
         "labelled_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if name == "vllm":
-        summary["generate_calls"] = int(answers.where(F.col("batch_id").isNotNull())
-                                        .select("batch_id").distinct().count())
+        summary["generate_calls"] = generate_calls(answers)
     log.info("labelled %d products with %s (%d cache hits, %d prompt characters); statuses %s",
              spent["llm_calls"], backend.source, summary["cache_hits"], spent["prompt_chars"],
              summary["new_statuses"])
@@ -254,7 +253,7 @@ def label_products(spark: SparkSession, config: AppConfig, products: DataFrame, 
     return summary
 
 
-def product_labels_for_model(spark: SparkSession, config: AppConfig) -> DataFrame:
+def product_labels_for_model(spark: SparkSession, config: AppConfig, tables: storage.Tables) -> DataFrame:
     """product_id, persona: one row per validated persona (status ok or repaired) of each
     product labelled against the current taxonomy.
 
@@ -264,7 +263,7 @@ def product_labels_for_model(spark: SparkSession, config: AppConfig) -> DataFram
     if not config.labelling.products.enabled:
         return spark.createDataFrame([], MODEL_SCHEMA)
     taxonomy = load_taxonomy(config.resolve_path(config.labelling.taxonomy))
-    labels = read_or_empty(spark, config, "product_labels").where(
+    labels = read_or_empty(spark, tables.product_labels).where(
         F.col("status").isin(*LABEL_STATUSES) & (F.col("taxonomy_version") == taxonomy.version))
     return (labels.select("product_id", F.explode("personas").alias("persona")).distinct()
             .select(F.col("product_id").cast("string"), F.col("persona").cast("string")))

@@ -24,7 +24,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from persona_lib import contracts, storage
-from persona_lib.config import AppConfig
+from persona_lib.config import AppConfig, ForgetConfig
 from persona_lib.errors import InputError
 from persona_lib.labelling.answers import FINAL_STATUSES, LABEL_STATUSES, NO_ANSWER, UNREPRESENTABLE
 from persona_lib.labelling.backends import read_or_empty
@@ -34,25 +34,26 @@ from persona_lib.tombstones import customer_hash_column, tombstone_key
 FILE_SOURCE = "file"
 
 
-def labels_ref(spark: SparkSession, config: AppConfig) -> storage.TableRef:
-    ref = storage.table_ref(config, "persona_labels")
+def labels_ref(spark: SparkSession, tables: storage.Tables) -> storage.TableRef:
+    ref = tables.persona_labels
     storage.ensure_table(spark, ref, contracts.PERSONA_LABELS)
     return ref
 
 
-def overrides_ref(spark: SparkSession, config: AppConfig) -> storage.TableRef:
-    ref = storage.table_ref(config, "persona_overrides")
+def overrides_ref(spark: SparkSession, tables: storage.Tables) -> storage.TableRef:
+    ref = tables.persona_overrides
     storage.ensure_table(spark, ref, contracts.PERSONA_OVERRIDES)
     return ref
 
 
-def without_forgotten(spark: SparkSession, config: AppConfig, df: DataFrame) -> DataFrame:
+def without_forgotten(spark: SparkSession, tables: storage.Tables, forget: ForgetConfig,
+                      df: DataFrame) -> DataFrame:
     """``df`` without the rows of customers in the tombstones table (if there is one)."""
-    tombstones = storage.table_ref(config, "tombstones")
+    tombstones = tables.tombstones
     if not tombstones.exists(spark):
         return df
     hashes = tombstones.read(spark).select("customer_hash")
-    return (df.withColumn("customer_hash", customer_hash_column(F.col("customer_id"), tombstone_key(config)))
+    return (df.withColumn("customer_hash", customer_hash_column(F.col("customer_id"), tombstone_key(forget)))
             .join(hashes, "customer_hash", "left_anti").drop("customer_hash"))
 
 
@@ -76,14 +77,20 @@ def cached_labels(labels: DataFrame, prompts: DataFrame, taxonomy_version: str,
     )
 
 
-def write_labels(spark: SparkSession, config: AppConfig, labels: DataFrame) -> None:
+def write_labels(spark: SparkSession, tables: storage.Tables, labels: DataFrame) -> None:
     """MERGE labels (PERSONA_LABELS columns) into the store, one row per customer."""
-    storage.merge_upsert(spark, labels, labels_ref(spark, config), contracts.PERSONA_LABELS,
+    storage.merge_upsert(spark, labels, labels_ref(spark, tables), contracts.PERSONA_LABELS,
                          keys=("customer_id",))
 
 
-def add_overrides(spark: SparkSession, config: AppConfig, rows: Iterable[Mapping],
-                  taxonomy: Optional[Taxonomy] = None) -> dict:
+def add_overrides(spark: SparkSession, config: AppConfig, rows: Iterable[Mapping]) -> dict:
+    """``upsert_overrides`` into the tables of ``config``, checked against its taxonomy."""
+    taxonomy = load_taxonomy(config.resolve_path(config.labelling.taxonomy))
+    return upsert_overrides(spark, storage.resolve_tables(config), taxonomy, rows)
+
+
+def upsert_overrides(spark: SparkSession, tables: storage.Tables, taxonomy: Taxonomy,
+                     rows: Iterable[Mapping]) -> dict:
     """Upsert overrides: each row has customer_id, personas (list or "A|B"), author, optional reason.
 
     Persona names must be the taxonomy's (case, spacing and plural variants are mapped; a
@@ -91,8 +98,6 @@ def add_overrides(spark: SparkSession, config: AppConfig, rows: Iterable[Mapping
     becomes a label). An empty list, "" or ["Unrepresentable"] is "none of these": stored as
     an empty list, negative for every persona.
     """
-    if taxonomy is None:
-        taxonomy = load_taxonomy(config.resolve_path(config.labelling.taxonomy))
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     records = []
     for index, row in enumerate(rows):
@@ -109,7 +114,7 @@ def add_overrides(spark: SparkSession, config: AppConfig, rows: Iterable[Mapping
     if not records:
         return {"overrides": 0}
     frame = spark.createDataFrame(records, contracts.PERSONA_OVERRIDES)
-    ref = overrides_ref(spark, config)
+    ref = overrides_ref(spark, tables)
     authors = sorted({r[2] for r in records})
     with commit_note(spark, {"action": "override add", "authors": authors,
                              "reasons": sorted({r[3] for r in records if r[3]})}):
@@ -117,14 +122,14 @@ def add_overrides(spark: SparkSession, config: AppConfig, rows: Iterable[Mapping
     return {"overrides": len(records), "table": ref.summary(spark)}
 
 
-def remove_override(spark: SparkSession, config: AppConfig, customer_id: str, author: str,
+def remove_override(spark: SparkSession, tables: storage.Tables, customer_id: str, author: str,
                     reason: Optional[str]) -> dict:
     """Delete the override of ``customer_id``; its LLM or file label (if any) counts again.
 
     Who removed it and why is the Delta commit's userMetadata (DESCRIBE HISTORY
     persona_overrides), as for additions. No override for the customer is an InputError.
     """
-    ref = storage.table_ref(config, "persona_overrides")  # not created by a removal
+    ref = tables.persona_overrides  # not created by a removal
     if not ref.exists(spark) or ref.read(spark).where(F.col("customer_id") == customer_id).limit(1).count() == 0:
         raise InputError(f"customer_id {customer_id!r} has no override in {ref.location}")
     with commit_note(spark, {"action": "override remove", "authors": [author], "reasons": [reason] if reason else []}):
@@ -187,30 +192,30 @@ def is_file_label(source: F.Column) -> F.Column:
     return (source == FILE_SOURCE) | source.startswith(FILE_SOURCE + ":")
 
 
-def file_labelled(spark: SparkSession, config: AppConfig) -> DataFrame:
+def file_labelled(spark: SparkSession, tables: storage.Tables) -> DataFrame:
     """customer_id of every customer with a file label."""
-    return (read_or_empty(spark, config, "persona_labels")
+    return (read_or_empty(spark, tables.persona_labels)
             .where(is_file_label(F.col("source"))).select("customer_id"))
 
 
-def labels_for_propagation(spark: SparkSession, config: AppConfig) -> DataFrame:
+def labels_for_propagation(spark: SparkSession, tables: storage.Tables, forget: ForgetConfig) -> DataFrame:
     """customer_id, persona: the labels propagation seeds from.
 
     LLM labels with status ok or repaired, except for customers with an override, whose
     override's personas are used instead; forgotten customers are left out.
     """
-    overrides = read_or_empty(spark, config, "persona_overrides").select("customer_id", "personas")
-    llm = (read_or_empty(spark, config, "persona_labels")
+    overrides = read_or_empty(spark, tables.persona_overrides).select("customer_id", "personas")
+    llm = (read_or_empty(spark, tables.persona_labels)
            .where(F.col("status").isin(*LABEL_STATUSES))
            .select("customer_id", "personas")
            .join(overrides.select("customer_id"), "customer_id", "left_anti"))
-    labelled = without_forgotten(spark, config, llm.unionByName(overrides))
+    labelled = without_forgotten(spark, tables, forget, llm.unionByName(overrides))
     return labelled.select("customer_id", F.explode("personas").alias("persona")).distinct()
 
 
-def label_distribution(spark: SparkSession, config: AppConfig) -> dict[str, int]:
+def label_distribution(spark: SparkSession, tables: storage.Tables, forget: ForgetConfig) -> dict[str, int]:
     """persona -> number of labels (Qhat of the DU sampler, before normalising)."""
-    counts = labels_for_propagation(spark, config).groupBy("persona").count().collect()
+    counts = labels_for_propagation(spark, tables, forget).groupBy("persona").count().collect()
     return {row["persona"]: int(row["count"]) for row in counts}
 
 
