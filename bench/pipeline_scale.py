@@ -2,6 +2,7 @@
 
     python bench/pipeline_scale.py [--quick] [--sizes synth_1m,synth_4m,synth_13m]
                                    [--product-labels off|on|both] [--out FILE]
+                                   [--master local] [--master 'local-cluster[2,1,4096]']
 
 Per size and variant it generates the purchases of ``bench/propagation.synthetic`` (planted
 personas, Zipf products, heavy-tailed customers), writes them as a Parquet source with
@@ -25,6 +26,15 @@ It appends one JSON line per run to ``bench/results/pipeline_scale.jsonl``:
   exact affinity of the same graph (bench/propagation.py's reference timing, measured after
   the run in this process, with the same number of seeds: ``sampling.budget`` of customers).
 
+``--master`` (repeatable; default ``local``): ``local`` runs ``personas run`` (the session
+factory's ``local[*]``); a ``local-cluster[workers,cores,memory_mb]`` master runs the same job
+through ``spark-submit jobs/run_pipeline.py`` (a standalone master and worker JVMs, executors
+with their own Python workers; ``executors_peak_rss_bytes`` is their largest sum at once). With
+two or more, every run reads the same generated inputs, and each row after the first has
+``outputs_compared_with``: per output table, keys present in one run only, mismatched exact
+values (rank, source, personas, ambiguity) and the largest difference of probability, score and
+confidence, with ``equal`` when every key and value agrees (floats within 1e-9).
+
 ``--quick`` is synth_100k with product labels off, for CI. The persona model runs at its
 defaults unless ``--model-settings tests`` (3 folds, 15 iterations) asks otherwise; the row's
 ``model`` records which.
@@ -35,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,6 +53,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -59,6 +71,8 @@ RESULTS = REPO_ROOT / "bench" / "results" / "pipeline_scale.jsonl"
 SIZES = ("synth_1m", "synth_4m", "synth_13m")
 BUDGET = 0.2
 OUTPUTS = ("persona_affinity", "customer_personas")
+VENV_BIN = REPO_ROOT / ".venv" / "bin"
+SUBMIT_DRIVER_MEMORY = "4g"
 EVENT_DAYS = 90
 
 
@@ -95,12 +109,8 @@ def write_inputs(folder: Path, name: str, seed: int, product_labels: bool, model
                   "personas": persona_name(titles["sku"].astype(np.int64) % shape.personas)}).to_csv(
         folder / "product_answers.csv", index=False)
 
-    event_log = folder / "eventlog"
-    event_log.mkdir()
     config = {
         "base": str(REPO_ROOT / "conf" / "local.yaml"),
-        "spark": {"extra_conf": {"spark.eventLog.enabled": "true", "spark.eventLog.dir": event_log.as_uri(),
-                                 "spark.eventLog.compress": "false"}},
         "ingest": {"source": {
             "format": "parquet", "path": str(source_dir),
             "columns": {"customer_id": "cust_no", "product_id": "sku", "quantity": "qty", "event_ts": "sold_at",
@@ -113,17 +123,55 @@ def write_inputs(folder: Path, name: str, seed: int, product_labels: bool, model
         "sampling": {"budget": BUDGET},
         "model": model,
     }
-    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return {"pairs": pairs, "planted": planted, "shape": shape, "event_log": event_log}
+    return {"pairs": pairs, "planted": planted, "shape": shape, "config": config}
+
+
+def write_run_config(folder: Path, config: dict, run_name: str) -> tuple[Path, Path]:
+    """One run's config (the inputs' plus its own Spark event log folder): (config file, event log)."""
+    event_log = folder / f"eventlog-{run_name}"
+    event_log.mkdir()
+    run_config = {**config, "spark": {"extra_conf": {
+        "spark.eventLog.enabled": "true", "spark.eventLog.dir": event_log.as_uri(),
+        "spark.eventLog.compress": "false"}}}
+    path = folder / f"config-{run_name}.yaml"
+    path.write_text(yaml.safe_dump(run_config, sort_keys=False))
+    return path, event_log
+
+
+def local_cluster_memory_mb(master: str) -> int:
+    """The worker memory of ``local-cluster[workers,cores,memory_mb]``."""
+    match = re.fullmatch(r"local-cluster\[\s*\d+\s*,\s*\d+\s*,\s*(\d+)\s*\]", master)
+    if not match:
+        raise ValueError(f"{master!r}: expected local-cluster[workers,cores,memory_mb]")
+    return int(match.group(1))
+
+
+def pipeline_command(master: str, config: Path, workdir: Path) -> list[str]:
+    """`personas run` (master "local": the session factory's local[*]), or the same job through
+    `spark-submit jobs/run_pipeline.py` on a local-cluster master, as README documents it."""
+    job_args = ["--conf", str(config), "--workdir", str(workdir)]
+    if master == "local":
+        return [str(VENV_BIN / "personas"), "run", *job_args]
+    from persona_lib.jars import required_jars
+
+    # Each executor takes its worker's whole memory; the driver runs no tasks here.
+    executor_mb = local_cluster_memory_mb(master)
+    jars = required_jars(REPO_ROOT / ".jars")
+    return [str(VENV_BIN / "spark-submit"), "--master", master, "--driver-memory", SUBMIT_DRIVER_MEMORY,
+            "--conf", f"spark.executor.memory={executor_mb}m", "--conf", "spark.ui.enabled=false",
+            "--conf", f"spark.executorEnv.PYTHONPATH={REPO_ROOT}",
+            "--jars", ",".join(str(j) for j in jars), str(REPO_ROOT / "jobs" / "run_pipeline.py"), *job_args]
 
 
 class RssPoller:
-    """Peak memory of a process tree: the driver JVM, the Python driver and its Python workers."""
+    """Peak memory of a process tree: the driver JVM, the executor JVMs (spark-submit to a
+    local-cluster master), the Python driver and the Python workers."""
 
     def __init__(self, root: int, interval_s: float = 0.2):
         self.root, self.interval_s = root, interval_s
         self.peak_hwm: dict[str, int] = {"jvm": 0, "python_driver": 0}
         self.workers_peak_sum = 0
+        self.executors_peak_sum = 0
         self.load_averages: list[float] = []  # the machine's 1-minute load, once per poll
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
@@ -136,7 +184,8 @@ class RssPoller:
         self._stop.set()
         self._thread.join()
 
-    def _tree(self) -> list[int]:
+    def _tree(self) -> list[tuple[int, int]]:
+        """(pid, depth below the root) of the root and its descendants, breadth first."""
         children: dict[int, list[int]] = {}
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit():
@@ -145,11 +194,11 @@ class RssPoller:
                 except (OSError, IndexError):
                     continue
                 children.setdefault(ppid, []).append(int(entry.name))
-        tree, stack = [], [self.root]
-        while stack:
-            pid = stack.pop()
-            tree.append(pid)
-            stack.extend(children.get(pid, []))
+        tree, frontier, depth = [], [self.root], 0
+        while frontier:
+            tree.extend((pid, depth) for pid in frontier)
+            frontier = [child for pid in frontier for child in children.get(pid, [])]
+            depth += 1
         return tree
 
     @staticmethod
@@ -163,19 +212,26 @@ class RssPoller:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            workers = 0
-            for pid in self._tree():
+            workers = executors = 0
+            driver_jvm_depth = None
+            # Breadth first: the driver JVM is the shallowest java (the root under spark-submit,
+            # the root's child under `personas run`); deeper ones are executors.
+            for pid, depth in self._tree():
                 try:
                     name, hwm, rss = self._memory(pid)
                 except (OSError, KeyError, IndexError):
                     continue
-                if name == "java":
+                if name == "java" and driver_jvm_depth in (None, depth):
+                    driver_jvm_depth = depth
                     self.peak_hwm["jvm"] = max(self.peak_hwm["jvm"], hwm)
-                elif pid == self.root:
+                elif name == "java":
+                    executors += rss
+                elif name.startswith("python") and depth <= 1:
                     self.peak_hwm["python_driver"] = max(self.peak_hwm["python_driver"], hwm)
                 elif name.startswith("python"):
                     workers += rss
             self.workers_peak_sum = max(self.workers_peak_sum, workers)
+            self.executors_peak_sum = max(self.executors_peak_sum, executors)
             self.load_averages.append(os.getloadavg()[0])
             self._stop.wait(self.interval_s)
 
@@ -224,9 +280,10 @@ def event_log_figures(folder: Path) -> dict:
     }
 
 
-def delta_rows(location: str, version: int) -> int | None:
-    """Rows of a local Delta table at ``version``, from its log's per-file numRecords (no Spark).
-    None where a checkpoint has replaced the early commits (not reached by one run's tables)."""
+def delta_files(location: str, version: int) -> dict[str, int] | None:
+    """The data files of a local Delta table at ``version`` with their row counts, from its
+    log (no Spark). None where a checkpoint has replaced the early commits (not reached by one
+    run's tables)."""
     log = Path(location) / "_delta_log"
     files: dict[str, int] = {}
     for number in range(version + 1):
@@ -238,7 +295,61 @@ def delta_rows(location: str, version: int) -> int | None:
                 files[action["add"]["path"]] = json.loads(action["add"]["stats"])["numRecords"]
             elif "remove" in action:
                 files.pop(action["remove"]["path"], None)
-    return sum(files.values())
+    return files
+
+
+def delta_rows(location: str, version: int) -> int | None:
+    files = delta_files(location, version)
+    return None if files is None else sum(files.values())
+
+
+def read_delta(table: dict, columns: list[str]) -> pd.DataFrame:
+    """``columns`` of one output table (the run summary's location and version) as pandas."""
+    files = delta_files(table["location"], table["version"])
+    if files is None:
+        raise RuntimeError(f"{table['location']}: checkpointed log, read it with Spark")
+    parts = [pd.read_parquet(Path(table["location"]) / path, columns=columns) for path in files]
+    return pd.concat(parts, ignore_index=True)
+
+
+# What each output must agree on between two runs of the same inputs: keys, the values compared
+# exactly, and the floating-point values compared within COMPARE_TOLERANCE (a sum over other
+# partitions may round differently in its last bits).
+COMPARED = {
+    "persona_affinity": (["customer_id", "persona"], ["rank", "source"], ["probability", "score"]),
+    "customer_personas": (["customer_id"], ["personas", "source", "is_ambiguous"], ["confidence"]),
+}
+COMPARE_TOLERANCE = 1e-9
+
+
+def compare_outputs(reference: dict, other: dict) -> dict:
+    """How the output tables of two runs' summaries differ; ``equal`` when they agree on every key
+    and value (floats within COMPARE_TOLERANCE)."""
+    report: dict = {}
+    for name, (keys, exact, approximate) in COMPARED.items():
+        columns = keys + exact + approximate
+        left = read_delta(reference["tables"][name], columns)
+        right = read_delta(other["tables"][name], columns)
+        for frame in (left, right):  # arrays compare as tuples
+            for column in exact:
+                if frame[column].dtype == object:
+                    frame[column] = frame[column].map(lambda v: tuple(v) if v is not None and not isinstance(v, str) else v)
+        joined = left.merge(right, on=keys, how="outer", suffixes=("_a", "_b"), indicator=True)
+        both = joined[joined["_merge"] == "both"]
+        differences = {
+            "rows": [len(left), len(right)],
+            "keys_in_one_run_only": int((joined["_merge"] != "both").sum()),
+            **{f"{c}_mismatches": int((both[f"{c}_a"] != both[f"{c}_b"]).sum()) for c in exact},
+            **{f"{c}_max_abs_diff": float((both[f"{c}_a"] - both[f"{c}_b"]).abs().max() or 0.0) for c in approximate},
+            **{f"{c}_null_mismatches": int((both[f"{c}_a"].isna() != both[f"{c}_b"].isna()).sum()) for c in approximate},
+        }
+        differences["equal"] = (differences["keys_in_one_run_only"] == 0
+                                and all(differences[f"{c}_mismatches"] == 0 for c in exact)
+                                and all(differences[f"{c}_max_abs_diff"] <= COMPARE_TOLERANCE
+                                        and differences[f"{c}_null_mismatches"] == 0 for c in approximate))
+        report[name] = differences
+    report["equal"] = all(report[name]["equal"] for name in COMPARED)
+    return report
 
 
 def scipy_floor(pairs: pd.DataFrame, planted: pd.DataFrame, lhat: int, beta: float, seed: int) -> float:
@@ -251,19 +362,18 @@ def scipy_floor(pairs: pd.DataFrame, planted: pd.DataFrame, lhat: int, beta: flo
     return seconds
 
 
-def run_size(name: str, product_labels: bool, args) -> dict:
-    folder = Path(tempfile.mkdtemp(prefix=f"pipeline-scale-{name}-", dir=args.workdir))
-    generated = time.perf_counter()
-    facts = write_inputs(folder, name, args.seed, product_labels, args.model)
-    generate_s = time.perf_counter() - generated
-    print(f"== {name} (product labels {'on' if product_labels else 'off'}): inputs in {generate_s:.1f} s, "
-          f"{folder}", flush=True)
-    command = [str(REPO_ROOT / ".venv" / "bin" / "personas"), "run", "--conf", str(folder / "config.yaml"),
-               "--workdir", str(folder / "work")]
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+def run_pipeline(folder: Path, config: dict, master: str) -> tuple[dict, float, RssPoller, Path, Path]:
+    """One pipeline run on ``master``: (its summary, wall seconds, the poller, config file, event log)."""
+    run_name = "local" if master == "local" else re.sub(r"[^A-Za-z0-9]+", "-", master).strip("-")
+    config_path, event_log = write_run_config(folder, config, run_name)
+    command = pipeline_command(master, config_path, folder / f"work-{run_name}")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYSPARK_PYTHON=str(VENV_BIN / "python"),
+               PYSPARK_DRIVER_PYTHON=str(VENV_BIN / "python"))
+    env.pop("SPARK_HOME", None)  # the venv's pyspark is the Spark home, as for a user
     started = time.perf_counter()
-    with open(folder / "run.stderr", "w") as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+    with open(folder / f"run-{run_name}.stderr", "w") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
+                                   cwd=str(folder))
         try:
             with RssPoller(process.pid) as poller:
                 stdout, _ = process.communicate()
@@ -271,41 +381,63 @@ def run_size(name: str, product_labels: bool, args) -> dict:
             if process.poll() is None:  # interrupted: never leave a Spark job behind
                 process.kill()
     total_s = time.perf_counter() - started
+    (folder / f"run-{run_name}.stdout").write_text(stdout)
     if process.returncode != 0:
-        raise RuntimeError(f"personas run exited {process.returncode}; see {folder / 'run.stderr'}")
-    (folder / "run.stdout").write_text(stdout)
-    summary = json.loads(stdout.strip().splitlines()[-1])
-    stages = summary["seconds"]
-    walks = sum(1 for r in summary["rounds"] if r.get("supersteps") is not None) or len(summary["rounds"])
+        raise RuntimeError(f"{command[0]} on {master} exited {process.returncode}; see {folder}/run-{run_name}.*")
+    return json.loads(stdout.strip().splitlines()[-1]), total_s, poller, config_path, event_log
+
+
+def run_size(name: str, product_labels: bool, args) -> Iterator[dict]:
+    """One row per master in ``args.masters``, as each run ends, on the same generated inputs;
+    rows after the first record how their outputs compare with the first master's."""
+    folder = Path(tempfile.mkdtemp(prefix=f"pipeline-scale-{name}-", dir=args.workdir))
+    generated = time.perf_counter()
+    facts = write_inputs(folder, name, args.seed, product_labels, args.model)
+    generate_s = time.perf_counter() - generated
+    print(f"== {name} (product labels {'on' if product_labels else 'off'}): inputs in {generate_s:.1f} s, "
+          f"{folder}", flush=True)
     from persona_lib.config import load_config
 
-    config = load_config(str(folder / "config.yaml"), workdir=str(folder / "work"))
-    scipy_s = scipy_floor(facts["pairs"], facts["planted"], config.propagation.lhat, config.propagation.beta,
-                          args.seed)
-    propagate_s = stages.get("propagate")
-    row = {
-        "graph": name, "product_labels": product_labels, "edges": len(facts["pairs"]),
-        "customers": summary["customers"], "products": int(facts["pairs"]["product_id"].nunique()),
-        "personas": facts["shape"].personas, "budget": BUDGET,
-        "model": {"cv_folds": config.model.cv_folds, "max_iter": config.model.max_iter}, "rounds": len(summary["rounds"]),
-        "total_s": round(total_s, 1), "generate_s": round(generate_s, 1), "stages": stages,
-        "propagation_walks": walks, "scipy_s": round(scipy_s, 3),
-        "propagation_over_scipy": round(propagate_s / walks / scipy_s, 1) if propagate_s and scipy_s else None,
-        **event_log_figures(facts["event_log"]),
-        "driver_peak_rss_bytes": poller.peak_hwm["jvm"],
-        "python_driver_peak_rss_bytes": poller.peak_hwm["python_driver"],
-        "python_workers_peak_rss_bytes": poller.workers_peak_sum,
-        "outputs": {t: delta_rows(summary["tables"][t]["location"], summary["tables"][t]["version"])
-                    for t in OUTPUTS},
-        "labelled": summary["labelled"], "supersteps": summary["supersteps"],
-        "product_label_summary": summary.get("product_labels"),
-        "cores": os.cpu_count(),
-        # Other jobs on a shared machine stretch every timing: the load seen during the run says how much.
-        "load_average_mean": round(float(np.mean(poller.load_averages)), 1) if poller.load_averages else None,
-        "load_average_max": round(max(poller.load_averages), 1) if poller.load_averages else None,
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    return row
+    reference, scipy_s = None, None
+    for master in args.masters:
+        summary, total_s, poller, config_path, event_log = run_pipeline(folder, facts["config"], master)
+        config = load_config(str(config_path), workdir=str(folder / "work"))
+        if scipy_s is None:  # after the first run, so that it never shares the machine with one
+            scipy_s = scipy_floor(facts["pairs"], facts["planted"], config.propagation.lhat,
+                                  config.propagation.beta, args.seed)
+        stages = summary["seconds"]
+        walks = sum(1 for r in summary["rounds"] if r.get("supersteps") is not None) or len(summary["rounds"])
+        propagate_s = stages.get("propagate")
+        row = {
+            "graph": name, "master": master, "product_labels": product_labels, "edges": len(facts["pairs"]),
+            "customers": summary["customers"], "products": int(facts["pairs"]["product_id"].nunique()),
+            "personas": facts["shape"].personas, "budget": BUDGET,
+            "model": {"cv_folds": config.model.cv_folds, "max_iter": config.model.max_iter},
+            "rounds": len(summary["rounds"]),
+            "total_s": round(total_s, 1), "generate_s": round(generate_s, 1), "stages": stages,
+            "propagation_walks": walks, "scipy_s": round(scipy_s, 3),
+            "propagation_over_scipy": round(propagate_s / walks / scipy_s, 1) if propagate_s and scipy_s else None,
+            **event_log_figures(event_log),
+            "driver_peak_rss_bytes": poller.peak_hwm["jvm"],
+            "executors_peak_rss_bytes": poller.executors_peak_sum,
+            "python_driver_peak_rss_bytes": poller.peak_hwm["python_driver"],
+            "python_workers_peak_rss_bytes": poller.workers_peak_sum,
+            "outputs": {t: delta_rows(summary["tables"][t]["location"], summary["tables"][t]["version"])
+                        for t in OUTPUTS},
+            "labelled": summary["labelled"], "supersteps": summary["supersteps"],
+            "product_label_summary": summary.get("product_labels"),
+            "cores": os.cpu_count(),
+            # Other jobs on a shared machine stretch every timing: the load seen during the run says how much.
+            "load_average_mean": round(float(np.mean(poller.load_averages)), 1) if poller.load_averages else None,
+            "load_average_max": round(max(poller.load_averages), 1) if poller.load_averages else None,
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if reference is None:
+            reference = (master, summary)
+        else:
+            row["outputs_compared_with"] = {"master": reference[0], **compare_outputs(reference[1], summary)}
+        print(json.dumps(row), flush=True)
+        yield row
 
 
 def main(argv=None) -> int:
@@ -316,6 +448,10 @@ def main(argv=None) -> int:
     parser.add_argument("--model-settings", choices=("default", "tests"), default=None,
                         help="the persona model at its defaults (the default), or the tests' 3 folds / "
                              "15 iterations")
+    parser.add_argument("--master", dest="masters", action="append", default=None,
+                        help="local (default: `personas run`, local[*]) or a spark-submit master such as "
+                             "local-cluster[2,1,4096] (`spark-submit jobs/run_pipeline.py`); repeat it to run "
+                             "each on the same inputs and compare every later run's outputs with the first's")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--workdir", default=None, help="where inputs and work dirs go (default: a temp dir)")
     parser.add_argument("--out", default=str(RESULTS), help="JSON lines file appended to")
@@ -331,12 +467,15 @@ def main(argv=None) -> int:
     settings = args.model_settings or "default"
     args.model = {"cv_folds": 3, "max_iter": 15} if settings == "tests" else {}
     variants = {"off": [False], "on": [True], "both": [False, True]}["off" if args.quick else args.product_labels]
+    args.masters = args.masters or ["local"]
+    for master in args.masters:
+        if master != "local":
+            local_cluster_memory_mb(master)  # fail before generating anything
     for name in sizes:
         for product_labels in variants:
-            row = run_size(name, product_labels, args)
-            print(json.dumps(row), flush=True)
-            with open(args.out, "a") as handle:
-                handle.write(json.dumps(row) + "\n")
+            for row in run_size(name, product_labels, args):
+                with open(args.out, "a") as handle:
+                    handle.write(json.dumps(row) + "\n")
     return 0
 
 

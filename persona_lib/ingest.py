@@ -729,6 +729,15 @@ def _merge_source_rows(spark, rows: DataFrame, ref: storage.TableRef, schema, ke
     storage.ensure_table(spark, ref, schema)
     incoming = storage.conform(rows, schema, ref.name)
     current = ref.read(spark).where(F.col("content_sha256") == F.lit(fingerprint))
+    if current.isEmpty():
+        # The source's first ingest: every row is new, so they are written as they are rather
+        # than anti-joined with nothing, cached and merged (about 220 s of a 13.3M-row first
+        # ingest on 2 cores). A concurrent commit touching this source's rows conflicts with
+        # this write as it would with the MERGE.
+        if incoming.isEmpty():
+            return False
+        storage.replace_where(incoming, ref, schema, f"content_sha256 = '{fingerprint}'")
+        return True
     same = [incoming[c].eqNullSafe(current[c]) for c in (*keys, *content_columns)]
     changed = incoming.join(current, same[0] if len(same) == 1 else _all(same), "left_anti")
     difference = changed.withColumn("_delete", F.lit(False))

@@ -234,6 +234,17 @@ def append(df: DataFrame, ref: TableRef, schema: StructType) -> None:
         writer.save(ref.location)
 
 
+def replace_where(df: DataFrame, ref: TableRef, schema: StructType, predicate: str) -> None:
+    """The table's rows matching ``predicate`` become ``df`` (whose rows must all match it), in
+    one Delta commit that conflicts with any concurrent commit touching those rows."""
+    writer = (conform(df, schema, ref.name).write.format("delta").mode("overwrite")
+              .option("replaceWhere", predicate))
+    if ref.is_catalog:
+        writer.saveAsTable(ref.location)
+    else:
+        writer.save(ref.location)
+
+
 def merge_insert_new(spark: SparkSession, df: DataFrame, ref: TableRef, schema: StructType,
                      keys: Sequence[str], partition_by: Sequence[str] = ()) -> None:
     """Insert the rows whose ``keys`` are not in the table yet: re-running adds nothing."""

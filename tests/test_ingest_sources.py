@@ -102,6 +102,32 @@ def test_identical_rows_keep_one_and_quarantine_the_others_as_duplicates(spark):
     assert classified.select("line_number").distinct().count() == 3
 
 
+def test_ranking_only_the_repeated_keys_marks_the_same_rows_as_ranking_every_row(spark, monkeypatch):
+    """The fast path (rows whose key is alone skip the sort) and the slow one (every row ranked,
+    taken when too many keys repeat to broadcast) give every row the same reason and line."""
+    from persona_lib import ingest_sources
+
+    repeated = ("1", "A", "2", "2024-03-01 10:00:00", "B1", 1.0)
+    rows = [repeated, repeated, ("2", "B", "0", "2024-03-02 10:00:00", "B2", 1.0),
+            ("2", "B", "0", "2024-03-02 10:00:00", "B2", 1.0), ("3", "C", "1", "2024-03-03 10:00:00", "B3", 1.0)]
+    columns = ["raw_customer_id", "event_id", "line_number", "reason", "detail"]
+    ranked_where_repeated = coerce(spark, rows).select(*columns)
+    monkeypatch.setattr(ingest_sources, "REPEATED_KEYS_BROADCAST_LIMIT", 0)
+    every_row_ranked = coerce(spark, rows).select(*columns)
+    assert_df_equality(ranked_where_repeated, every_row_ranked, ignore_row_order=True)
+    assert sorted(r["reason"] or "" for r in every_row_ranked.collect()) == \
+        ["", "", "duplicate_line", "non_positive_quantity", "non_positive_quantity"]
+
+
+def test_rows_with_keys_of_their_own_are_each_the_first_occurrence(spark):
+    rows = [("1", "A", "2", "2024-03-01 10:00:00", "B1", 1.0), ("2", "B", "1", "2024-03-02 10:00:00", "B2", 1.0)]
+    classified = coerce(spark, rows)
+    expected = classified.select("event_id", (F.xxhash64("event_id", F.lit(1)).bitwiseAND(F.lit((1 << 63) - 1)))
+                                 .alias("line_number"), F.lit(None).cast("string").alias("reason"))
+    assert_df_equality(classified.select("event_id", "line_number", "reason"), expected,
+                       ignore_row_order=True, ignore_nullable=True)
+
+
 def test_event_ids_come_from_the_content_so_a_reread_gives_the_same_ids(spark):
     rows = [("1", "A", "2", "2024-03-01 10:00:00", "B1", 1.0), ("2", "B", "1", "2024-03-02 10:00:00", "B2", 1.0)]
     first = coerce(spark, rows).select("event_id", "line_number")
