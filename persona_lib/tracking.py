@@ -9,6 +9,7 @@ never share a store; ``tracking.tracking_uri`` in the config points it at Databr
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -125,24 +126,56 @@ def log_metrics(metrics: Mapping[str, Any], step: Optional[int] = None) -> None:
 
 
 def log_delta_input(spark, ref, context: str) -> None:
-    """Log a Delta table as a run input, pinned to its current version."""
+    """Log a Delta table as a run input, pinned to its current version, with its schema and its
+    exact row count as the profile."""
     import mlflow
+    from mlflow.data.delta_dataset_source import DeltaDatasetSource
+    from mlflow.types.utils import _infer_schema
 
     version = ref.version(spark)
     df = ref.read(spark, version=version)
-    kwargs = {"table_name": ref.location} if ref.is_catalog else {"path": ref.location}
-    dataset = mlflow.data.from_spark(
-        df, version=str(version), name=f"{ref.name}@v{version}",
-        # The digest names the exact input: table and version; computing one from the data
-        # would scan it for nothing.
-        digest=f"{ref.name}-v{version}"[:36], **kwargs,
-    )
+    source = (DeltaDatasetSource(delta_table_name=ref.location, delta_table_version=version) if ref.is_catalog
+              else DeltaDatasetSource(path=ref.location, delta_table_version=version))
     with warnings.catch_warnings():
         # The dataset's schema is inferred with the model-signature code, which warns that
         # integer columns cannot hold missing values at model inference time: a hint for
         # model inputs, not for a table recorded as a run's input.
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
-        mlflow.log_input(dataset, context=context)
+        schema = _infer_schema(df)
+    dataset = _delta_input_class()(
+        source=source, name=f"{ref.name}@v{version}",
+        # The digest names the exact input: table and version; computing one from the data
+        # would scan it for nothing.
+        digest=f"{ref.name}-v{version}"[:36], schema=schema,
+        # An unfiltered count of a Delta table is answered from its log's file statistics.
+        rows=df.count(),
+    )
+    mlflow.log_input(dataset, context=context)
+
+
+@functools.cache  # mlflow is imported on first use, so the class is built then, once
+def _delta_input_class():
+    from mlflow.data.meta_dataset import MetaDataset
+
+    class DeltaInput(MetaDataset):
+        """A Delta table version as an MLflow input, profiled by its exact row count.
+
+        Not ``mlflow.data.from_spark``: its profile counts the rows through a Python RDD of the
+        whole table (``df.rdd``), a Spark job that outlives its 5-second timeout and held both
+        cores for 134 s at 13.3M purchases while the graph build waited."""
+
+        def __init__(self, *, rows: int, **kwargs):
+            self._rows = rows
+            super().__init__(**kwargs)
+
+        @property
+        def profile(self):
+            return {"num_rows": self._rows}
+
+        def to_dict(self) -> dict[str, str]:
+            return {**super().to_dict(), "profile": json.dumps(self.profile)}
+
+    return DeltaInput
 
 
 def log_json_artifact(payload: Any, artifact_file: str) -> None:

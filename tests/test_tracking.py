@@ -4,6 +4,7 @@ Databricks config must land in Unity Catalog's registry without contacting a wor
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import datetime
 
 import pytest
@@ -70,3 +71,23 @@ def test_the_git_commit_tag_is_the_checkouts_head(monkeypatch):
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
                           check=True).stdout.strip()
     assert tracking.environment_tags()["mlflow.source.git.commit"] == head
+
+
+def test_a_delta_input_is_logged_at_its_version_with_its_schema_and_exact_row_count(spark, tmp_path):
+    import mlflow
+
+    from persona_lib.storage import TableRef
+
+    ref = TableRef("purchase_events", str(tmp_path / "purchase_events"), is_catalog=False)
+    rows = spark.createDataFrame([("1", "A"), ("2", "B")], "customer_id string, product_id string")
+    rows.write.format("delta").save(ref.location)
+    rows.limit(1).write.format("delta").mode("append").save(ref.location)  # version 1, 3 rows
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run() as run:
+        tracking.log_delta_input(spark, ref, context="purchase_events")
+    logged = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+    assert [(d.dataset.name, d.dataset.digest, d.dataset.source_type, d.tags[0].value) for d in logged] == \
+        [("purchase_events@v1", "purchase_events-v1", "delta_table", "purchase_events")]
+    assert json.loads(logged[0].dataset.profile) == {"num_rows": 3}
+    assert json.loads(logged[0].dataset.source) == {"path": ref.location, "delta_table_version": 1}
+    assert [c["name"] for c in json.loads(logged[0].dataset.schema)["mlflow_colspec"]] == ["customer_id", "product_id"]
