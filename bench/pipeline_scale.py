@@ -226,7 +226,9 @@ class RssPoller:
                     self.peak_hwm["jvm"] = max(self.peak_hwm["jvm"], hwm)
                 elif name == "java":
                     executors += rss
-                elif name.startswith("python") and depth <= 1:
+                elif depth == 0 or (depth == 1 and driver_jvm_depth == 0 and name.startswith("python")):
+                    # `personas run` itself (named after its script), or the Python driver that
+                    # spark-submit's JVM starts.
                     self.peak_hwm["python_driver"] = max(self.peak_hwm["python_driver"], hwm)
                 elif name.startswith("python"):
                     workers += rss
