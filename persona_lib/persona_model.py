@@ -58,7 +58,7 @@ from persona_lib.graph import PurchaseGraph
 from persona_lib.labelling.answers import LABEL_STATUSES, UNREPRESENTABLE, UNREPRESENTABLE_STATUS
 from persona_lib.labelling.backends import read_or_empty
 from persona_lib.labelling.store import without_forgotten
-from persona_lib.propagation import _segment_sums, default_epsilon, propagate, seeds_from_labels
+from persona_lib.propagation import default_epsilon, propagate, seeds_from_labels, segment_sums
 from persona_lib.storage import Tables
 
 log = logging.getLogger("personas.model")
@@ -242,7 +242,7 @@ def weighted_product_sums(rows: DataFrame, table: DataFrame, name: str) -> DataF
 
     ``table`` (group, product_id, persona, value) holds at most products x personas entries
     per group: it is broadcast as one dense matrix per group and every batch of rows is summed
-    with numpy (``propagation._segment_sums``, the walk's product -> customer kernel), instead
+    with numpy (``propagation.segment_sums``, the walk's product -> customer kernel), instead
     of a join that makes edges x personas rows. The sums are materialised before the
     broadcast is released.
     """
@@ -267,7 +267,7 @@ def weighted_product_sums(rows: DataFrame, table: DataFrame, name: str) -> DataF
                     continue
                 products, matrix = tables[int(group)]
                 customer_codes, customers = pd.factorize(part["customer_id"])
-                summed = _segment_sums(products.get_indexer(part["product_id"]), customer_codes,
+                summed = segment_sums(products.get_indexer(part["product_id"]), customer_codes,
                                        part["w"].to_numpy(dtype=float), np.arange(len(products)), matrix)
                 yield pd.DataFrame({"customer_id": np.asarray(customers, dtype=object)[summed["id"].to_numpy()],
                                     "persona": persona_names[summed["persona"].to_numpy()],
@@ -380,30 +380,18 @@ def _fit_profile_group(rows: pd.DataFrame, personas: list[str], c: float, max_it
     })
 
 
-def profile_logits(x: DataFrame, customers: DataFrame, personas: list[str], weights: DataFrame,
-                   intercepts: dict[str, float]) -> DataFrame:
-    """(customer_id, persona, profile_logit) for ``customers`` x personas."""
-    spark = x.sparkSession
-    base = F.broadcast(spark.createDataFrame([(p, intercepts[p]) for p in personas], "persona string, b double"))
+def profile_logits(x: DataFrame, customer_models: DataFrame, weights: DataFrame, intercepts: DataFrame) -> DataFrame:
+    """(customer_id, persona, profile_logit) of each customer of ``customer_models``
+    (customer_id, model_fold) under its model's profile: the model's intercept plus the
+    customer's tf-idf row ``x`` times the model's ``weights`` (model_fold, product_id, persona,
+    weight). ``intercepts``: (model_fold, persona, intercept). A customer none of whose products
+    has a weight gets the intercept."""
     sums = weighted_product_sums(
-        x.join(customers.select("customer_id"), "customer_id", "left_semi")
-        .select("customer_id", F.lit(FULL).alias("group"), "product_id", F.col("x").alias("w")),
-        weights.select(F.lit(FULL).alias("group"), "product_id", "persona", F.col("weight").alias("value")), "_dot")
-    return (customers.select("customer_id").crossJoin(base).join(sums, ["customer_id", "persona"], "left")
-            .select("customer_id", "persona", (F.col("b") + F.coalesce(F.col("_dot"), F.lit(0.0))).alias("profile_logit")))
-
-
-def out_of_fold_profile_logits(x: DataFrame, folds: DataFrame, weights: DataFrame,
-                               intercepts: DataFrame) -> DataFrame:
-    """(customer_id, persona, profile_logit) of the labelled customers, each from the profile of
-    the model fold that left its own fold out."""
-    own_model = folds.select("customer_id", F.col("fold").alias("model_fold"))
-    sums = weighted_product_sums(
-        x.join(own_model, "customer_id").select("customer_id", F.col("model_fold").alias("group"), "product_id",
-                                                 F.col("x").alias("w")),
-        weights.where(F.col("model_fold") != FULL).select(F.col("model_fold").alias("group"), "product_id", "persona",
-                                                          F.col("weight").alias("value")), "_dot")
-    return (own_model.join(F.broadcast(intercepts), "model_fold").join(sums, ["customer_id", "persona"], "left")
+        x.join(customer_models, "customer_id").select("customer_id", F.col("model_fold").alias("group"), "product_id",
+                                                      F.col("x").alias("w")),
+        weights.select(F.col("model_fold").alias("group"), "product_id", "persona", F.col("weight").alias("value")),
+        "_dot")
+    return (customer_models.join(F.broadcast(intercepts), "model_fold").join(sums, ["customer_id", "persona"], "left")
             .select("customer_id", "persona",
                     (F.col("intercept") + F.coalesce(F.col("_dot"), F.lit(0.0))).alias("profile_logit")))
 
@@ -626,7 +614,10 @@ def out_of_fold_features(spark: SparkSession, config: AppConfig, inputs: ModelIn
     x = tfidf(inputs.edges, idf).cache()
     profile_weights, profile_intercepts = fit_profiles(x, labels, folds, personas, fold_count, cfg)
     log.info("persona model: profiles of %d folds and the full model fitted", fold_count)
-    oof_profile = out_of_fold_profile_logits(x, folds, profile_weights, profile_intercepts).localCheckpoint(eager=True)
+    # Each labelled customer is scored by the profile of the model that left its own fold out.
+    oof_profile = profile_logits(x, folds.select("customer_id", F.col("fold").alias("model_fold")),
+                                 profile_weights.where(F.col("model_fold") != FULL),
+                                 profile_intercepts).localCheckpoint(eager=True)
     training = _join_features(training, oof_profile, ("profile_logit",))
     sizes = _sizes(inputs.edges)
     training = training.join(sizes, "customer_id", "left").fillna(0.0, ["log_products"])
@@ -712,9 +703,12 @@ def score(spark: SparkSession, model: PersonaModel, edges: DataFrame, customer_a
     votes = vote_features(chosen_edges.withColumn("fold", F.lit(FULL)), idf, full_buyers_unit, full_positives)
     frame = _join_features(frame, votes, ("vote_mean", "vote_log_sum"))
     x = tfidf(chosen_edges, idf)
-    weights = tables.where(F.col("weight") != 0).select("product_id", "persona", "weight")
-    frame = _join_features(frame, profile_logits(x, who, personas, weights, model.profile_intercepts),
-                           ("profile_logit",))
+    weights = tables.where(F.col("weight") != 0).select(F.lit(FULL).alias("model_fold"), "product_id", "persona",
+                                                        "weight")
+    intercepts = F.broadcast(spark.createDataFrame([(FULL, p, model.profile_intercepts[p]) for p in personas],
+                                                   "model_fold int, persona string, intercept double"))
+    frame = _join_features(frame, profile_logits(x, who.select("customer_id", F.lit(FULL).alias("model_fold")),
+                                                 weights, intercepts), ("profile_logit",))
     frame = frame.join(_sizes(chosen_edges), "customer_id", "left").fillna(0.0, ["log_products"])
     if "item_share" in model.features:
         labels = tables.where(F.col("item") > 0).select("product_id", "persona")

@@ -237,15 +237,15 @@ def broadcast_push(frontier: DataFrame, edges: DataFrame, direction: Direction =
     def receiver_sums(batches):
         ids, values = shared.value
         for batch in batches:
-            yield _segment_sums(batch[sender].to_numpy(dtype=np.int64), batch[receiver].to_numpy(dtype=np.int64),
+            yield segment_sums(batch[sender].to_numpy(dtype=np.int64), batch[receiver].to_numpy(dtype=np.int64),
                                 batch[transition].to_numpy(dtype=float), ids, values)
 
     sums = edges.select(SRC, DST, transition).mapInPandas(receiver_sums, LAYER_SCHEMA)
     return sums.groupBy(ID, "persona").agg(F.sum("value").alias("value")), shared
 
 
-def _segment_sums(senders: np.ndarray, receivers: np.ndarray, transitions: np.ndarray,
-                  sender_ids: np.ndarray, layer: np.ndarray) -> pd.DataFrame:
+def segment_sums(senders: np.ndarray, receivers: np.ndarray, transitions: np.ndarray,
+                 sender_ids: np.ndarray, layer: np.ndarray) -> pd.DataFrame:
     """(receiver id, persona, sum over its edges of transition x layer[sender]) of one batch of edges."""
     found = np.zeros(len(senders), dtype=bool)
     slot = np.zeros(len(senders), dtype=np.int64)

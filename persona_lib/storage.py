@@ -209,36 +209,31 @@ def ensure_table(spark: SparkSession, ref: TableRef, schema: StructType,
 
 def overwrite(df: DataFrame, ref: TableRef, schema: StructType, partition_by: Sequence[str] = ()) -> None:
     """Replace the table's content in one Delta commit (readers see the old or the new, never half)."""
-    writer = (
-        conform(df, schema, ref.name).write.format("delta").mode("overwrite")
-        .option("overwriteSchema", "true")
-    )
-    # "delta."-options become table properties when the write creates the table.
-    for key, value in id_safe_properties(schema).items():
-        writer = writer.option(key, value)
+    writer = _writer(df, ref, schema, "overwrite").option("overwriteSchema", "true")
     if partition_by:
         writer = writer.partitionBy(*partition_by)
-    if ref.is_catalog:
-        writer.saveAsTable(ref.location)
-    else:
-        writer.save(ref.location)
+    _save(writer, ref)
 
 
 def append(df: DataFrame, ref: TableRef, schema: StructType) -> None:
-    writer = conform(df, schema, ref.name).write.format("delta").mode("append")
-    for key, value in id_safe_properties(schema).items():
-        writer = writer.option(key, value)
-    if ref.is_catalog:
-        writer.saveAsTable(ref.location)
-    else:
-        writer.save(ref.location)
+    _save(_writer(df, ref, schema, "append"), ref)
 
 
 def replace_where(df: DataFrame, ref: TableRef, schema: StructType, predicate: str) -> None:
     """The table's rows matching ``predicate`` become ``df`` (whose rows must all match it), in
     one Delta commit that conflicts with any concurrent commit touching those rows."""
-    writer = (conform(df, schema, ref.name).write.format("delta").mode("overwrite")
-              .option("replaceWhere", predicate))
+    _save(_writer(df, ref, schema, "overwrite").option("replaceWhere", predicate), ref)
+
+
+def _writer(df: DataFrame, ref: TableRef, schema: StructType, mode: str):
+    writer = conform(df, schema, ref.name).write.format("delta").mode(mode)
+    # "delta."-options become table properties when the write creates the table.
+    for key, value in id_safe_properties(schema).items():
+        writer = writer.option(key, value)
+    return writer
+
+
+def _save(writer, ref: TableRef) -> None:
     if ref.is_catalog:
         writer.saveAsTable(ref.location)
     else:

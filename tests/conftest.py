@@ -1,4 +1,5 @@
-"""One local SparkSession (Delta, checkpoints, fast JVM flags) for the whole pytest run.
+"""One local SparkSession (Delta, checkpoints, fast JVM flags) per pytest process: the whole
+run, or each of the two workers of the README's ``pytest -n 2``.
 
 Each test gets its own work directory (``config`` fixture), so Delta tables of different
 tests never collide while they share the session.
@@ -15,6 +16,9 @@ import yaml
 from persona_lib.config import AppConfig, load_config
 from persona_lib.spark import build_local_spark
 from persona_lib.testing import TEST_CONF  # also what tests may import from here
+
+# endpoint_factory: a loopback OpenAI-compatible chat endpoint (test_labelling_openai, test_taxonomy_propose).
+pytest_plugins = ["tests.openai_endpoint"]
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +45,16 @@ def code_cache_use(session) -> str:
     used = sum(pool.getUsage().getUsed() for pool in pools)
     reserved = sum(max(pool.getUsage().getMax(), 0) for pool in pools)
     return f"JVM code cache: {used / 2**20:.0f} MiB used of {reserved / 2**20:.0f} MiB"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist turns the group into the test's scope
+def pytest_collection_modifyitems(config, items):
+    """Under ``pytest -n 2 --dist loadgroup`` (the README's test command) a module's tests run
+    on one worker, so its module fixtures (most build a whole published run) are built once;
+    the modules reading the session's shared published run (``published_site``) run together."""
+    for item in items:
+        shared = "published_site" in getattr(item, "fixturenames", ())
+        item.add_marker(pytest.mark.xdist_group("published_site" if shared else item.module.__name__))
 
 
 def pytest_terminal_summary(terminalreporter, config):

@@ -10,8 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from persona_lib.errors import InputError
 from persona_lib.taxonomy import load_taxonomy
 from tests.conftest import TEST_CONF
 from tests.console import assert_quiet
+from tests.openai_endpoint import chat_answer
 
 PERSONAS = Path(sys.executable).with_name("personas")
 
@@ -146,50 +145,10 @@ def test_the_prompt_holds_every_basket_and_asks_for_5_to_20_personas_in_yaml(spa
 
 # --- the openai backend -----------------------------------------------------------------------
 
-class Endpoint:
-    """Answers every chat request with ``reply`` and keeps the request bodies."""
-
-    def __init__(self, reply: str):
-        self.requests: list[dict] = []
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                endpoint.requests.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                payload = json.dumps({"choices": [{"message": {"content": reply}, "finish_reason": "stop"}],
-                                      "usage": {"prompt_tokens": 900, "completion_tokens": 300}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def endpoint_factory():
-    endpoints = []
-
-    def make(reply: str) -> Endpoint:
-        endpoints.append(Endpoint(reply))
-        return endpoints[-1]
-
-    yield make
-    for endpoint in endpoints:
-        endpoint.close()
-
+USAGE = {"prompt_tokens": 900, "completion_tokens": 300}
 
 def test_openai_sends_the_prompt_without_a_schema_and_its_answer_becomes_the_draft(endpoint_factory, tmp_path):
-    endpoint = endpoint_factory(f"```yaml\n{answer_yaml()}```")
+    endpoint = endpoint_factory(chat_answer(f"```yaml\n{answer_yaml()}```", **USAGE))
     config = load_config(TEST_CONF, workdir=str(tmp_path / "work"))
     config = config.replace("labelling", openai=dataclasses.replace(
         config.labelling.openai, base_url=endpoint.url, model="served-model", max_retries=0))
@@ -266,7 +225,7 @@ def test_propose_with_replay_writes_a_draft_that_loads_and_the_prompt_with_the_b
 def test_an_invalid_answer_is_exit_3_naming_the_problem_with_the_raw_answer_saved(site, tmp_path, endpoint_factory):
     conf, workdir = site
     reply = f"Here you go:\n{answer_yaml(SIX[:3], k=2)}"
-    endpoint = endpoint_factory(reply)
+    endpoint = endpoint_factory(chat_answer(reply, **USAGE))
     openai_conf = tmp_path / "openai.yaml"
     openai_conf.write_text(yaml.safe_dump({"base": str(conf), "labelling": {"openai": {
         "base_url": endpoint.url, "model": "tiny", "max_retries": 0}}}))

@@ -82,10 +82,14 @@ def test_a_delta_input_is_logged_at_its_version_with_its_schema_and_exact_row_co
     rows = spark.createDataFrame([("1", "A"), ("2", "B")], "customer_id string, product_id string")
     rows.write.format("delta").save(ref.location)
     rows.limit(1).write.format("delta").mode("append").save(ref.location)  # version 1, 3 rows
+    previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    with mlflow.start_run() as run:
-        tracking.log_delta_input(spark, ref, context="purchase_events")
-    logged = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+    try:
+        with mlflow.start_run() as run:
+            tracking.log_delta_input(spark, ref, context="purchase_events")
+        logged = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
     assert [(d.dataset.name, d.dataset.digest, d.dataset.source_type, d.tags[0].value) for d in logged] == \
         [("purchase_events@v1", "purchase_events-v1", "delta_table", "purchase_events")]
     assert json.loads(logged[0].dataset.profile) == {"num_rows": 3}
