@@ -268,7 +268,7 @@ def weighted_product_sums(rows: DataFrame, table: DataFrame, name: str) -> DataF
                 products, matrix = tables[int(group)]
                 customer_codes, customers = pd.factorize(part["customer_id"])
                 summed = segment_sums(products.get_indexer(part["product_id"]), customer_codes,
-                                       part["w"].to_numpy(dtype=float), np.arange(len(products)), matrix)
+                                      part["w"].to_numpy(dtype=float), np.arange(len(products)), matrix)
                 yield pd.DataFrame({"customer_id": np.asarray(customers, dtype=object)[summed["id"].to_numpy()],
                                     "persona": persona_names[summed["persona"].to_numpy()],
                                     name: summed["value"].to_numpy()})
@@ -705,8 +705,8 @@ def score(spark: SparkSession, model: PersonaModel, edges: DataFrame, customer_a
     x = tfidf(chosen_edges, idf)
     weights = tables.where(F.col("weight") != 0).select(F.lit(FULL).alias("model_fold"), "product_id", "persona",
                                                         "weight")
-    intercepts = F.broadcast(spark.createDataFrame([(FULL, p, model.profile_intercepts[p]) for p in personas],
-                                                   "model_fold int, persona string, intercept double"))
+    intercepts = spark.createDataFrame([(FULL, p, model.profile_intercepts[p]) for p in personas],
+                                       "model_fold int, persona string, intercept double")
     frame = _join_features(frame, profile_logits(x, who.select("customer_id", F.lit(FULL).alias("model_fold")),
                                                  weights, intercepts), ("profile_logit",))
     frame = frame.join(_sizes(chosen_edges), "customer_id", "left").fillna(0.0, ["log_products"])

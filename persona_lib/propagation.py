@@ -238,7 +238,7 @@ def broadcast_push(frontier: DataFrame, edges: DataFrame, direction: Direction =
         ids, values = shared.value
         for batch in batches:
             yield segment_sums(batch[sender].to_numpy(dtype=np.int64), batch[receiver].to_numpy(dtype=np.int64),
-                                batch[transition].to_numpy(dtype=float), ids, values)
+                               batch[transition].to_numpy(dtype=float), ids, values)
 
     sums = edges.select(SRC, DST, transition).mapInPandas(receiver_sums, LAYER_SCHEMA)
     return sums.groupBy(ID, "persona").agg(F.sum("value").alias("value")), shared
