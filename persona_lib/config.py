@@ -319,6 +319,10 @@ class PublishingConfig:
     # Evidence mass below this (sum of raw scores) marks a customer ambiguous.
     evidence_floor: float = 0.0
     why_products: int = 5
+    # HyperLogLog lgConfigK of why.labelled_neighbours (4..21): relative error about
+    # 1.04 / sqrt(2^k) above small counts, and the per-customer union's cost grows with 2^k
+    # (bench/labelled_neighbours.py measures both).
+    neighbour_sketch_lg_k: int = 10
 
 
 @dataclass(frozen=True)
@@ -818,6 +822,9 @@ def validate(config: AppConfig, where: str = "config") -> None:
     if not graph.half_life_days > 0:
         problems.append(f"graph.half_life_days must be positive, got {graph.half_life_days}")
     problems += _labelling_problems(config)
+    if not 4 <= config.publishing.neighbour_sketch_lg_k <= 21:
+        problems.append("publishing.neighbour_sketch_lg_k must be within 4..21 (HyperLogLog lgConfigK), "
+                        f"got {config.publishing.neighbour_sketch_lg_k}")
     if problems:
         raise ConfigError(f"{where}: " + "; ".join(problems))
 

@@ -326,7 +326,9 @@ CONTRACTS: Tuple[TableContract, ...] = (
                   "labelled customer was reached), `confidence` their mean calibrated probability, "
                   "`is_ambiguous` true when the epsilon certificate cannot settle a decision or the "
                   "evidence is thin; `why.products` weights are shares of the top persona's evidence, "
-                  "`why.labelled_neighbours` counts distinct labelled co-buyers (HyperLogLog), "
+                  "`why.labelled_neighbours` counts distinct labelled co-buyers (HyperLogLog of precision "
+                  "`publishing.neighbour_sketch_lg_k`: exact for small counts, about 3% off beyond at "
+                  "the default 10), "
                   "`why.llm_evidence` holds a labelled customer's validated personas."),
     TableContract("product_personas", PRODUCT_PERSONAS, ("product_id", "persona"), "publishing",
                   "Per product and persona: affinity score."),

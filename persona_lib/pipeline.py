@@ -270,8 +270,7 @@ def _run_rounds_and_publish(spark, config, tables, run_id, started_at, timer, sa
 
 
 def _publish(spark, config, tables, inputs, computed_at) -> dict:
-    return publishing.publish(spark, tables, inputs, computed_at, config.model.min_products,
-                              config.publishing.why_products)
+    return publishing.publish(spark, tables, inputs, computed_at, config.model.min_products, config.publishing)
 
 
 def _refresh_catalog_views(spark, tables) -> None:

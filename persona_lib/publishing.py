@@ -38,7 +38,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 from persona_lib import contracts, storage
-from persona_lib.config import AppConfig
+from persona_lib.config import AppConfig, PublishingConfig
 from persona_lib.storage import TableRef, Tables
 
 OUTPUT_TABLES = ("persona_affinity", "customer_personas", "product_personas")
@@ -130,21 +130,22 @@ def why_products(inputs: PublishInputs, top_persona: DataFrame, limit: int) -> D
     )
 
 
-def labelled_neighbours(inputs: PublishInputs, labels: DataFrame) -> DataFrame:
+def labelled_neighbours(edges: DataFrame, labels: DataFrame, lg_config_k: int) -> DataFrame:
     """(customer_id, labelled_neighbours): DISTINCT labelled co-buyers, the customer excluded.
 
     Per product, a HyperLogLog sketch of its labelled buyers; per customer, the union of its
     products' sketches. That is one join over the edges, never a customer x customer
-    self-join (which grows with the square of product popularity). The estimate is exact for
-    small counts and within about 1.6% (lgConfigK 12) beyond.
+    self-join (which grows with the square of product popularity). The union's cost grows
+    with edges x 2^lg_config_k registers; the estimate is exact for small counts and within
+    about 1.04 / sqrt(2^lg_config_k) beyond (``publishing.neighbour_sketch_lg_k``).
     """
     sketches = (
-        inputs.edges.join(labels.select("customer_id"), "customer_id", "left_semi")
-        .groupBy("product_id").agg(F.hll_sketch_agg("customer_id", 12).alias("_sketch"))
+        edges.join(labels.select("customer_id"), "customer_id", "left_semi")
+        .groupBy("product_id").agg(F.hll_sketch_agg("customer_id", lg_config_k).alias("_sketch"))
     )
     self_labelled = labels.select("customer_id", F.lit(1).alias("_self"))
     return (
-        inputs.edges.join(sketches, "product_id")
+        edges.join(sketches, "product_id")
         .groupBy("customer_id").agg(F.hll_sketch_estimate(F.hll_union_agg("_sketch")).alias("_reached"))
         .join(self_labelled, "customer_id", "left")
         .select("customer_id", F.greatest(F.col("_reached") - F.coalesce(F.col("_self"), F.lit(0)), F.lit(0))
@@ -159,15 +160,15 @@ def ambiguity(uncertain, labelled_neighbours, products, min_products: int):
 
 
 def build_customer_personas(spark: SparkSession, inputs: PublishInputs, labels: DataFrame, min_products: int,
-                            why_limit: int, computed_at) -> DataFrame:
+                            settings: PublishingConfig, computed_at) -> DataFrame:
     from persona_lib import persona_model
 
     decided = persona_model.decide(inputs.persona_scores)
     sizes = inputs.edges.groupBy("customer_id").agg(F.count(F.lit(1)).alias("_products"))
-    neighbours = labelled_neighbours(inputs, labels)
+    neighbours = labelled_neighbours(inputs.edges, labels, settings.neighbour_sketch_lg_k)
     top_persona = (decided.select("customer_id", F.element_at("personas", 1).alias("persona"))
                    .where(F.col("persona").isNotNull()))
-    why = why_products(inputs, top_persona, why_limit)
+    why = why_products(inputs, top_persona, settings.why_products)
     everyone = inputs.customers.select("customer_id").distinct()
     joined = (
         everyone.join(decided, "customer_id", "left")
@@ -206,9 +207,9 @@ def build_product_personas(inputs: PublishInputs) -> DataFrame:
 
 
 def publish(spark: SparkSession, tables: Tables, inputs: PublishInputs, computed_at,
-            min_products: int, why_products: int) -> dict:
+            min_products: int, settings: PublishingConfig) -> dict:
     """Write the three output tables (one overwrite commit each); returns their versions.
-    ``min_products`` and ``why_products``: ``model.min_products``, ``publishing.why_products``."""
+    ``min_products``: ``model.min_products``; ``settings``: the ``publishing`` section."""
     if inputs.persona_scores is None:
         raise ValueError("publish needs the persona model's scores (PublishInputs.persona_scores)")
     labels = label_rows(inputs.llm_labels, inputs.overrides).cache()
@@ -218,7 +219,7 @@ def publish(spark: SparkSession, tables: Tables, inputs: PublishInputs, computed
         outputs = {
             "persona_affinity": (build_persona_affinity(inputs, labels, computed_at), contracts.PERSONA_AFFINITY),
             "customer_personas": (
-                build_customer_personas(spark, inputs, labels, min_products, why_products, computed_at),
+                build_customer_personas(spark, inputs, labels, min_products, settings, computed_at),
                 contracts.CUSTOMER_PERSONAS),
             "product_personas": (build_product_personas(inputs), contracts.PRODUCT_PERSONAS),
         }

@@ -39,6 +39,13 @@ def test_an_unknown_edge_weighting_is_an_error_naming_the_key(tmp_path):
         load_config(write(tmp_path, "g.yaml", "graph:\n  edge_weighting: hourly\n"))
 
 
+def test_a_neighbour_sketch_precision_outside_hyperloglog_range_is_an_error_naming_the_key(tmp_path):
+    assert load_config(write(tmp_path, "ok.yaml", "publishing:\n  neighbour_sketch_lg_k: 8\n")) \
+        .publishing.neighbour_sketch_lg_k == 8
+    with pytest.raises(ConfigError, match=r"publishing\.neighbour_sketch_lg_k.*4\.\.21.*got 3"):
+        load_config(write(tmp_path, "low.yaml", "publishing:\n  neighbour_sketch_lg_k: 3\n"))
+
+
 def test_wrong_type_is_an_error_naming_the_field(tmp_path):
     path = write(tmp_path, "c.yaml", "sampling:\n  rounds: two\n")
     with pytest.raises(ConfigError, match="rounds"):

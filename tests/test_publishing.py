@@ -9,6 +9,7 @@ from chispa import assert_approx_df_equality, assert_df_equality
 from pyspark.sql import functions as F
 
 from persona_lib import contracts, publishing
+from persona_lib.config import PublishingConfig
 from persona_lib.publishing import PublishInputs
 
 NOW = datetime(2026, 1, 1)
@@ -55,7 +56,7 @@ def inputs(spark):
 
 
 def publish(spark, tables, inputs, min_products=2):
-    return publishing.publish(spark, tables, inputs, NOW, min_products=min_products, why_products=5)
+    return publishing.publish(spark, tables, inputs, NOW, min_products=min_products, settings=PublishingConfig())
 
 
 def published(spark, tables, inputs):
@@ -105,6 +106,20 @@ def test_ambiguous_exactly_when_the_certificate_or_the_evidence_rule_says_so(spa
     expected = spark.createDataFrame([("c1", False), ("c2", True), ("c5", True), ("c6", True)],
                                      "customer_id string, is_ambiguous boolean")
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_labelled_neighbours_are_exact_when_few_and_within_the_sketch_error_when_many(spark):
+    # "small" shares one product with 3 labelled buyers; "big" shares products with 3,000.
+    pairs = [("small", "p0")] + [(f"l{i}", "p0") for i in range(3)]
+    pairs += [("big", f"q{i % 10}") for i in range(10)] + [(f"m{i}", f"q{i % 10}") for i in range(3000)]
+    edges = spark.createDataFrame(pairs, "customer_id string, product_id string").distinct()
+    labels = spark.createDataFrame([(f"l{i}",) for i in range(3)] + [(f"m{i}",) for i in range(3000)] + [("big",)],
+                                   "customer_id string")
+    counts = {r["customer_id"]: r["labelled_neighbours"]
+              for r in publishing.labelled_neighbours(edges, labels, 8).where("customer_id IN ('small', 'big')").collect()}
+    assert counts["small"] == 3
+    # lgConfigK 8: relative standard error 1.04 / 16 = 6.5%; 4 of them is far outside chance.
+    assert abs(counts["big"] - 3000) <= 0.26 * 3000
 
 
 def test_why_weights_are_shares_of_the_top_persona_and_co_buyers_are_distinct(spark, tables, inputs):

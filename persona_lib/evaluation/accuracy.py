@@ -160,7 +160,7 @@ def production_predictions(spark: SparkSession, context: "AccuracyContext", run:
     label_rows = publishing.label_rows(labels, no_overrides)
     computed_at = datetime.now(timezone.utc)
     customer_personas = publishing.build_customer_personas(
-        spark, inputs, label_rows, config.model.min_products, config.publishing.why_products, computed_at) \
+        spark, inputs, label_rows, config.model.min_products, config.publishing, computed_at) \
         .localCheckpoint(eager=True)
     persona_affinity = publishing.build_persona_affinity(inputs, label_rows, computed_at).localCheckpoint(eager=True)
     return PublishedPrediction(customer_personas, persona_affinity,
