@@ -160,3 +160,24 @@ def test_with_a_population_the_gap_is_to_its_expected_share(spark):
     assert persona_model.choose_thresholds(scored, 0.1, population) == {"A": 0.6}
     # Within .05 none: the smallest gap, the higher threshold on a tie.
     assert persona_model.choose_thresholds(scored, 0.05, population) == {"A": 0.65}
+
+
+def test_rank_bounds_count_the_personas_surely_and_possibly_above_each_one(spark):
+    # Ties, a gap of exactly epsilon (0.25 + 0.25 = 0.5: not surely above), unreached personas.
+    eps = 0.25
+    scores = {"c": {"A": 0.5, "B": 0.25, "C": 0.25, "D": 0.0, "E": 1.5}, "d": {"A": 0.0, "B": 0.0}}
+    grid = spark.createDataFrame([(c, m) for c, row in scores.items() for m in row], "customer_id string, persona string")
+    affinity = spark.createDataFrame([(c, m, s) for c, row in scores.items() for m, s in row.items() if s > 0],
+                                     "customer_id string, persona string, score double")
+    actual = persona_model.walk_features(grid, affinity, 1.0, eps, 5).select(
+        "customer_id", "persona", "walk_reciprocal_rank_low", "walk_reciprocal_rank_high")
+
+    def bounds(customer, persona):
+        mine, others = scores[customer][persona], [s for m, s in scores[customer].items() if m != persona]
+        return (customer, persona, 1.0 / (1 + sum(s + eps >= mine for s in others)),
+                1.0 / (1 + sum(s > mine + eps for s in others)))
+
+    expected = spark.createDataFrame([bounds(c, m) for c, row in scores.items() for m in row],
+                                     "customer_id string, persona string, walk_reciprocal_rank_low double, "
+                                     "walk_reciprocal_rank_high double")
+    assert_approx_df_equality(actual, expected, 1e-12, ignore_row_order=True, ignore_nullable=True)
