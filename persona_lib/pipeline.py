@@ -318,12 +318,19 @@ def purchase_graph(spark, config, tables: storage.Tables, events: DataFrame):
     # read would otherwise scan purchase_events and shuffle it again. Unpersisted with the graph.
     edges = graph_lib.edges_from_events(events, config.graph.edge_weighting,
                                         config.graph.half_life_days).persist(StorageLevel.MEMORY_AND_DISK)
+    return (edges, *walk_graph(spark, config, tables, edges))
+
+
+def walk_graph(spark, config, tables: storage.Tables, edges: DataFrame):
+    """(the walk's graph, graph_keys) over ``edges`` (customer_id, product_id, weight), keyed
+    by graph.product_key: graph_keys maps product_id -> vertex under "group", None otherwise."""
+    from persona_lib import graph as graph_lib
+
     if config.graph.product_key == "product":  # the paper's graph: no products table to read
-        return edges, graph_lib.build_graph(edges), None
+        return graph_lib.build_graph(edges), None
     # One row per product: small, and read by every round's walk.
     graph_keys = graph_lib.product_graph_keys(tables.products.read(spark), config.graph.product_key).localCheckpoint()
-    return edges, graph_lib.build_graph(graph_lib.edges_by_key(edges, graph_keys, config.graph.edge_weighting)), \
-        graph_keys
+    return graph_lib.build_graph(graph_lib.edges_by_key(edges, graph_keys, config.graph.edge_weighting)), graph_keys
 
 
 def per_product_affinity(result, graph_keys: Optional[DataFrame]):

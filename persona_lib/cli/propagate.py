@@ -47,7 +47,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from persona_lib.graph import build_graph
+    from persona_lib.pipeline import per_product_affinity, walk_graph
     from persona_lib.propagation import propagate, write_propagation
     from persona_lib.spark import get_spark
     from persona_lib.storage import resolve_tables
@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> dict:
         raise InputError(f"--seed-fraction must be in (0, 1], got {args.seed_fraction}")
     spark = get_spark(config)
     tables = resolve_tables(config)
-    graph = build_graph(_edges(spark, tables, config.graph, args))
+    # graph.product_key as in `personas run`: group vertices walk, every product gets its group's rows.
+    graph, graph_keys = walk_graph(spark, config, tables, _edges(spark, tables, config.graph, args))
     log.info("graph: %d customers, %d products, %d edges",
              graph.customer_count, graph.product_count, graph.edge_count)
     labels = _labels(spark, config, tables, args)
@@ -66,8 +67,8 @@ def run(args: argparse.Namespace) -> dict:
     def progress(step: int, messages: int, max_residual: float) -> None:
         log.info("superstep %d: %d messages, largest residual left %.3g", step, messages, max_residual)
 
-    result = propagate(spark, graph, labels, config.propagation, method=args.method, epsilon=args.epsilon,
-                       on_superstep=progress)
+    result = per_product_affinity(propagate(spark, graph, labels, config.propagation, method=args.method,
+                                            epsilon=args.epsilon, on_superstep=progress), graph_keys)
     propagation_id = args.propagation_id or f"propagate-{uuid.uuid4().hex[:12]}"
     written = write_propagation(spark, tables, result, propagation_id)
     graph.unpersist()
