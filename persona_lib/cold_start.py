@@ -130,11 +130,12 @@ def log_and_register(product_personas, registered_model: str, run_alias: str,
     example = pd.DataFrame({"products": [["85123A", "71053"]]})
     info = mlflow.pyfunc.log_model(
         name="cold_start",
-        python_model=ColdStartPersonaModel(),
+        # Models from code: the model is this file's sibling script, not a pickled object.
+        python_model=str(Path(__file__).resolve().with_name("cold_start_pyfunc.py")),
         artifacts=artifacts,
         input_example=example,
         signature=model_signature(),
-        # The pickled model refers to this module: persona_lib travels with the model, so it
+        # The model script imports this module: persona_lib travels with the model, so it
         # loads where the package is not installed (a serving endpoint, a clean virtualenv).
         code_paths=[str(Path(__file__).resolve().parent)],
         pip_requirements=[f"mlflow=={mlflow.__version__}", f"pandas=={pd.__version__}",

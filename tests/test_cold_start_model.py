@@ -95,3 +95,11 @@ def test_the_registered_model_loads_without_the_repository_or_the_installed_pack
     assert loaded["personas"] == ["home_decorator", "party_planner", "gift_buyer"]
     repository = str(Path(cold_start.__file__).resolve().parent.parent)
     assert not loaded["persona_lib"].startswith(repository), loaded["persona_lib"]
+
+
+def test_the_model_is_logged_from_code_not_as_a_pickle(registered, tmp_path):
+    _, uri = registered
+    folder = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path)))
+    flavor = json.dumps(__import__("yaml").safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"])
+    assert "cold_start_pyfunc.py" in flavor
+    assert not list(folder.rglob("python_model.pkl"))

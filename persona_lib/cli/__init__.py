@@ -119,9 +119,6 @@ _IGNORED_WARNINGS = (
 )
 # Log messages of our dependencies' loggers, at WARNING or above, that are not problems.
 _IGNORED_LOG_MESSAGES = {
-    # Every pyfunc logged from a Python object (the cold-start model): a caution about loading
-    # pickles from untrusted sources, and this one is our own.
-    "mlflow.pyfunc": "serialized using CloudPickle",
     # Once per machine, on the first chart.
     "matplotlib.font_manager": "building the font cache",
 }
