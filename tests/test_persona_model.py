@@ -181,3 +181,11 @@ def test_rank_bounds_count_the_personas_surely_and_possibly_above_each_one(spark
                                      "customer_id string, persona string, walk_reciprocal_rank_low double, "
                                      "walk_reciprocal_rank_high double")
     assert_approx_df_equality(actual, expected, 1e-12, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_each_model_fold_of_the_profile_fit_gets_a_partition_of_its_own(spark):
+    folds = [persona_model.FULL, 0, 1, 2, 3, 4]
+    entries = spark.createDataFrame([(f"u{i}", folds[i % 6]) for i in range(600)], "customer_id string, model_fold int")
+    split = persona_model.one_partition_per_fold(entries, len(folds))
+    per_partition = split.groupBy(F.spark_partition_id().alias("part")).agg(F.countDistinct("model_fold").alias("folds"))
+    assert sorted(r["folds"] for r in per_partition.collect()) == [1] * 6
