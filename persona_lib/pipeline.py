@@ -29,7 +29,7 @@ from pyspark.sql import functions as F
 from persona_lib import publishing, storage, tracking
 from persona_lib import rounds as rounds_lib
 from persona_lib.config import AppConfig
-from persona_lib.errors import ConfigError
+from persona_lib.errors import ConfigError, InputError
 from persona_lib.labelling.answers import LABEL_STATUSES
 
 log = logging.getLogger("personas.pipeline")
@@ -328,6 +328,9 @@ def walk_graph(spark, config, tables: storage.Tables, edges: DataFrame):
 
     if config.graph.product_key == "product":  # the paper's graph: no products table to read
         return graph_lib.build_graph(edges), None
+    if not tables.products.exists(spark):
+        raise InputError(f"graph.product_key {config.graph.product_key}: no products table at "
+                         f"{tables.products.location}; run `personas ingest` first (with ingest.products.columns.group)")
     # One row per product: small, and read by every round's walk.
     graph_keys = graph_lib.product_graph_keys(tables.products.read(spark), config.graph.product_key).localCheckpoint()
     return graph_lib.build_graph(graph_lib.edges_by_key(edges, graph_keys, config.graph.edge_weighting)), graph_keys

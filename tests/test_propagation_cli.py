@@ -71,3 +71,15 @@ def test_group_product_key_walks_catalogue_groups_and_gives_each_product_its_gro
                                                   F.count(F.lit(1)).alias("products"))
     assert spread.where("values > 1").count() == 0
     assert spread.agg(F.max("products")).first()[0] == hearts
+
+
+def test_group_product_key_without_a_products_table_exits_with_an_input_error(spark, tmp_path, capsys):
+    import yaml
+
+    conf = tmp_path / "grouped.yaml"
+    conf.write_text(yaml.safe_dump({"base": str(TEST_CONF), "graph": {"product_key": "group"}}))
+    code = main(["propagate", "--conf", str(conf), "--workdir", str(tmp_path / "work"),
+                 "--pairs", str(REPO_ROOT / "data/gplr_online_retail/split_train.csv.gz"), "--labels-from", "replay-all"])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "graph.product_key group" in err and "products" in err and "personas ingest" in err
