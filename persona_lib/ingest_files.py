@@ -79,9 +79,10 @@ def out_of_range_rules(settings: IngestConfig, event_ts: Column, quantity: Colum
                   f"beyond ingest.unit_price_max {settings.unit_price_max:g}"),
     }
     broken = rules["date"][0] | rules["quantity"][0] | rules["price"][0]
-    detail = F.concat_ws("; ", F.array_compact(F.array(*[
+    # concat_ws skips the nulls (rules not broken) without a lambda, so the projection stays code-generated.
+    detail = F.concat_ws("; ", *[
         F.when(rules[rule][0], F.concat(F.lit(f"{field} "), value, F.lit(f" {rules[rule][1]}")))
-        for rule, field, value in shown])))
+        for rule, field, value in shown])
     return broken, detail
 
 

@@ -332,7 +332,8 @@ def classify_source_rows(typed: DataFrame, mapping: dict[str, tuple[str, ...]], 
     unparsable = F.lit(False)
     for condition, _ in problems:
         unparsable = unparsable | F.coalesce(condition, F.lit(False))
-    unparsable_detail = F.concat_ws("; ", F.array_compact(F.array(*[F.when(c, d) for c, d in problems])))
+    # concat_ws skips nulls itself; array_compact would be a lambda, which turns off code generation
+    unparsable_detail = F.concat_ws("; ", *[F.when(c, d) for c, d in problems])
 
     out_of_range, out_of_range_detail = out_of_range_rules(
         settings, F.col("event_ts"), F.col("quantity"), F.col("unit_price"),
@@ -417,6 +418,19 @@ def _rank_within_keys(classified: DataFrame) -> DataFrame:
         F.when(duplicate, F.concat(F.lit("the same purchase (key) as the row "), F.col("_first")))
         .otherwise(F.col("detail")).alias("detail"),
     )
+
+
+RAW_TEXT_COLUMNS = ("raw_line", *[f"raw_{f}" for f in MAPPED_FIELDS])
+
+
+def raw_text_of_quarantined_only(classified: DataFrame) -> DataFrame:
+    """``classified`` (with ``forgotten``) with its raw text (``raw_line``, ``raw_*``) nulled on
+    the rows no quarantine shows: kept and forgotten ones. The source row's JSON and raw fields
+    were most of the bytes cached between the outcome count and the two MERGEs, and a null
+    in a CASE WHEN branch spares computing the JSON of every kept row."""
+    quarantined = F.col("reason").isNotNull() & ~F.col("forgotten")
+    return classified.select(*[F.when(quarantined, F.col(c)).alias(c) if c in RAW_TEXT_COLUMNS else F.col(c)
+                               for c in classified.columns])
 
 
 def to_source_events(classified: DataFrame, ingested_at, catalogue_titles: Optional[DataFrame] = None) -> DataFrame:

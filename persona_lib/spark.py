@@ -9,8 +9,10 @@ small-job settings (no UI, few shuffle and Delta snapshot partitions, fast JVM f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -90,6 +92,23 @@ def build_local_spark(config: AppConfig) -> SparkSession:
     spark.sparkContext.setLogLevel("ERROR")
     _set_checkpoint_dir(spark, config)
     return spark
+
+
+@contextlib.contextmanager
+def session_conf(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[None]:
+    """Runtime SQL settings for the block only; each is restored (or unset) after it, so a
+    setting chosen for one stage does not leak into the next."""
+    before = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
 
 
 def launched_by_spark_submit() -> bool:
