@@ -44,10 +44,10 @@ class SparkConfig:
     # 0 means "2 x the cores Spark sees": enough parallelism without tiny-task overhead.
     shuffle_partitions: int = 0
     driver_memory: str = "4g"
-    # Serial GC and C1-only JIT roughly halve JVM start-up. A query repeated on 1M rows runs
-    # 2.5x faster under the default JIT once warm, yet whole runs were not faster without
-    # these flags (1M pairs 542 s against 451 s, 4M 1,086 s against 1,044 s: docs/scaling.md).
-    fast_jvm: bool = True
+    # Serial GC and C1-only JIT roughly halve JVM start-up, but run CPU-bound work 2-2.5x slower
+    # (docs/scaling.md: a 4M-pair run's ingest 179 s against 107 s, its persona model 841 s against
+    # 655 s), so only short-lived sessions (the tests: conf/test.yaml) turn them on.
+    fast_jvm: bool = False
     ui_enabled: bool = False
     jars_dir: str = ".jars"
     extra_conf: Mapping[str, str] = field(default_factory=dict)
