@@ -244,3 +244,8 @@ def test_a_missing_evaluation_folder_names_the_key_and_the_resolved_path(tmp_pat
     with pytest.raises(ConfigError, match=re.escape(f"evaluation.data_dir: {tmp_path.parent / 'gplr'} not found")):
         data_dir(config)
     assert data_dir(load_config(TEST_CONF)) == REPO_ROOT / "data" / "gplr_online_retail"
+
+
+def test_jobs_run_the_default_jit_and_the_tests_the_fast_start_flags():
+    assert load_config(REPO_ROOT / "conf" / "local.yaml").spark.fast_jvm is False
+    assert load_config(TEST_CONF).spark.fast_jvm is True

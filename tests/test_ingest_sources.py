@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 
 from persona_lib.config import IngestConfig, IngestSourceConfig, SourceColumns
 from persona_lib.errors import InputError
-from persona_lib.ingest_sources import coerce_source
+from persona_lib.ingest_sources import coerce_source, raw_text_of_quarantined_only
 
 ORDERS_SCHEMA = "cust_no string, sku string, qty string, sold_at string, order_no string, price double"
 COLUMNS = SourceColumns(customer_id="cust_no", product_id="sku", quantity="qty", event_ts="sold_at",
@@ -163,3 +163,21 @@ def test_a_timestamp_pattern_parses_text_timestamps(spark):
     source = IngestSourceConfig(format="csv", path="/unused", columns=COLUMNS, timestamp_format="dd/MM/yyyy HH:mm")
     classified = coerce(spark, [("1", "A", "2", "01/03/2024 10:00", "B1", 1.0)], source)
     assert classified.select(F.col("event_ts")).first()[0] == dt.datetime(2024, 3, 1, 10)
+
+
+def test_only_quarantined_rows_keep_their_raw_text_for_the_cache(spark):
+    rows = [("1", "APPLE", "1", "2024-03-01 10:00:00", "B1", 0.5),     # kept
+            ("2", "APPLE", "lots", "2024-03-01 10:00:00", "B2", 0.5),  # quarantined
+            ("3", "APPLE", "2", "2024-03-01 10:00:00", "B3", 0.5)]     # forgotten
+    classified = coerce(spark, rows).withColumn("forgotten", F.col("customer_id") == "3")
+    slim = raw_text_of_quarantined_only(classified)
+    assert slim.columns == classified.columns
+    shown = slim.select("customer_id", F.col("raw_line").contains('"qty":"lots"').alias("raw_line_shown"),
+                        "raw_quantity", "raw_basket_id", "product_id", "reason").orderBy("customer_id")
+    expected = spark.createDataFrame([
+        ("1", None, None, None, "APPLE", None),
+        ("2", True, "lots", "B2", "APPLE", "unparsable_value"),
+        ("3", None, None, None, "APPLE", None),
+    ], "customer_id string, raw_line_shown boolean, raw_quantity string, raw_basket_id string, "
+       "product_id string, reason string")
+    assert_df_equality(shown, expected, ignore_nullable=True)
