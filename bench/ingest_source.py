@@ -24,7 +24,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
@@ -34,16 +33,10 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "bench"))
 
 from pipeline_scale import write_inputs  # noqa: E402
-from propagation import SYNTH_SHAPES  # noqa: E402
+from propagation import SYNTH_SHAPES, timed  # noqa: E402
 
 from persona_lib import ingest, ingest_sources, storage  # noqa: E402
 from persona_lib.config import load_config  # noqa: E402
-
-
-def timed(action) -> tuple[object, float]:
-    started = time.perf_counter()
-    result = action()
-    return result, time.perf_counter() - started
 
 
 def main(argv=None) -> int:
@@ -68,9 +61,9 @@ def main(argv=None) -> int:
     tables = storage.resolve_tables(config)
     source = ingest_sources.read_table(spark, config, config.ingest.source, "ingest.source")
     source.write.format("noop").mode("overwrite").save()  # warm the file listing and the reader
-    _, reference_s = timed(lambda: source.write.format("noop").mode("overwrite").save())
-    first, first_s = timed(lambda: ingest.ingest_source(spark, config, tables))
-    rerun, rerun_s = timed(lambda: ingest.ingest_source(spark, config, tables))
+    _, reference_s, _ = timed(lambda: source.write.format("noop").mode("overwrite").save())
+    first, first_s, _ = timed(lambda: ingest.ingest_source(spark, config, tables))
+    rerun, rerun_s, _ = timed(lambda: ingest.ingest_source(spark, config, tables))
     rows = first["rows_in"]
     print(json.dumps({
         "graph": args.graph, "rows": rows, "fast_jvm": config.spark.fast_jvm,

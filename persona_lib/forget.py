@@ -44,6 +44,7 @@ from persona_lib.errors import InputError
 from persona_lib.pipeline import republish
 from persona_lib.publishing import abandon_stale_runs
 from persona_lib.query import run_alias
+from persona_lib.spark import session_conf
 from persona_lib.storage import TableRef, Tables
 from persona_lib.tombstones import (
     RAW_ID_TOKEN,
@@ -206,11 +207,10 @@ def purge_mlflow_artifacts(config: AppConfig, ids: list[str]) -> int:
 def purge(spark: SparkSession, config: AppConfig, refs) -> list[str]:
     """Rewrite files with deleted rows away, then VACUUM them with the configured retention."""
     hours = config.forget.vacuum_retention_hours
-    previous = spark.conf.get("spark.databricks.delta.retentionDurationCheck.enabled", "true")
-    if config.forget.disable_retention_check:
-        # Test configs purge at once (retention 0); production keeps the safety check on.
-        spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
-    try:
+    # Test configs purge at once (retention 0); production keeps the safety check on.
+    unchecked = {"spark.databricks.delta.retentionDurationCheck.enabled": "false"} \
+        if config.forget.disable_retention_check else {}
+    with session_conf(spark, unchecked):
         names = []
         for ref in refs:
             properties = ref.delta(spark).detail().select("properties").first()["properties"] or {}
@@ -219,8 +219,6 @@ def purge(spark: SparkSession, config: AppConfig, refs) -> list[str]:
             spark.sql(f"VACUUM {ref.sql_name} RETAIN {hours} HOURS")
             names.append(ref.name)
         return names
-    finally:
-        spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", previous)
 
 
 def _remove_checkpoints(config: AppConfig) -> None:

@@ -650,16 +650,17 @@ def ingest_source(spark: SparkSession, config: AppConfig, tables: storage.Tables
     # The four readers below share one cached copy. Its two constant columns are added back
     # after the cache rather than stored per row, and it is not compressed: compressing it
     # saved no memory and cost as much as the typing itself (1M rows: 10 s against 6.5 s).
+    # The setting must hold both when the cache is declared and when its first action builds it.
     constants = {"source_file": F.lit(name), "content_sha256": F.lit(fingerprint)}
-    with session_conf(spark, {"spark.sql.inMemoryColumnarStorage.compressed": "false"}):
-        cached = classified_rows.drop(*constants).persist(StorageLevel.MEMORY_AND_DISK)
-        cached.count()
-    classified = cached.select(*[constants[c].alias(c) if c in constants else c for c in classified_rows.columns])
+    cached = classified_rows.drop(*constants)
     try:
-        rows_in = raw.count()
-        outcomes = classified.groupBy(F.when(F.col("forgotten"), F.lit("(forgotten)"))
+        with session_conf(spark, {"spark.sql.inMemoryColumnarStorage.compressed": "false"}):
+            cached.persist(StorageLevel.MEMORY_AND_DISK)
+            outcomes = cached.groupBy(F.when(F.col("forgotten"), F.lit("(forgotten)"))
                                       .otherwise(F.coalesce("reason", F.lit("(kept)"))).alias("outcome")) \
-            .count().collect()  # one row per reason
+                .count().collect()  # one row per reason
+        classified = cached.select(*[constants[c].alias(c) if c in constants else c for c in classified_rows.columns])
+        rows_in = raw.count()
         counts = {r["outcome"]: int(r["count"]) for r in outcomes}
         kept = counts.pop("(kept)", 0)
         forgotten = counts.pop("(forgotten)", 0)

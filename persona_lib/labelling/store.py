@@ -28,6 +28,7 @@ from persona_lib.config import AppConfig, ForgetConfig
 from persona_lib.errors import InputError
 from persona_lib.labelling.answers import FINAL_STATUSES, LABEL_STATUSES, NO_ANSWER, UNREPRESENTABLE
 from persona_lib.labelling.backends import read_or_empty
+from persona_lib.spark import session_conf
 from persona_lib.taxonomy import Taxonomy, load_taxonomy
 from persona_lib.tombstones import customer_hash_column, tombstone_key
 
@@ -165,25 +166,11 @@ def persona_names(personas, taxonomy: Taxonomy) -> tuple[list[str], Optional[str
     return names, None
 
 
-class commit_note:  # noqa: N801 - used as a context manager, like a function
+def commit_note(spark: SparkSession, note: Mapping):
     """Record ``note`` (JSON) as the userMetadata of the Delta commits made inside the block."""
+    import json
 
-    KEY = "spark.databricks.delta.commitInfo.userMetadata"
-
-    def __init__(self, spark: SparkSession, note: Mapping) -> None:
-        self.spark, self.note = spark, note
-
-    def __enter__(self) -> None:
-        import json
-
-        self.previous = self.spark.conf.get(self.KEY, None)
-        self.spark.conf.set(self.KEY, json.dumps(self.note, sort_keys=True))
-
-    def __exit__(self, *exc) -> None:
-        if self.previous is None:
-            self.spark.conf.unset(self.KEY)
-        else:
-            self.spark.conf.set(self.KEY, self.previous)
+    return session_conf(spark, {"spark.databricks.delta.commitInfo.userMetadata": json.dumps(note, sort_keys=True)})
 
 
 def is_file_label(source: F.Column) -> F.Column:
