@@ -15,6 +15,8 @@ rounds, the persona model (on, as by default), publishing, MLflow and the views.
 It appends one JSON line per run to ``bench/results/pipeline_scale.jsonl``:
 - ``total_s``: the CLI's wall time, JVM start included, data generation excluded;
   ``stages``: the pipeline's own stage timer (the run summary's ``seconds``);
+  ``model_phases``: the persona model's own phases (``PersonaModel.seconds``: out-of-fold walk,
+  votes, profiles, ..., scoring, thresholds);
 - ``spark_jobs``, ``jobs_s`` (the union of the jobs' intervals in Spark's event log),
   ``outside_jobs_share`` (1 - jobs_s / the application's span in the event log: driver work,
   MLflow, Python, JVM-side planning) and ``shuffle_bytes`` (read + written over every task);
@@ -417,6 +419,7 @@ def run_size(name: str, product_labels: bool, args) -> Iterator[dict]:
             "model": {"cv_folds": config.model.cv_folds, "max_iter": config.model.max_iter},
             "rounds": len(summary["rounds"]),
             "total_s": round(total_s, 1), "generate_s": round(generate_s, 1), "stages": stages,
+            "model_phases": summary.get("model_seconds"),
             "propagation_walks": walks, "scipy_s": round(scipy_s, 3),
             "propagation_over_scipy": round(propagate_s / walks / scipy_s, 1) if propagate_s and scipy_s else None,
             **event_log_figures(event_log),

@@ -45,7 +45,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -85,6 +86,7 @@ class PersonaModel:
     product_tables: DataFrame              # product_id, persona, affinity, frac, weight, item
     product_idf: DataFrame                 # product_id, idf, labelled_buyers
     figures: dict
+    seconds: dict[str, float] = field(default_factory=dict)  # phase -> wall seconds of the fit and scoring
 
     def artifact(self) -> dict:
         """JSON-able: everything ``score_basket`` needs. Grows with products x personas only."""
@@ -104,6 +106,21 @@ class PersonaModel:
                 "intercepts": self.intercepts, "slopes": self.slopes, "thresholds": self.thresholds,
                 "unit": self.unit, "customers": self.customers,
                 "profile_intercepts": self.profile_intercepts, "products": tables}
+
+
+class PhaseClock:
+    """Wall seconds per phase of the fit and scoring (``PersonaModel.seconds``), so a run's
+    MLflow metrics say where the model's time went. Spark is lazy: a phase ends where its
+    results are materialised (a checkpoint, a collect), and is charged for what that runs."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._since = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + now - self._since, 1)
+        self._since = now
 
 
 # --------------------------------------------------------------------------- labels and folds
@@ -571,10 +588,12 @@ class ModelInputs:
     product_labels: Optional[DataFrame] = None  # product_id, persona
 
 
-def out_of_fold_features(spark: SparkSession, config: AppConfig, inputs: ModelInputs) -> tuple[DataFrame, dict]:
+def out_of_fold_features(spark: SparkSession, config: AppConfig, inputs: ModelInputs,
+                         clock: Optional[PhaseClock] = None) -> tuple[DataFrame, dict]:
     """(training rows, context): per labelled customer x persona its label and features, each
     computed from the labels of the other folds only; context holds the frames fit() reuses."""
     cfg = config.model
+    clock = clock or PhaseClock()
     fold_count = max(2, int(cfg.cv_folds))
     labels = inputs.labels.join(inputs.graph.customers().select(F.col("key").alias("customer_id")),
                                 "customer_id", "left_semi").cache()
@@ -596,6 +615,7 @@ def out_of_fold_features(spark: SparkSession, config: AppConfig, inputs: ModelIn
                                targets=labels.select("customer_id"))
     log.info("persona model: out-of-fold walk, %d channels in one propagation (%s supersteps)",
              channel_result.stats["personas"], channel_result.stats["supersteps"])
+    clock.lap("oof_walk")
     split = F.split(F.col("persona"), CHANNEL_SEPARATOR)
     oof_affinity = (channel_result.customer_affinity
                     .select("customer_id", split.getItem(0).cast("int").alias("channel_fold"),
@@ -620,13 +640,16 @@ def out_of_fold_features(spark: SparkSession, config: AppConfig, inputs: ModelIn
     labelled_edges = inputs.edges.join(folds, "customer_id")
     training = _join_features(training, vote_features(labelled_edges, idf, buyers, fold_positives),
                               ("vote_mean", "vote_log_sum"))
+    clock.lap("oof_votes")
     x = tfidf(inputs.edges, idf).cache()
     profile_weights, profile_intercepts = fit_profiles(x, labels, folds, personas, fold_count, cfg)
     log.info("persona model: profiles of %d folds and the full model fitted", fold_count)
+    clock.lap("profiles")
     # Each labelled customer is scored by the profile of the model that left its own fold out.
     oof_profile = profile_logits(x, folds.select("customer_id", F.col("fold").alias("model_fold")),
                                  profile_weights.where(F.col("model_fold") != FULL),
                                  profile_intercepts).localCheckpoint(eager=True)
+    clock.lap("oof_profile_logits")
     training = _join_features(training, oof_profile, ("profile_logit",))
     sizes = _sizes(inputs.edges)
     training = training.join(sizes, "customer_id", "left").fillna(0.0, ["log_products"])
@@ -634,6 +657,7 @@ def out_of_fold_features(spark: SparkSession, config: AppConfig, inputs: ModelIn
         # Product labels carry no customer label: the same feature in and out of fold.
         training = _join_features(training, item_shares(inputs.edges, inputs.product_labels), ("item_share",))
     training = training.localCheckpoint(eager=True)
+    clock.lap("oof_features")
     context = dict(personas=personas, features=features, grid=grid, folds=folds, positives=positives,
                    channels=channels, idf=idf, buyers=buyers, fold_positives=fold_positives, x=x,
                    profile_weights=profile_weights, profile_intercepts=profile_intercepts, labels=labels,
@@ -641,21 +665,25 @@ def out_of_fold_features(spark: SparkSession, config: AppConfig, inputs: ModelIn
     return training, context
 
 
-def fit(spark: SparkSession, config: AppConfig, inputs: ModelInputs) -> PersonaModel:
+def fit(spark: SparkSession, config: AppConfig, inputs: ModelInputs, clock: Optional[PhaseClock] = None
+        ) -> PersonaModel:
     """Fit the persona model on the labelled customers (cross-fitted features)."""
     cfg = config.model
-    training, c = out_of_fold_features(spark, config, inputs)
+    clock = clock or PhaseClock()
+    training, c = out_of_fold_features(spark, config, inputs, clock)
     personas, features, n_customers = c["personas"], c["features"], c["n_customers"]
     grid, folds, positives, channels = c["grid"], c["folds"], c["positives"], c["channels"]
     idf, buyers, fold_positives, x = c["idf"], c["buyers"], c["fold_positives"], c["x"]
     profile_weights, profile_intercepts, labels = c["profile_weights"], c["profile_intercepts"], c["labels"]
     intercepts, slopes = fit_stacker(training, personas, features, cfg)
+    clock.lap("stacker")
     oof = logit_interval(training, intercepts, slopes, features).select("customer_id", "persona", "probability",
                                                                         "label").cache()
     # Provisional (labelled-share gap); fit_and_score re-chooses them against the population.
     thresholds = choose_thresholds(oof, cfg.max_prevalence_gap)
     figures = _oof_figures(oof, thresholds)
     log.info("persona model: out-of-fold %s", figures)
+    clock.lap("oof_figures")
 
     # The full model: profile on every label, product tables for scoring and serving.
     full_weights = profile_weights.where(F.col("model_fold") == FULL).select("product_id", "persona", "weight")
@@ -685,11 +713,13 @@ def fit(spark: SparkSession, config: AppConfig, inputs: ModelInputs) -> PersonaM
     model._oof = oof.localCheckpoint(eager=True)  # noqa: SLF001 - read by fit_and_score
     for frame in (grid, folds, channels, oof, buyers, fold_positives, labels, x, idf):
         frame.unpersist()
+    clock.lap("product_tables")
+    model.seconds = clock.seconds
     return model
 
 
 def score(spark: SparkSession, model: PersonaModel, edges: DataFrame, customer_affinity: DataFrame,
-          epsilon: float, customers: Optional[DataFrame] = None) -> DataFrame:
+          epsilon: float, customers: Optional[DataFrame] = None, clock: Optional[PhaseClock] = None) -> DataFrame:
     """(customer_id, persona, score, probability, probability_low, probability_high, threshold,
     products) for every customer of ``edges`` (or ``customers``) x the model's personas.
 
@@ -710,6 +740,8 @@ def score(spark: SparkSession, model: PersonaModel, edges: DataFrame, customer_a
         "product_id", "persona", F.lit(FULL).alias("fold"), (F.col("frac")).alias("pos"))
     full_buyers_unit = full_buyers.withColumn("n", F.lit(1.0))  # frac is already pos / n
     votes = vote_features(chosen_edges.withColumn("fold", F.lit(FULL)), idf, full_buyers_unit, full_positives)
+    if clock:
+        clock.lap("score_votes")
     frame = _join_features(frame, votes, ("vote_mean", "vote_log_sum"))
     x = tfidf(chosen_edges, idf)
     weights = tables.where(F.col("weight") != 0).select(F.lit(FULL).alias("model_fold"), "product_id", "persona",
@@ -718,6 +750,8 @@ def score(spark: SparkSession, model: PersonaModel, edges: DataFrame, customer_a
                                        "model_fold int, persona string, intercept double")
     frame = _join_features(frame, profile_logits(x, who.select("customer_id", F.lit(FULL).alias("model_fold")),
                                                  weights, intercepts), ("profile_logit",))
+    if clock:
+        clock.lap("score_profile_logits")
     frame = frame.join(_sizes(chosen_edges), "customer_id", "left").fillna(0.0, ["log_products"])
     if "item_share" in model.features:
         labels = tables.where(F.col("item") > 0).select("product_id", "persona")
@@ -791,12 +825,17 @@ def training_labels(spark: SparkSession, tables: Tables, forget: ForgetConfig) -
 
 def fit_and_score(spark: SparkSession, config: AppConfig, inputs: ModelInputs) -> tuple[PersonaModel, DataFrame]:
     """The run's model and its scores of every customer of ``inputs.edges``."""
-    model = fit(spark, config, inputs)
-    scores = score(spark, model, inputs.edges, inputs.customer_affinity, inputs.epsilon).localCheckpoint(eager=True)
+    clock = PhaseClock()
+    model = fit(spark, config, inputs, clock)
+    scores = score(spark, model, inputs.edges, inputs.customer_affinity, inputs.epsilon,
+                   clock=clock).localCheckpoint(eager=True)
+    clock.lap("score_features")
     unlabelled = scores.join(inputs.labels.select("customer_id"), "customer_id", "left_anti")
     model.thresholds = choose_thresholds(model._oof, config.model.max_prevalence_gap,  # noqa: SLF001
                                          population=unlabelled.select("persona", "probability"))
     model.figures = {**model.figures, **_oof_figures(model._oof, model.thresholds, "final_")}  # noqa: SLF001
-    log.info("persona model: thresholds %s, figures %s", model.thresholds, model.figures)
+    clock.lap("thresholds")
+    model.seconds = clock.seconds
+    log.info("persona model: thresholds %s, figures %s, seconds %s", model.thresholds, model.figures, model.seconds)
     thresholds = F.create_map(*[v for p, t in model.thresholds.items() for v in (F.lit(p), F.lit(t))])
     return model, scores.withColumn("threshold", thresholds[F.col("persona")])

@@ -200,6 +200,7 @@ def _run_rounds_and_publish(spark, config, tables, run_id, started_at, timer, sa
                                                    float(result.stats["epsilon"]))
     say(f"persona model: {model.figures}")
     tracking.log_metrics({f"model_{k}": v for k, v in model.figures.items()})
+    tracking.log_metrics({f"time_model_{phase}_s": seconds for phase, seconds in model.seconds.items()})
     say("publishing persona tables")
     with timer("publish", "publishing"):
         inputs = publishing.PublishInputs(
@@ -255,6 +256,7 @@ def _run_rounds_and_publish(spark, config, tables, run_id, started_at, timer, sa
         "rounds": round_figures,
         "llm_spend": spend, "product_labels": product_summary,
         "seconds": {k: round(v, 1) for k, v in timer.seconds.items()},
+        "model_seconds": model.seconds,
         "mlflow": {"run_id": run_id, "tracking_uri": tracking.tracking_uri(config)},
         "tables": output_tables,
     }
