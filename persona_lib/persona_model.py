@@ -36,9 +36,13 @@ monotone in the scores, so that box gives an interval for each walk feature, and
 probability_high] by taking each feature's end that its slope favours. A decision is
 uncertain when its threshold lies inside that interval.
 
-The fitted model is also a small set of per-product x persona tables plus coefficients
-(``PersonaModel.artifact``), which ``score_basket`` evaluates with numpy: cold start serves
-it without Spark.
+The fitted model is also a small set of per-product x persona tables plus coefficients.
+Scoring every customer (``score``) broadcasts them as dense arrays (``scoring_tables``) and
+evaluates the features, the stacker and the intervals per Arrow batch of customers with numpy
+(``persona_scoring.score_customers``); the out-of-fold features of the labelled customers are
+Spark joins, since each fold reads tables of its own. ``PersonaModel.artifact`` is the same
+tables as JSON, which ``score_basket`` evaluates for one shopper: cold start serves it
+without Spark.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from persona_lib.graph import PurchaseGraph
 from persona_lib.labelling.answers import LABEL_STATUSES, UNREPRESENTABLE, UNREPRESENTABLE_STATUS
 from persona_lib.labelling.backends import read_or_empty
 from persona_lib.labelling.store import without_forgotten
+from persona_lib.persona_scoring import SCORE_COLUMNS, ScoringTables, score_customers
 from persona_lib.propagation import default_epsilon, propagate, seeds_from_labels, segment_sums
 from persona_lib.storage import Tables
 
@@ -87,6 +92,34 @@ class PersonaModel:
     product_idf: DataFrame                 # product_id, idf, labelled_buyers
     figures: dict
     seconds: dict[str, float] = field(default_factory=dict)  # phase -> wall seconds of the fit and scoring
+
+    def scoring_tables(self) -> ScoringTables:
+        """The model as dense products x personas arrays, for ``score_customers``."""
+        # Arrow batches: products x personas rows reach the driver (the broadcast's size).
+        idf = self.product_idf.select("product_id", "idf", "labelled_buyers").toPandas()
+        entries = self.product_tables.toPandas()
+        products = pd.Index(idf["product_id"])
+        personas = np.asarray(self.personas, dtype=object)
+        at = products.get_indexer(entries["product_id"])
+        persona_at = pd.Index(personas).get_indexer(entries["persona"])
+        keep = (at >= 0) & (persona_at >= 0)
+
+        def matrix(column: str) -> np.ndarray:
+            dense = np.zeros((len(products), len(personas)))
+            dense[at[keep], persona_at[keep]] = entries[column].to_numpy(dtype=float)[keep]
+            return dense
+
+        def per_persona(values: dict) -> np.ndarray:
+            return np.array([float(values[p]) for p in self.personas])
+
+        return ScoringTables(
+            personas=personas, features=tuple(self.features), products=products,
+            idf=idf["idf"].to_numpy(dtype=float), labelled=idf["labelled_buyers"].to_numpy() > 0,
+            frac=matrix("frac"), weight=matrix("weight"),
+            item=matrix("item") if "item_share" in self.features else None,
+            profile_intercepts=per_persona(self.profile_intercepts), intercepts=per_persona(self.intercepts),
+            slopes=np.array([[float(self.slopes[p][f]) for f in self.features] for p in self.personas]),
+            thresholds=per_persona(self.thresholds), unit=float(self.unit))
 
     def artifact(self) -> dict:
         """JSON-able: everything ``score_basket`` needs. Grows with products x personas only."""
@@ -161,58 +194,21 @@ def seed_unit(labels: DataFrame, beta: float, customers: int, personas: int) -> 
 # --------------------------------------------------------------------------- features
 
 
-def walk_features(grid: DataFrame, affinity: DataFrame, unit: float, epsilon: float,
-                  personas: int) -> DataFrame:
-    """grid (customer_id, persona, ...) + the walk features and their epsilon intervals.
-
-    ``affinity``: (customer_id, persona, score); a missing row is score 0. Interval ends
-    (suffix _low/_high) bound each feature over every exact score the certificate allows.
-    RevAff's estimate never exceeds the exact affinity (all values are non-negative and the
-    entries below theta are dropped, never added), so the exact score lies in [s, s + eps].
-    """
-    eps = float(epsilon)
+def walk_features(grid: DataFrame, affinity: DataFrame) -> DataFrame:
+    """grid (customer_id, persona, ...) + the walk features of the out-of-fold walk, whose
+    scores (``affinity``: customer_id, persona, score; a missing row is 0) are exact and already
+    in units: walk_share, walk_reciprocal_rank (ties to the earlier persona), walk_log_score.
+    ``persona_scoring.walk_feature_bounds`` is the same for the scored customers, with the
+    epsilon intervals of a certified walk."""
     scored = grid.join(affinity.select("customer_id", "persona", "score"), ["customer_id", "persona"], "left") \
         .withColumn("score", F.coalesce(F.col("score"), F.lit(0.0)))
-    customer = Window.partitionBy("customer_id")
-    by_score = Window.partitionBy("customer_id").orderBy(F.desc("score"), F.asc("persona"))
-    low = F.col("score")
-    high = F.col("score") + eps
-    total = F.sum("score").over(customer)
-    total_low = total
-    frame = scored.select(
-        "*", total.alias("_total"), total_low.alias("_total_low"),
-        F.row_number().over(by_score).alias("_rank"),
-    )
-    others = F.col("_total") - F.col("score")
-    others_low = F.col("_total_low") - low
-    share = F.when(F.col("_total") > 0, F.col("score") / F.col("_total")).otherwise(0.0)
-    share_low_den = low + others + F.lit((personas - 1) * eps)
-    share_high_den = high + others_low
-    frame = frame.select(
+    total = F.sum("score").over(Window.partitionBy("customer_id"))
+    rank = F.row_number().over(Window.partitionBy("customer_id").orderBy(F.desc("score"), F.asc("persona")))
+    return scored.select(
         "*",
-        share.alias("walk_share"),
-        F.when(share_low_den > 0, low / share_low_den).otherwise(0.0).alias("walk_share_low"),
-        F.when(share_high_den > 0, high / share_high_den).otherwise(0.0).alias("walk_share_high"),
-        F.log1p(F.col("score") / F.lit(unit)).alias("walk_log_score"),
-        F.log1p(low / F.lit(unit)).alias("walk_log_score_low"),
-        F.log1p(high / F.lit(unit)).alias("walk_log_score_high"),
-        (1.0 / F.col("_rank")).alias("walk_reciprocal_rank"),
-    )
-    if eps > 0:
-        # Rank bounds: the other personas surely above m (s_n > s_m + eps) and possibly above it
-        # (s_n + eps >= s_m, which m itself always meets: hence the - 1). Counted in the
-        # customer's own array of scores, the window's partition: a self-join on customer_id
-        # made customers x personas^2 rows (536M at 13.3M pairs).
-        scores = F.collect_list("score").over(customer)
-        surely = F.size(F.filter(scores, lambda s: s > F.col("score") + F.lit(eps)))
-        possibly = F.size(F.filter(scores, lambda s: s + F.lit(eps) >= F.col("score"))) - 1
-        frame = frame.select(
-            "*", (1.0 / (1 + possibly)).alias("walk_reciprocal_rank_low"),
-            (1.0 / (1 + surely)).alias("walk_reciprocal_rank_high"))
-    else:
-        frame = frame.select("*", F.col("walk_reciprocal_rank").alias("walk_reciprocal_rank_low"),
-                             F.col("walk_reciprocal_rank").alias("walk_reciprocal_rank_high"))
-    return frame.drop("_total", "_total_low", "_rank")
+        F.when(total > 0, F.col("score") / total).otherwise(0.0).alias("walk_share"),
+        (1.0 / rank).alias("walk_reciprocal_rank"),
+        F.log1p(F.col("score")).alias("walk_log_score"))
 
 
 def product_idf(edges: DataFrame, customers: int, labelled: DataFrame) -> DataFrame:
@@ -434,32 +430,17 @@ def item_shares(edges: DataFrame, product_labels: DataFrame) -> DataFrame:
 # --------------------------------------------------------------------------- the stacker
 
 
-def logit_interval(frame: DataFrame, model_intercepts: dict, slopes: dict, features: list[str]) -> DataFrame:
-    """frame + logit, logit_low, logit_high, probability, probability_low, probability_high.
-
-    Features without _low/_high columns are exact. The linear logit is bounded by taking,
-    per feature, the interval end its (per-persona) slope favours.
-    """
+def stacked_probability(frame: DataFrame, model_intercepts: dict, slopes: dict, features: list[str]) -> DataFrame:
+    """frame + probability: the stacker's per-persona logistic of the feature columns."""
     persona_col = F.col("persona")
 
     def per_persona(values: dict) -> F.Column:
         return F.create_map(*[v for p, x in values.items() for v in (F.lit(p), F.lit(float(x)))])[persona_col]
 
     logit = per_persona(model_intercepts)
-    low = per_persona(model_intercepts)
-    high = per_persona(model_intercepts)
-    columns = set(frame.columns)
     for name in features:
-        slope = per_persona({p: slopes[p][name] for p in slopes})
-        value = F.col(name)
-        lo = F.col(f"{name}_low") if f"{name}_low" in columns else value
-        hi = F.col(f"{name}_high") if f"{name}_high" in columns else value
-        logit = logit + slope * value
-        low = low + F.least(slope * lo, slope * hi)
-        high = high + F.greatest(slope * lo, slope * hi)
-    sigmoid = lambda c: 1.0 / (1.0 + F.exp(-c))
-    return frame.select("*", sigmoid(logit).alias("probability"), sigmoid(low).alias("probability_low"),
-                        sigmoid(high).alias("probability_high"))
+        logit = logit + per_persona({p: slopes[p][name] for p in slopes}) * F.col(name)
+    return frame.select("*", (1.0 / (1.0 + F.exp(-logit))).alias("probability"))
 
 
 def fit_stacker(training: DataFrame, personas: list[str], features: list[str], cfg: ModelConfig
@@ -631,7 +612,7 @@ def out_of_fold_features(spark: SparkSession, config: AppConfig, inputs: ModelIn
     unit_of = F.create_map(*[v for f, u in fold_units.items() for v in (F.lit(f), F.lit(u))])
     oof_scaled = oof_affinity.join(folds, "customer_id").select(
         "customer_id", "persona", (F.col("score") / unit_of[F.col("fold")]).alias("score"))
-    training = walk_features(grid, oof_scaled, 1.0, 0.0, len(personas))
+    training = walk_features(grid, oof_scaled)
 
     # Vote and profile, out of fold.
     idf = product_idf(inputs.edges, n_customers, labels).cache()
@@ -677,7 +658,7 @@ def fit(spark: SparkSession, config: AppConfig, inputs: ModelInputs, clock: Opti
     profile_weights, profile_intercepts, labels = c["profile_weights"], c["profile_intercepts"], c["labels"]
     intercepts, slopes = fit_stacker(training, personas, features, cfg)
     clock.lap("stacker")
-    oof = logit_interval(training, intercepts, slopes, features).select("customer_id", "persona", "probability",
+    oof = stacked_probability(training, intercepts, slopes, features).select("customer_id", "persona", "probability",
                                                                         "label").cache()
     # Provisional (labelled-share gap); fit_and_score re-chooses them against the population.
     thresholds = choose_thresholds(oof, cfg.max_prevalence_gap)
@@ -718,50 +699,64 @@ def fit(spark: SparkSession, config: AppConfig, inputs: ModelInputs, clock: Opti
     return model
 
 
-def score(spark: SparkSession, model: PersonaModel, edges: DataFrame, customer_affinity: DataFrame,
-          epsilon: float, customers: Optional[DataFrame] = None, clock: Optional[PhaseClock] = None) -> DataFrame:
-    """(customer_id, persona, score, probability, probability_low, probability_high, threshold,
-    products) for every customer of ``edges`` (or ``customers``) x the model's personas.
+SCORES_SCHEMA = ("customer_id string, persona string, score double, probability double, probability_low double, "
+                 "probability_high double, threshold double, products long")
 
-    ``score`` is the raw walk affinity; the features read the model's full-label tables.
+
+def score(spark: SparkSession, model: PersonaModel, edges: DataFrame, customer_affinity: DataFrame,
+          epsilon: float, customers: Optional[DataFrame] = None) -> DataFrame:
+    """(customer_id, persona, score, probability, probability_low, probability_high, threshold,
+    products) for every customer of ``edges`` (or ``customers``) x the model's personas;
+    materialised (a local checkpoint).
+
+    ``score`` is the raw walk affinity; the features read the model's full-label tables. Each
+    customer's products and walk scores are gathered into one row, and every Arrow batch of
+    those rows is scored with numpy (``persona_scoring.score_customers``) against the model's
+    tables, broadcast once: one shuffle of the edges and one of the walk scores, where a join
+    per feature shuffled customers x personas rows four times.
     """
     personas = model.personas
     who = (customers if customers is not None else edges).select("customer_id").distinct()
-    persona_frame = F.broadcast(spark.createDataFrame([(p,) for p in personas], "persona string"))
-    grid = who.crossJoin(persona_frame)
-    scaled = customer_affinity.select("customer_id", "persona", (F.col("score") / model.unit).alias("score"))
-    frame = walk_features(grid, scaled, 1.0, epsilon / model.unit, len(personas))
-    tables = model.product_tables
-    idf = model.product_idf
-    chosen_edges = edges.join(who, "customer_id", "left_semi")
-    full_buyers = idf.where(F.col("labelled_buyers") > 0).select(
-        "product_id", F.lit(FULL).alias("fold"), F.col("labelled_buyers").cast("double").alias("n"))
-    full_positives = tables.where(F.col("frac") > 0).select(
-        "product_id", "persona", F.lit(FULL).alias("fold"), (F.col("frac")).alias("pos"))
-    full_buyers_unit = full_buyers.withColumn("n", F.lit(1.0))  # frac is already pos / n
-    votes = vote_features(chosen_edges.withColumn("fold", F.lit(FULL)), idf, full_buyers_unit, full_positives)
-    if clock:
-        clock.lap("score_votes")
-    frame = _join_features(frame, votes, ("vote_mean", "vote_log_sum"))
-    x = tfidf(chosen_edges, idf)
-    weights = tables.where(F.col("weight") != 0).select(F.lit(FULL).alias("model_fold"), "product_id", "persona",
-                                                        "weight")
-    intercepts = spark.createDataFrame([(FULL, p, model.profile_intercepts[p]) for p in personas],
-                                       "model_fold int, persona string, intercept double")
-    frame = _join_features(frame, profile_logits(x, who.select("customer_id", F.lit(FULL).alias("model_fold")),
-                                                 weights, intercepts), ("profile_logit",))
-    if clock:
-        clock.lap("score_profile_logits")
-    frame = frame.join(_sizes(chosen_edges), "customer_id", "left").fillna(0.0, ["log_products"])
-    if "item_share" in model.features:
-        labels = tables.where(F.col("item") > 0).select("product_id", "persona")
-        frame = _join_features(frame, item_shares(chosen_edges, labels), ("item_share",))
-    thresholds = F.create_map(*[v for p, t in model.thresholds.items() for v in (F.lit(p), F.lit(t))])
-    scored = logit_interval(frame, model.intercepts, model.slopes, model.features)
-    return scored.select(
-        "customer_id", "persona", (F.col("score") * model.unit).alias("score"), "probability",
-        "probability_low", "probability_high", thresholds[F.col("persona")].alias("threshold"),
-        F.round(F.expm1("log_products")).cast("long").alias("products"))
+    baskets = (edges.join(who, "customer_id", "left_semi").groupBy("customer_id")
+               .agg(F.collect_list("product_id").alias("products")))
+    walks = (customer_affinity.where(F.col("persona").isin(*personas)).join(who, "customer_id", "left_semi")
+             .groupBy("customer_id").agg(F.collect_list(F.struct("persona", "score")).alias("walk")))
+    rows = who.join(baskets, "customer_id", "left").join(walks, "customer_id", "left")
+    shared = spark.sparkContext.broadcast(model.scoring_tables())
+    eps = float(epsilon)
+
+    def score_batches(batches):
+        tables = shared.value
+        for batch in batches:
+            yield _scored_batch(tables, batch, eps)
+
+    scores = rows.mapInArrow(score_batches, SCORES_SCHEMA).localCheckpoint(eager=True)
+    shared.destroy()
+    return scores
+
+
+def _scored_batch(tables: ScoringTables, batch, epsilon: float):
+    """One Arrow batch of (customer_id, products, walk) rows -> its customers x personas rows."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = batch.column(0)
+    customers, k = len(ids), len(tables.personas)
+    products, walk_entries = batch.column(1), batch.column(2)
+    entries = pc.list_flatten(walk_entries)
+    walk = np.zeros((customers, k))
+    walk[pc.list_parent_indices(walk_entries).to_numpy(),
+         pd.Index(tables.personas).get_indexer(entries.field("persona").to_numpy(zero_copy_only=False))] = \
+        entries.field("score").to_numpy(zero_copy_only=False)
+    scored = score_customers(tables, customers, pc.list_parent_indices(products).to_numpy(),
+                             pc.list_flatten(products).to_numpy(zero_copy_only=False), walk, epsilon)
+    # Row-major: customer i's K personas are rows i*K .. i*K + K-1.
+    columns = [ids.take(pa.array(np.repeat(np.arange(customers), k))),
+               pa.array(np.tile(tables.personas, customers), type=ids.type),
+               *[pa.array(scored[name].ravel()) for name in SCORE_COLUMNS],
+               pa.array(np.repeat(scored["products"].astype(np.int64), k))]
+    names = ["customer_id", "persona", *SCORE_COLUMNS, "products"]
+    return pa.RecordBatch.from_arrays(columns, names=names)
 
 
 def decide(scored: DataFrame) -> DataFrame:
@@ -827,9 +822,8 @@ def fit_and_score(spark: SparkSession, config: AppConfig, inputs: ModelInputs) -
     """The run's model and its scores of every customer of ``inputs.edges``."""
     clock = PhaseClock()
     model = fit(spark, config, inputs, clock)
-    scores = score(spark, model, inputs.edges, inputs.customer_affinity, inputs.epsilon,
-                   clock=clock).localCheckpoint(eager=True)
-    clock.lap("score_features")
+    scores = score(spark, model, inputs.edges, inputs.customer_affinity, inputs.epsilon)
+    clock.lap("score")
     unlabelled = scores.join(inputs.labels.select("customer_id"), "customer_id", "left_anti")
     model.thresholds = choose_thresholds(model._oof, config.model.max_prevalence_gap,  # noqa: SLF001
                                          population=unlabelled.select("persona", "probability"))

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 from chispa import assert_approx_df_equality
 from pyspark.sql import functions as F
 
 from persona_lib import persona_model
 from persona_lib.graph import build_graph, edges_from_pairs
-from persona_lib.persona_scoring import score_basket
+from persona_lib.persona_scoring import ScoringTables, score_basket, score_customers, walk_feature_bounds
 
 sigmoid = lambda z: 1.0 / (1.0 + math.exp(-z))
 
@@ -28,32 +30,34 @@ def test_threshold_maximises_f1_within_the_prevalence_gap(spark):
     assert persona_model.choose_thresholds(scored, 0.19)["A"] == 0.7
 
 
-def test_walk_features_and_their_epsilon_intervals(spark):
-    grid = spark.createDataFrame([("c", "A"), ("c", "B")], "customer_id string, persona string")
-    affinity = spark.createDataFrame([("c", "A", 0.3), ("c", "B", 0.1)], "customer_id string, persona string, score double")
-    actual = persona_model.walk_features(grid, affinity, 1.0, 0.05, 2).select(
-        "persona", "walk_share", "walk_share_low", "walk_share_high", "walk_reciprocal_rank",
-        "walk_reciprocal_rank_low", "walk_reciprocal_rank_high", "walk_log_score_low")
+def test_walk_features_and_their_epsilon_intervals():
     # RevAff never overestimates: exact scores lie in [s, s + .05]. A: share .75, lowest
     # .3 / (.3 + .1 + .05), highest .35 / (.35 + .1). B's rank 2 is certain (.3 > .1 + .05).
-    expected = spark.createDataFrame(
-        [("A", 0.75, 0.30 / 0.45, 0.35 / 0.45, 1.0, 1.0, 1.0, math.log1p(0.3)),
-         ("B", 0.25, 0.10 / 0.45, 0.15 / 0.45, 0.5, 0.5, 0.5, math.log1p(0.1))],
-        "persona string, walk_share double, walk_share_low double, walk_share_high double, "
-        "walk_reciprocal_rank double, walk_reciprocal_rank_low double, walk_reciprocal_rank_high double, "
-        "walk_log_score_low double")
-    assert_approx_df_equality(actual, expected, 1e-9, ignore_row_order=True, ignore_nullable=True)
+    bounds = walk_feature_bounds(np.array([[0.3, 0.1]]), 0.05)
+    assert np.allclose(np.vstack(bounds["walk_share"])[:, 0], [0.75, 0.30 / 0.45, 0.35 / 0.45])
+    assert np.allclose(np.vstack(bounds["walk_share"])[:, 1], [0.25, 0.10 / 0.45, 0.15 / 0.45])
+    assert np.allclose(np.vstack(bounds["walk_reciprocal_rank"]), [[1.0, 0.5]] * 3)
+    assert np.allclose(bounds["walk_log_score"][1], np.log1p([[0.3, 0.1]]))
 
 
-def test_probability_interval_takes_the_end_each_slope_favours(spark):
-    frame = spark.createDataFrame([("c", "A", 0.5, 0.25, 0.75, 0.4)],
-                                  "customer_id string, persona string, walk_share double, walk_share_low double, "
-                                  "walk_share_high double, vote_mean double")
-    scored = persona_model.logit_interval(frame, {"A": -1.0}, {"A": {"walk_share": 2.0, "vote_mean": -1.0}},
-                                          ["walk_share", "vote_mean"]).first()
-    assert scored["probability"] == pytest.approx(sigmoid(-1 + 1.0 - 0.4))
-    assert scored["probability_low"] == pytest.approx(sigmoid(-1 + 0.5 - 0.4))
-    assert scored["probability_high"] == pytest.approx(sigmoid(-1 + 1.5 - 0.4))
+def test_probability_interval_takes_the_end_each_slope_favours():
+    # walk_share of A (.75) lies in [.3/.45, .35/.45] and of B (.25) in [.1/.45, .15/.45].
+    # A's slope +2 takes its low end for the low probability; B's slope -1 takes its high end.
+    tables = _tables(["A", "B"], features=("walk_share",), intercepts=[-1.0, -1.0], slopes=[[2.0], [-1.0]])
+    scored = score_customers(tables, 1, np.zeros(0, dtype=int), np.zeros(0, dtype=object),
+                             np.array([[0.3, 0.1]]), 0.05)
+    assert scored["probability"][0] == pytest.approx([sigmoid(-1 + 1.5), sigmoid(-1 - 0.25)])
+    assert scored["probability_low"][0] == pytest.approx([sigmoid(-1 + 2 * 0.30 / 0.45), sigmoid(-1 - 0.15 / 0.45)])
+    assert scored["probability_high"][0] == pytest.approx([sigmoid(-1 + 2 * 0.35 / 0.45), sigmoid(-1 - 0.10 / 0.45)])
+
+
+def _tables(personas, features, intercepts, slopes, products=("p",)):
+    k, p = len(personas), len(products)
+    return ScoringTables(
+        personas=np.asarray(personas, dtype=object), features=tuple(features), products=pd.Index(products),
+        idf=np.ones(p), labelled=np.zeros(p, dtype=bool), frac=np.zeros((p, k)), weight=np.zeros((p, k)),
+        item=None, profile_intercepts=np.zeros(k), intercepts=np.asarray(intercepts, dtype=float),
+        slopes=np.asarray(slopes, dtype=float), thresholds=np.full(k, 0.5), unit=1.0)
 
 
 def test_idf_weighted_vote_reads_only_other_folds_labels(spark):
@@ -148,6 +152,11 @@ def test_numpy_scorer_matches_the_spark_scores_of_a_customer(spark, config, tiny
         assert numpy_rows[persona]["score"] == pytest.approx(row["score"], abs=1e-12)
     # Thresholds were chosen within [0, 1] on the labelled customers.
     assert all(0.0 <= t <= 1.0 for t in model.thresholds.values())
+    # A walk certified within epsilon gives each probability an interval around it.
+    bounded = persona_model.score(spark, model, edges, result.customer_affinity, 0.05).where("customer_id = 'c10'")
+    assert bounded.count() == 2
+    assert bounded.where("probability_low <= probability and probability <= probability_high").count() == 2
+    assert bounded.where("probability_low < probability_high").count() == 2
 
 
 def test_with_a_population_the_gap_is_to_its_expected_share(spark):
@@ -162,25 +171,16 @@ def test_with_a_population_the_gap_is_to_its_expected_share(spark):
     assert persona_model.choose_thresholds(scored, 0.05, population) == {"A": 0.65}
 
 
-def test_rank_bounds_count_the_personas_surely_and_possibly_above_each_one(spark):
+def test_rank_bounds_count_the_personas_surely_and_possibly_above_each_one():
     # Ties, a gap of exactly epsilon (0.25 + 0.25 = 0.5: not surely above), unreached personas.
     eps = 0.25
-    scores = {"c": {"A": 0.5, "B": 0.25, "C": 0.25, "D": 0.0, "E": 1.5}, "d": {"A": 0.0, "B": 0.0}}
-    grid = spark.createDataFrame([(c, m) for c, row in scores.items() for m in row], "customer_id string, persona string")
-    affinity = spark.createDataFrame([(c, m, s) for c, row in scores.items() for m, s in row.items() if s > 0],
-                                     "customer_id string, persona string, score double")
-    actual = persona_model.walk_features(grid, affinity, 1.0, eps, 5).select(
-        "customer_id", "persona", "walk_reciprocal_rank_low", "walk_reciprocal_rank_high")
-
-    def bounds(customer, persona):
-        mine, others = scores[customer][persona], [s for m, s in scores[customer].items() if m != persona]
-        return (customer, persona, 1.0 / (1 + sum(s + eps >= mine for s in others)),
-                1.0 / (1 + sum(s > mine + eps for s in others)))
-
-    expected = spark.createDataFrame([bounds(c, m) for c, row in scores.items() for m in row],
-                                     "customer_id string, persona string, walk_reciprocal_rank_low double, "
-                                     "walk_reciprocal_rank_high double")
-    assert_approx_df_equality(actual, expected, 1e-12, ignore_row_order=True, ignore_nullable=True)
+    scores = np.array([[0.5, 0.25, 0.25, 0.0, 1.5], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    _, low, high = walk_feature_bounds(scores, eps)["walk_reciprocal_rank"]
+    for c, row in enumerate(scores):
+        for m, mine in enumerate(row):
+            others = [s for n, s in enumerate(row) if n != m]
+            assert low[c, m] == 1.0 / (1 + sum(s + eps >= mine for s in others))
+            assert high[c, m] == 1.0 / (1 + sum(s > mine + eps for s in others))
 
 
 def test_each_model_fold_of_the_profile_fit_gets_a_partition_of_its_own(spark):
