@@ -63,8 +63,8 @@ from persona_lib.graph import PurchaseGraph
 from persona_lib.labelling.answers import LABEL_STATUSES, UNREPRESENTABLE, UNREPRESENTABLE_STATUS
 from persona_lib.labelling.backends import read_or_empty
 from persona_lib.labelling.store import without_forgotten
-from persona_lib.persona_scoring import SCORE_COLUMNS, ScoringTables, score_customers
-from persona_lib.propagation import default_epsilon, propagate, seeds_from_labels, segment_sums
+from persona_lib.persona_scoring import SCORE_COLUMNS, ScoringTables, customer_features, ratio, score_customers
+from persona_lib.propagation import default_epsilon, propagate, seeds_from_labels
 from persona_lib.storage import Tables
 
 log = logging.getLogger("personas.model")
@@ -194,23 +194,6 @@ def seed_unit(labels: DataFrame, beta: float, customers: int, personas: int) -> 
 # --------------------------------------------------------------------------- features
 
 
-def walk_features(grid: DataFrame, affinity: DataFrame) -> DataFrame:
-    """grid (customer_id, persona, ...) + the walk features of the out-of-fold walk, whose
-    scores (``affinity``: customer_id, persona, score; a missing row is 0) are exact and already
-    in units: walk_share, walk_reciprocal_rank (ties to the earlier persona), walk_log_score.
-    ``persona_scoring.walk_feature_bounds`` is the same for the scored customers, with the
-    epsilon intervals of a certified walk."""
-    scored = grid.join(affinity.select("customer_id", "persona", "score"), ["customer_id", "persona"], "left") \
-        .withColumn("score", F.coalesce(F.col("score"), F.lit(0.0)))
-    total = F.sum("score").over(Window.partitionBy("customer_id"))
-    rank = F.row_number().over(Window.partitionBy("customer_id").orderBy(F.desc("score"), F.asc("persona")))
-    return scored.select(
-        "*",
-        F.when(total > 0, F.col("score") / total).otherwise(0.0).alias("walk_share"),
-        (1.0 / rank).alias("walk_reciprocal_rank"),
-        F.log1p(F.col("score")).alias("walk_log_score"))
-
-
 def product_idf(edges: DataFrame, customers: int, labelled: DataFrame) -> DataFrame:
     """(product_id, idf, buyers, labelled_buyers): idf = log(N / buyers)."""
     buyers = edges.groupBy("product_id").agg(F.count(F.lit(1)).alias("buyers"))
@@ -221,92 +204,96 @@ def product_idf(edges: DataFrame, customers: int, labelled: DataFrame) -> DataFr
         F.coalesce(F.col("labelled_buyers"), F.lit(0)).cast("long").alias("labelled_buyers"))
 
 
-def vote_tables(edges: DataFrame, grid: DataFrame, folds: DataFrame, fold_count: int) -> tuple[DataFrame, DataFrame]:
-    """Per (fold, product) the labelled buyers outside the fold, per (fold, product, persona)
-    those labelled with the persona; fold FULL counts every labelled buyer.
+def fold_vote_counts(labelled_edges: DataFrame, positives: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """((product_id, fold, n): a product's labelled buyers in the fold, (product_id, persona, fold,
+    pos): those labelled with the persona), from ``labelled_edges`` (customer_id, product_id,
+    fold) and ``positives`` (customer_id, persona). Fold f's vote reads the other folds' counts:
+    the totals less its own (``out_of_fold_tables``)."""
+    buyers = labelled_edges.groupBy("product_id", "fold").agg(F.count(F.lit(1)).alias("n"))
+    labelled_with = labelled_edges.join(positives, "customer_id") \
+        .groupBy("product_id", "persona", "fold").agg(F.count(F.lit(1)).alias("pos"))
+    return buyers, labelled_with
 
-    Complements (total - the fold's own) keep it one aggregation for all folds.
+
+def out_of_fold_tables(personas: list[str], features: list[str], idf: DataFrame, buyer_counts: DataFrame,
+                       positive_counts: DataFrame, profile_weights: DataFrame, profile_intercepts: DataFrame,
+                       product_labels: Optional[DataFrame], fold_count: int) -> dict[int, ScoringTables]:
+    """fold -> the tables its labelled customers' features read: the vote shares of the labelled
+    buyers outside the fold (total counts less the fold's own) and the profile fitted without it.
+
+    Products x personas x folds numbers reach the driver (Arrow batches): the broadcast's size,
+    bounded by the catalogue and the taxonomy, never by the customers.
     """
-    spark = edges.sparkSession
-    labelled_edges = edges.join(folds, "customer_id")
-    per_fold = labelled_edges.groupBy("product_id", "fold").agg(F.count(F.lit(1)).alias("n"))
-    positive_edges = labelled_edges.join(grid.where(F.col("label") > 0).select("customer_id", "persona"),
-                                         "customer_id")
-    per_fold_pos = positive_edges.groupBy("product_id", "persona", "fold").agg(F.count(F.lit(1)).alias("pos"))
-    all_folds = F.broadcast(spark.createDataFrame([(f,) for f in [FULL] + list(range(fold_count))], "vfold int"))
+    idf_rows = idf.select("product_id", "idf").toPandas()
+    products = pd.Index(idf_rows["product_id"])
+    persona_index = pd.Index(personas)
+    shape = (len(products), len(personas))
+    buyers = buyer_counts.toPandas()
+    n = np.zeros((fold_count, len(products)))
+    n[buyers["fold"].to_numpy(), products.get_indexer(buyers["product_id"])] = buyers["n"].to_numpy(dtype=float)
+    labelled_with = positive_counts.toPandas()
+    pos = np.zeros((fold_count, *shape))
+    pos[labelled_with["fold"].to_numpy(), products.get_indexer(labelled_with["product_id"]),
+        persona_index.get_indexer(labelled_with["persona"])] = labelled_with["pos"].to_numpy(dtype=float)
+    weights = profile_weights.where(F.col("model_fold") != FULL).toPandas()
+    intercepts = profile_intercepts.where(F.col("model_fold") != FULL).toPandas()
+    item = None
+    if "item_share" in features and product_labels is not None:
+        labelled_items = product_labels.select("product_id", "persona").distinct().toPandas()
+        at = products.get_indexer(labelled_items["product_id"])
+        persona_at = persona_index.get_indexer(labelled_items["persona"])
+        keep = (at >= 0) & (persona_at >= 0)
+        item = np.zeros(shape)
+        item[at[keep], persona_at[keep]] = 1.0
+    n_total, pos_total = n.sum(axis=0), pos.sum(axis=0)
+    tables = {}
+    for fold in range(fold_count):
+        others = n_total - n[fold]
+        mine = weights[weights["model_fold"] == fold]
+        weight = np.zeros(shape)
+        weight[products.get_indexer(mine["product_id"]), persona_index.get_indexer(mine["persona"])] = \
+            mine["weight"].to_numpy(dtype=float)
+        fold_intercepts = intercepts[intercepts["model_fold"] == fold].set_index("persona")["intercept"]
+        tables[fold] = ScoringTables(
+            personas=np.asarray(personas, dtype=object), features=tuple(features), products=products,
+            idf=idf_rows["idf"].to_numpy(dtype=float), labelled=others > 0,
+            frac=ratio(pos_total - pos[fold], others[:, None]), weight=weight, item=item,
+            profile_intercepts=fold_intercepts.reindex(personas).fillna(0.0).to_numpy(dtype=float),
+            # The stacker is fitted on these rows: they need features, not probabilities.
+            intercepts=np.zeros(len(personas)), slopes=np.zeros((len(personas), len(features))),
+            thresholds=np.zeros(len(personas)), unit=1.0)
+    return tables
 
-    def complement(counts: DataFrame, keys: list[str], value: str) -> DataFrame:
-        totals = counts.groupBy(*keys).agg(F.sum(value).alias("_total"))
-        own = counts.withColumnRenamed("fold", "vfold").withColumnRenamed(value, "_own")
-        return (totals.crossJoin(all_folds).join(own, keys + ["vfold"], "left")
-                .select(*keys, F.col("vfold").alias("fold"),
-                        (F.col("_total") - F.coalesce(F.col("_own"), F.lit(0))).alias(value))
-                .where(F.col(value) > 0))
 
-    buyers = complement(per_fold, ["product_id"], "n")
-    positives = complement(per_fold_pos, ["product_id", "persona"], "pos")
-    return buyers, positives
+def out_of_fold_rows(fold_tables: dict[int, ScoringTables], folds: DataFrame, labels: DataFrame,
+                     edges: DataFrame, walk_units: DataFrame) -> DataFrame:
+    """(customer_id, persona, label, features...) of every labelled customer x persona, each
+    customer's features read from its own fold's tables (``out_of_fold_tables``) and its
+    out-of-fold walk scores (``walk_units``: customer_id, persona, score, in its fold's units),
+    in one pass per Arrow batch of customers (``persona_scoring.customer_features``);
+    materialised (a local checkpoint)."""
+    spark = folds.sparkSession
+    features = next(iter(fold_tables.values())).features
+    baskets = (edges.join(folds, "customer_id", "left_semi").groupBy("customer_id")
+               .agg(F.collect_list("product_id").alias("products")))
+    walks = walk_units.groupBy("customer_id").agg(F.collect_list(F.struct("persona", "score")).alias("walk"))
+    given = labels.groupBy("customer_id").agg(F.array_distinct(F.flatten(F.collect_list(
+        F.coalesce(F.col("personas"), F.array().cast("array<string>"))))).alias("personas"))
+    rows = (folds.join(given, "customer_id").join(baskets, "customer_id", "left").join(walks, "customer_id", "left")
+            .select("customer_id", "fold", "personas", "products", "walk"))
+    shared = spark.sparkContext.broadcast(fold_tables)
+    schema = "customer_id string, persona string, label double, " + ", ".join(f"{name} double" for name in features)
 
-
-def weighted_product_sums(rows: DataFrame, table: DataFrame, name: str) -> DataFrame:
-    """(customer_id, persona, ``name``): per customer and persona, the sum over its rows
-    (customer_id, group, product_id, w) of w x table[group, product_id, persona]; non-zero sums only.
-
-    ``table`` (group, product_id, persona, value) holds at most products x personas entries
-    per group: it is broadcast as one dense matrix per group and every batch of rows is summed
-    with numpy (``propagation.segment_sums``, the walk's product -> customer kernel), instead
-    of a join that makes edges x personas rows. The sums are materialised before the
-    broadcast is released.
-    """
-    spark = rows.sparkSession
-    local = table.toPandas()  # <= groups x products x personas rows, by construction
-    personas = np.asarray(sorted(local["persona"].unique()), dtype=object)
-    persona_position = pd.Index(personas)
-    matrices = {}
-    for group, part in local.groupby("group"):
-        products = pd.Index(part["product_id"].unique())
-        matrix = np.zeros((len(products), len(personas)))
-        matrix[products.get_indexer(part["product_id"]), persona_position.get_indexer(part["persona"])] = \
-            part["value"].to_numpy(dtype=float)
-        matrices[int(group)] = (products, matrix)
-    shared = spark.sparkContext.broadcast((personas, matrices))
-
-    def sums(batches):
-        persona_names, tables = shared.value
+    def feature_batches(batches):
+        tables = shared.value
         for batch in batches:
-            for group, part in batch.groupby("group"):
-                if int(group) not in tables:
-                    continue
-                products, matrix = tables[int(group)]
-                customer_codes, customers = pd.factorize(part["customer_id"])
-                summed = segment_sums(products.get_indexer(part["product_id"]), customer_codes,
-                                      part["w"].to_numpy(dtype=float), np.arange(len(products)), matrix)
-                yield pd.DataFrame({"customer_id": np.asarray(customers, dtype=object)[summed["id"].to_numpy()],
-                                    "persona": persona_names[summed["persona"].to_numpy()],
-                                    name: summed["value"].to_numpy()})
+            fold = batch.column(1).to_numpy(zero_copy_only=False)
+            for each in np.unique(fold):
+                yield _training_batch(tables[int(each)], batch.take(pa_indices(np.flatnonzero(fold == each))))
 
-    schema = f"customer_id string, persona string, {name} double"
-    result = (rows.select("customer_id", F.col("group").cast("int"), "product_id", F.col("w").cast("double"))
-              .mapInPandas(sums, schema)
-              .groupBy("customer_id", "persona").agg(F.sum(name).alias(name))
-              .localCheckpoint(eager=True))
+    training = rows.mapInArrow(feature_batches, schema).localCheckpoint(eager=True)
     shared.destroy()
-    return result
-
-
-def vote_features(customer_edges: DataFrame, idf: DataFrame, buyers: DataFrame, positives: DataFrame) -> DataFrame:
-    """(customer_id, persona, vote_mean, vote_log_sum) from (customer_id, product_id, fold) rows:
-    each customer's products read the fold's complement counts (FULL for unlabelled)."""
-    reached = customer_edges.join(buyers, ["product_id", "fold"]).join(idf.select("product_id", "idf"), "product_id")
-    denominators = reached.groupBy("customer_id").agg(F.sum("idf").alias("_idf_total"))
-    shares = positives.join(buyers, ["product_id", "fold"]).select(
-        F.col("fold").alias("group"), "product_id", "persona", (F.col("pos") / F.col("n")).alias("value"))
-    votes = weighted_product_sums(reached.select("customer_id", F.col("fold").alias("group"), "product_id",
-                                                 F.col("idf").alias("w")), shares, "_vote")
-    return votes.join(denominators, "customer_id").select(
-        "customer_id", "persona",
-        F.when(F.col("_idf_total") > 0, F.col("_vote") / F.col("_idf_total")).otherwise(0.0).alias("vote_mean"),
-        F.log1p(F.col("_vote")).alias("vote_log_sum"))
+    return training
 
 
 def tfidf(edges: DataFrame, idf: DataFrame) -> DataFrame:
@@ -371,6 +358,9 @@ def _fit_profile_group(rows: pd.DataFrame, personas: list[str], c: float, max_it
     from scipy import optimize, sparse  # executor-side: the workers need scipy, not the driver
 
     model_fold = int(rows["model_fold"].iloc[0])
+    # L-BFGS stops at max_iter, so its result follows the order of the sums: sorted, the same rows
+    # give the same model whatever order Spark's shuffle delivers them in.
+    rows = rows.sort_values(["customer_id", "product_id"], kind="stable", na_position="first", ignore_index=True)
     customer_codes, _ = pd.factorize(rows["customer_id"])
     known = rows["product_id"].notna().to_numpy()
     product_codes, product_ids = pd.factorize(rows["product_id"][known])
@@ -400,31 +390,6 @@ def _fit_profile_group(rows: pd.DataFrame, personas: list[str], c: float, max_it
         "persona": np.concatenate([persona_names[persona_cols], persona_names]),
         "weight": np.concatenate([weights[product_rows, persona_cols], bias]),
     })
-
-
-def profile_logits(x: DataFrame, customer_models: DataFrame, weights: DataFrame, intercepts: DataFrame) -> DataFrame:
-    """(customer_id, persona, profile_logit) of each customer of ``customer_models``
-    (customer_id, model_fold) under its model's profile: the model's intercept plus the
-    customer's tf-idf row ``x`` times the model's ``weights`` (model_fold, product_id, persona,
-    weight). ``intercepts``: (model_fold, persona, intercept). A customer none of whose products
-    has a weight gets the intercept."""
-    sums = weighted_product_sums(
-        x.join(customer_models, "customer_id").select("customer_id", F.col("model_fold").alias("group"), "product_id",
-                                                      F.col("x").alias("w")),
-        weights.select(F.col("model_fold").alias("group"), "product_id", "persona", F.col("weight").alias("value")),
-        "_dot")
-    return (customer_models.join(F.broadcast(intercepts), "model_fold").join(sums, ["customer_id", "persona"], "left")
-            .select("customer_id", "persona",
-                    (F.col("intercept") + F.coalesce(F.col("_dot"), F.lit(0.0))).alias("profile_logit")))
-
-
-def item_shares(edges: DataFrame, product_labels: DataFrame) -> DataFrame:
-    """(customer_id, persona, item_share): share of the customer's products labelled m."""
-    sizes = edges.groupBy("customer_id").agg(F.count(F.lit(1)).alias("_n"))
-    counts = edges.join(product_labels.select("product_id", "persona").distinct(), "product_id") \
-        .groupBy("customer_id", "persona").agg(F.count(F.lit(1)).alias("_k"))
-    return counts.join(sizes, "customer_id").select("customer_id", "persona",
-                                                    (F.col("_k") / F.col("_n")).alias("item_share"))
 
 
 # --------------------------------------------------------------------------- the stacker
@@ -475,6 +440,9 @@ def _fit_stacker_rows(rows: pd.DataFrame, personas: list[str], features: list[st
     from scipy import optimize  # executor-side
 
     k, f = len(personas), len(features)
+    # Sorted: the fit stops at max_iter, so its coefficients follow the order of the sums (shuffled
+    # rows moved them by up to 1e-3); the same rows now give the same model in any order.
+    rows = rows.sort_values(["persona", "label", *features], kind="stable", ignore_index=True)
     persona_of = pd.Categorical(rows["persona"], categories=personas).codes.astype(np.int64)
     values = rows[features].to_numpy(dtype=float)
     label = rows["label"].to_numpy(dtype=float)
@@ -614,35 +582,23 @@ def out_of_fold_features(spark: SparkSession, config: AppConfig, inputs: ModelIn
     unit_of = F.create_map(*[v for f, u in fold_units.items() for v in (F.lit(f), F.lit(u))])
     oof_scaled = oof_affinity.join(folds, "customer_id").select(
         "customer_id", "persona", (F.col("score") / unit_of[F.col("fold")]).alias("score"))
-    training = walk_features(grid, oof_scaled)
 
-    # Vote and profile, out of fold.
+    # Vote counts and profiles of every fold; then each labelled customer's features in one pass.
     idf = product_idf(inputs.edges, n_customers, labels).cache()
-    buyers, fold_positives = vote_tables(inputs.edges, grid, folds, fold_count)
-    buyers, fold_positives = buyers.cache(), fold_positives.cache()
-    labelled_edges = inputs.edges.join(folds, "customer_id")
-    training = _join_features(training, vote_features(labelled_edges, idf, buyers, fold_positives),
-                              ("vote_mean", "vote_log_sum"))
+    buyer_counts, positive_counts = fold_vote_counts(inputs.edges.join(folds, "customer_id"), positives)
+    buyer_counts, positive_counts = buyer_counts.cache(), positive_counts.cache()
     clock.lap("oof_votes")
     x = tfidf(inputs.edges, idf).cache()
     profile_weights, profile_intercepts = fit_profiles(x, labels, folds, personas, fold_count, cfg)
     log.info("persona model: profiles of %d folds and the full model fitted", fold_count)
     clock.lap("profiles")
-    # Each labelled customer is scored by the profile of the model that left its own fold out.
-    oof_profile = profile_logits(x, folds.select("customer_id", F.col("fold").alias("model_fold")),
-                                 profile_weights.where(F.col("model_fold") != FULL),
-                                 profile_intercepts).localCheckpoint(eager=True)
-    clock.lap("oof_profile_logits")
-    training = _join_features(training, oof_profile, ("profile_logit",))
-    sizes = _sizes(inputs.edges)
-    training = training.join(sizes, "customer_id", "left").fillna(0.0, ["log_products"])
-    if inputs.product_labels is not None:
-        # Product labels carry no customer label: the same feature in and out of fold.
-        training = _join_features(training, item_shares(inputs.edges, inputs.product_labels), ("item_share",))
-    training = training.localCheckpoint(eager=True)
+    fold_tables = out_of_fold_tables(personas, features, idf, buyer_counts, positive_counts, profile_weights,
+                                     profile_intercepts, inputs.product_labels, fold_count)
+    clock.lap("oof_tables")
+    training = out_of_fold_rows(fold_tables, folds, labels, inputs.edges, oof_scaled)
     clock.lap("oof_features")
     context = dict(personas=personas, features=features, grid=grid, folds=folds, positives=positives,
-                   channels=channels, idf=idf, buyers=buyers, fold_positives=fold_positives, x=x,
+                   channels=channels, idf=idf, buyer_counts=buyer_counts, positive_counts=positive_counts, x=x,
                    profile_weights=profile_weights, profile_intercepts=profile_intercepts, labels=labels,
                    n_customers=n_customers)
     return training, context
@@ -656,7 +612,7 @@ def fit(spark: SparkSession, config: AppConfig, inputs: ModelInputs, clock: Opti
     training, c = out_of_fold_features(spark, config, inputs, clock)
     personas, features, n_customers = c["personas"], c["features"], c["n_customers"]
     grid, folds, positives, channels = c["grid"], c["folds"], c["positives"], c["channels"]
-    idf, buyers, fold_positives, x = c["idf"], c["buyers"], c["fold_positives"], c["x"]
+    idf, buyer_counts, positive_counts, x = c["idf"], c["buyer_counts"], c["positive_counts"], c["x"]
     profile_weights, profile_intercepts, labels = c["profile_weights"], c["profile_intercepts"], c["labels"]
     intercepts, slopes = fit_stacker(training, personas, features, cfg)
     clock.lap("stacker")
@@ -674,9 +630,9 @@ def fit(spark: SparkSession, config: AppConfig, inputs: ModelInputs, clock: Opti
                        for r in profile_intercepts.where(F.col("model_fold") == FULL).collect()}
     full_labels = positives
     unit = seed_unit(full_labels, config.propagation.beta, n_customers, len(personas))
-    full_buyers = buyers.where(F.col("fold") == FULL).drop("fold")
-    frac = (fold_positives.where(F.col("fold") == FULL).join(full_buyers, "product_id")
-            .select("product_id", "persona", (F.col("pos") / F.col("n")).alias("frac")))
+    full_buyers = buyer_counts.groupBy("product_id").agg(F.sum("n").alias("n"))
+    frac = (positive_counts.groupBy("product_id", "persona").agg(F.sum("pos").alias("pos"))
+            .join(full_buyers, "product_id").select("product_id", "persona", (F.col("pos") / F.col("n")).alias("frac")))
     product_affinity = inputs.product_affinity.select("product_id", "persona", F.col("score").alias("affinity"))
     persona_set = F.col("persona").isin(*personas)
     item = (inputs.product_labels.select("product_id", "persona").distinct().withColumn("item", F.lit(1.0))
@@ -694,7 +650,7 @@ def fit(spark: SparkSession, config: AppConfig, inputs: ModelInputs, clock: Opti
         product_idf=idf.select("product_id", "idf", "labelled_buyers").localCheckpoint(eager=True),
         figures=figures)
     model._oof = oof.localCheckpoint(eager=True)  # noqa: SLF001 - read by fit_and_score
-    for frame in (grid, folds, channels, oof, buyers, fold_positives, labels, x, idf):
+    for frame in (grid, folds, channels, oof, buyer_counts, positive_counts, labels, x, idf):
         frame.unpersist()
     clock.lap("product_tables")
     model.seconds = clock.seconds
@@ -740,25 +696,64 @@ def score(spark: SparkSession, model: PersonaModel, edges: DataFrame, customer_a
 def _scored_batch(tables: ScoringTables, batch, epsilon: float):
     """One Arrow batch of (customer_id, products, walk) rows -> its customers x personas rows."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     ids = batch.column(0)
     customers, k = len(ids), len(tables.personas)
-    products, walk_entries = batch.column(1), batch.column(2)
+    edge_customer, edge_product, walk = _baskets_and_walks(tables, batch.column(1), batch.column(2), customers)
+    scored = score_customers(tables, customers, edge_customer, edge_product, walk, epsilon)
+    columns = [*_customer_persona_columns(ids, tables.personas),
+               *[pa.array(scored[name].ravel()) for name in SCORE_COLUMNS],
+               pa.array(np.repeat(scored["products"].astype(np.int64), k))]
+    return pa.RecordBatch.from_arrays(columns, names=["customer_id", "persona", *SCORE_COLUMNS, "products"])
+
+
+def _training_batch(tables: ScoringTables, batch):
+    """One Arrow batch of (customer_id, fold, personas, products, walk) rows of one fold -> its
+    customers x personas rows of label and features (walk scores already in units, exact)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids, given = batch.column(0), batch.column(2)
+    customers, k = len(ids), len(tables.personas)
+    edge_customer, edge_product, walk = _baskets_and_walks(tables, batch.column(3), batch.column(4), customers)
+    values, _ = customer_features(tables, customers, edge_customer, edge_product, walk, 0.0)
+    label = np.zeros((customers, k))
+    persona_at = pd.Index(tables.personas).get_indexer(pc.list_flatten(given).to_numpy(zero_copy_only=False))
+    owner = pc.list_parent_indices(given).to_numpy()
+    label[owner[persona_at >= 0], persona_at[persona_at >= 0]] = 1.0
+    columns = [*_customer_persona_columns(ids, tables.personas), pa.array(label.ravel()),
+               *[pa.array(values[name][0].ravel()) for name in tables.features]]
+    return pa.RecordBatch.from_arrays(columns, names=["customer_id", "persona", "label", *tables.features])
+
+
+def _baskets_and_walks(tables: ScoringTables, products, walk_entries, customers: int):
+    """(edge customer rows, edge product ids, customers x K walk scores) of a batch's list columns
+    ``products`` (product ids) and ``walk_entries`` (persona, score structs); null lists are empty."""
+    import pyarrow.compute as pc
+
     entries = pc.list_flatten(walk_entries)
-    walk = np.zeros((customers, k))
+    walk = np.zeros((customers, len(tables.personas)))
     walk[pc.list_parent_indices(walk_entries).to_numpy(),
          pd.Index(tables.personas).get_indexer(entries.field("persona").to_numpy(zero_copy_only=False))] = \
         entries.field("score").to_numpy(zero_copy_only=False)
-    scored = score_customers(tables, customers, pc.list_parent_indices(products).to_numpy(),
-                             pc.list_flatten(products).to_numpy(zero_copy_only=False), walk, epsilon)
-    # Row-major: customer i's K personas are rows i*K .. i*K + K-1.
-    columns = [ids.take(pa.array(np.repeat(np.arange(customers), k))),
-               pa.array(np.tile(tables.personas, customers), type=ids.type),
-               *[pa.array(scored[name].ravel()) for name in SCORE_COLUMNS],
-               pa.array(np.repeat(scored["products"].astype(np.int64), k))]
-    names = ["customer_id", "persona", *SCORE_COLUMNS, "products"]
-    return pa.RecordBatch.from_arrays(columns, names=names)
+    return (pc.list_parent_indices(products).to_numpy(),
+            pc.list_flatten(products).to_numpy(zero_copy_only=False), walk)
+
+
+def _customer_persona_columns(ids, personas: np.ndarray) -> list:
+    """customer_id and persona of a batch's customers x personas rows, row-major: customer i's
+    personas are rows i*K .. i*K + K-1."""
+    import pyarrow as pa
+
+    return [ids.take(pa_indices(np.repeat(np.arange(len(ids)), len(personas)))),
+            pa.array(np.tile(personas, len(ids)), type=ids.type)]
+
+
+def pa_indices(positions: np.ndarray):
+    """Row positions as an Arrow array, for ``take``."""
+    import pyarrow as pa
+
+    return pa.array(positions, type=pa.int64())
 
 
 def decide(scored: DataFrame) -> DataFrame:
@@ -779,14 +774,6 @@ def decide(scored: DataFrame) -> DataFrame:
         F.avg(F.when(chosen, F.col("probability"))).alias("confidence"),
         F.max(uncertain_row.cast("int")).cast("boolean").alias("uncertain"),
     )
-
-
-def _sizes(edges: DataFrame) -> DataFrame:
-    return edges.groupBy("customer_id").agg(F.log1p(F.count(F.lit(1)).cast("double")).alias("log_products"))
-
-
-def _join_features(frame: DataFrame, extra: DataFrame, names) -> DataFrame:
-    return frame.join(extra, ["customer_id", "persona"], "left").fillna(0.0, list(names))
 
 
 def _oof_figures(oof: DataFrame, thresholds: dict[str, float], prefix: str = "") -> dict:

@@ -102,6 +102,28 @@ def score_customers(tables: ScoringTables, customers: int, edge_customer: np.nda
     scores (0 where unreached), certified within ``epsilon``: the exact score lies in
     [s, s + epsilon], which gives each walk feature, and the probability, an interval.
     """
+    values, sizes = customer_features(tables, customers, edge_customer, edge_product, walk / tables.unit,
+                                      epsilon / tables.unit)
+    logit = np.repeat(tables.intercepts[None, :], customers, axis=0)
+    low, high = logit.copy(), logit.copy()
+    for j, name in enumerate(tables.features):
+        slope = tables.slopes[None, :, j]
+        value, lowest, highest = values[name]
+        logit = logit + slope * value
+        low = low + np.minimum(slope * lowest, slope * highest)
+        high = high + np.maximum(slope * lowest, slope * highest)
+    with np.errstate(over="ignore"):  # exp overflows to inf for very negative logits: probability 0
+        probability = [1.0 / (1.0 + np.exp(-z)) for z in (logit, low, high)]
+    return {"score": walk, "probability": probability[0], "probability_low": probability[1],
+            "probability_high": probability[2],
+            "threshold": np.repeat(tables.thresholds[None, :], customers, axis=0), "products": sizes}
+
+
+def customer_features(tables: ScoringTables, customers: int, edge_customer: np.ndarray, edge_product: np.ndarray,
+                      walk_units: np.ndarray, epsilon_units: float
+                      ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], np.ndarray]:
+    """({feature: (value, lowest, highest)} as customers x K arrays, the customers' edge counts)
+    for ``tables.features``: ``score_customers``'s arguments, the walk already in units."""
     from scipy import sparse  # executor-side, like the profile fit
 
     k = len(tables.personas)
@@ -125,7 +147,7 @@ def score_customers(tables: ScoringTables, customers: int, edge_customer: np.nda
     log_products = np.repeat(np.log1p(sizes)[:, None], k, axis=1)
 
     values = {  # feature -> (value, its lowest, its highest)
-        **walk_feature_bounds(walk / tables.unit, epsilon / tables.unit),
+        **walk_feature_bounds(walk_units, epsilon_units),
         "log_products": (log_products,) * 3,
         "vote_mean": (ratio(vote, idf_total),) * 3,
         "vote_log_sum": (np.log1p(vote),) * 3,
@@ -133,19 +155,7 @@ def score_customers(tables: ScoringTables, customers: int, edge_customer: np.nda
     }
     if "item_share" in tables.features:
         values["item_share"] = (ratio(per_customer(np.ones(len(rows)), tables.item), sizes[:, None]),) * 3
-    logit = np.repeat(tables.intercepts[None, :], customers, axis=0)
-    low, high = logit.copy(), logit.copy()
-    for j, name in enumerate(tables.features):
-        slope = tables.slopes[None, :, j]
-        value, lowest, highest = values[name]
-        logit = logit + slope * value
-        low = low + np.minimum(slope * lowest, slope * highest)
-        high = high + np.maximum(slope * lowest, slope * highest)
-    with np.errstate(over="ignore"):  # exp overflows to inf for very negative logits: probability 0
-        probability = [1.0 / (1.0 + np.exp(-z)) for z in (logit, low, high)]
-    return {"score": walk, "probability": probability[0], "probability_low": probability[1],
-            "probability_high": probability[2],
-            "threshold": np.repeat(tables.thresholds[None, :], customers, axis=0), "products": sizes}
+    return values, sizes
 
 
 def walk_feature_bounds(s: np.ndarray, e: float) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -13,7 +13,13 @@ from pyspark.sql import functions as F
 
 from persona_lib import persona_model
 from persona_lib.graph import build_graph, edges_from_pairs
-from persona_lib.persona_scoring import ScoringTables, score_basket, score_customers, walk_feature_bounds
+from persona_lib.persona_scoring import (
+    ScoringTables,
+    customer_features,
+    score_basket,
+    score_customers,
+    walk_feature_bounds,
+)
 
 sigmoid = lambda z: 1.0 / (1.0 + math.exp(-z))
 
@@ -67,23 +73,24 @@ def test_idf_weighted_vote_reads_only_other_folds_labels(spark):
     labels = spark.createDataFrame([("u2", ["A"]), ("u3", ["B"]), ("u4", ["A"])],
                                    "customer_id string, personas array<string>")
     folds = spark.createDataFrame([("u2", 0), ("u3", 1), ("u4", 1)], "customer_id string, fold int")
-    grid = persona_model.label_grid(labels, ["A", "B"])
-    idf = persona_model.product_idf(edges, 4, labels)
-    buyers, positives = persona_model.vote_tables(edges, grid, folds, 2)
-    who = edges.join(folds, "customer_id").unionByName(
-        edges.where("customer_id = 'u1'").withColumn("fold", F.lit(persona_model.FULL)))
-    actual = persona_model.vote_features(who, idf, buyers, positives).select("customer_id", "persona", "vote_mean")
-    i1, i2 = math.log(4 / 3), math.log(4 / 2)
-    expected = spark.createDataFrame(
-        [("u1", "A", (0.5 * i1 + i2) / (i1 + i2)), ("u1", "B", 0.5 * i1 / (i1 + i2)),
-         # u2 (fold 0) sees only u3's B on p1: its own A never counts.
-         ("u2", "B", 1.0),
-         # u3, u4 (fold 1) see only u2's A on p1; p2 has no labelled buyer outside fold 1.
-         ("u3", "A", 1.0), ("u4", "A", 0.0)],
-        "customer_id string, persona string, vote_mean double")
-    assert_approx_df_equality(actual.where("vote_mean > 0 or customer_id = 'u4'"), expected.where(
-        "customer_id != 'u4'"), 1e-9, ignore_row_order=True, ignore_nullable=True)
-    assert actual.where("customer_id = 'u4'").count() == 0
+    positives = labels.select("customer_id", F.explode("personas").alias("persona"))
+    buyers, labelled_with = persona_model.fold_vote_counts(edges.join(folds, "customer_id"), positives)
+    no_profile = spark.createDataFrame([], persona_model.PROFILE_SCHEMA)
+    tables = persona_model.out_of_fold_tables(
+        ["A", "B"], ["vote_mean"], persona_model.product_idf(edges, 4, labels), buyers, labelled_with,
+        no_profile, no_profile.select("model_fold", "persona", F.col("weight").alias("intercept")), None, 2)
+
+    def vote_mean(fold: int, products: list[str]) -> list[float]:
+        values, _ = customer_features(tables[fold], 1, np.zeros(len(products), dtype=int),
+                                      np.asarray(products, dtype=object), np.zeros((1, 2)), 0.0)
+        return list(values["vote_mean"][0][0])
+
+    # u2 (fold 0) sees only u3's B on p1: its own A never counts.
+    assert vote_mean(0, ["p1"]) == pytest.approx([0.0, 1.0])
+    # u3, u4 (fold 1) see only u2's A on p1; p2 has no labelled buyer outside fold 1.
+    assert vote_mean(1, ["p1"]) == pytest.approx([1.0, 0.0])
+    assert vote_mean(1, ["p2"]) == pytest.approx([0.0, 0.0])
+    assert not tables[1].labelled[tables[1].products.get_loc("p2")]
 
 
 @pytest.fixture

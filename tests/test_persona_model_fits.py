@@ -1,8 +1,8 @@
 """The persona model's fits and its per-customer sums: each is the maths it replaces.
 
 The profile logistics and the stacker are minimised by scipy on the executors, and the vote and
-profile sums go through a broadcast-matrix kernel; these tests hold them to the definitions (the
-L2 logistic's optimality condition, MLlib's standardised logistic, the plain join-and-sum).
+profile sums are sparse products per batch of customers; these tests hold them to the definitions
+(the L2 logistic's optimality condition, MLlib's standardised logistic, the plain join-and-sum).
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ import pytest
 from chispa import assert_approx_df_equality
 from pyspark.ml.classification import LogisticRegression
 from pyspark.ml.feature import VectorAssembler
+from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from persona_lib import persona_model
 from persona_lib.config import ModelConfig
+from persona_lib.persona_scoring import ScoringTables, customer_features
 
 
 def _profile_rows(seed: int = 3) -> tuple[pd.DataFrame, list[str]]:
@@ -80,15 +82,63 @@ def test_stacker_minimises_mllibs_standardised_logistic(spark):
             assert slopes[persona][name] == pytest.approx(w[f"s{i}{name}"], abs=2e-3)
 
 
-def test_weighted_product_sums_equal_the_join_and_sum_per_group(spark):
-    rows = spark.createDataFrame(
-        [("u1", 0, "p1", 0.5), ("u1", 0, "p2", 2.0), ("u2", 0, "p1", 1.0), ("u2", 1, "p1", 3.0),
-         ("u3", 1, "p9", 1.0)],  # p9 has no entry in group 1: nothing reaches u3
-        "customer_id string, group int, product_id string, w double")
-    table = spark.createDataFrame(
-        [(0, "p1", "A", 0.2), (0, "p2", "A", 0.1), (0, "p2", "B", 0.4), (1, "p1", "B", 1.5)],
-        "group int, product_id string, persona string, value double")
-    actual = persona_model.weighted_product_sums(rows, table, "total")
-    expected = (rows.join(table, ["group", "product_id"]).groupBy("customer_id", "persona")
-                .agg(F.sum(F.col("w") * F.col("value")).alias("total")))
+def test_customer_features_sum_the_product_tables_like_a_join(spark):
+    """The vote and profile sums of ``customer_features`` (sparse products on the executors) equal
+    the join of the customers' products with the tables, summed per customer and persona."""
+    personas, products = ["A", "B"], ["p1", "p2", "p9"]
+    edges = [("u1", "p1"), ("u1", "p2"), ("u2", "p1"), ("u3", "p9"), ("u3", "p-unknown")]
+    idf = {"p1": 0.5, "p2": 2.0, "p9": 1.0}
+    frac = {("p1", "A"): 0.2, ("p2", "A"): 0.1, ("p2", "B"): 0.4}  # p9: no labelled buyer
+    weight = {("p1", "B"): 1.5, ("p9", "A"): -0.7}
+    dense = lambda table: np.array([[table.get((p, m), 0.0) for m in personas] for p in products])
+    tables = ScoringTables(
+        personas=np.asarray(personas, dtype=object), features=("vote_mean", "vote_log_sum", "profile_logit"),
+        products=pd.Index(products), idf=np.array([idf[p] for p in products]), labelled=np.array([True, True, False]),
+        frac=dense(frac), weight=dense(weight), item=None, profile_intercepts=np.array([0.25, -0.25]),
+        intercepts=np.zeros(2), slopes=np.zeros((2, 3)), thresholds=np.zeros(2), unit=1.0)
+    customers = ["u1", "u2", "u3"]
+    values, sizes = customer_features(tables, 3, np.array([customers.index(c) for c, _ in edges]),
+                                      np.array([p for _, p in edges], dtype=object), np.zeros((3, 2)), 0.0)
+    actual = spark.createDataFrame(
+        [(c, m, float(values["vote_mean"][0][i, j]), float(values["profile_logit"][0][i, j]))
+         for i, c in enumerate(customers) for j, m in enumerate(personas)],
+        "customer_id string, persona string, vote_mean double, profile_logit double")
+
+    pairs = spark.createDataFrame(edges, "customer_id string, product_id string")
+    known = pairs.join(spark.createDataFrame(list(idf.items()), "product_id string, idf double"), "product_id")
+    cross = known.crossJoin(spark.createDataFrame([(m,) for m in personas], "persona string"))
+    table = lambda rows: spark.createDataFrame([(p, m, v) for (p, m), v in rows.items()],
+                                               "product_id string, persona string, value double")
+    x = known.select("customer_id", "product_id", (F.col("idf") / F.sqrt(F.sum(F.col("idf") ** 2).over(
+        Window.partitionBy("customer_id")))).alias("x"))
+    reached = known.where(F.col("product_id") != "p9").groupBy("customer_id").agg(F.sum("idf").alias("reached"))
+    votes = (cross.join(table(frac), ["product_id", "persona"], "left").groupBy("customer_id", "persona")
+             .agg(F.sum(F.col("idf") * F.coalesce(F.col("value"), F.lit(0.0))).alias("vote")))
+    profile = (x.crossJoin(spark.createDataFrame([("A", 0.25), ("B", -0.25)], "persona string, b double"))
+               .join(table(weight), ["product_id", "persona"], "left").groupBy("customer_id", "persona")
+               .agg((F.first("b") + F.sum(F.col("x") * F.coalesce(F.col("value"), F.lit(0.0)))).alias("profile_logit")))
+    expected = (votes.join(reached, "customer_id", "left").join(profile, ["customer_id", "persona"])
+                .select("customer_id", "persona",
+                        F.when(F.col("reached") > 0, F.col("vote") / F.col("reached")).otherwise(0.0).alias("vote_mean"),
+                        "profile_logit"))
     assert_approx_df_equality(actual, expected, precision=1e-12, ignore_row_order=True, ignore_nullable=True)
+    assert list(sizes) == [2, 1, 2]  # an unknown product counts in the basket's size only
+
+
+def test_the_fits_give_the_same_model_for_their_rows_in_any_order():
+    """Stopped at max_iter, L-BFGS follows the order of its sums: the fits sort their rows, so the
+    order a shuffle delivers them in cannot move the model."""
+    rows, personas = _profile_rows()
+    shuffled = rows.sample(frac=1.0, random_state=7).reset_index(drop=True)
+    by_key = lambda frame: frame.sort_values(["persona", "product_id"], na_position="first").reset_index(drop=True)
+    # Bit for bit: unsorted, the shuffled rows' sums round differently (by 1e-15 here, amplified
+    # to 1e-3 over 200 iterations on a pipeline's rows).
+    pd.testing.assert_frame_equal(by_key(persona_model._fit_profile_group(rows, personas, 1.0, 5)),
+                                  by_key(persona_model._fit_profile_group(shuffled, personas, 1.0, 5)), check_exact=True)
+    rng = np.random.default_rng(11)
+    features = ["walk_share", "vote_mean"]
+    stack_rows = pd.DataFrame({"persona": rng.choice(personas, 300), "label": (rng.random(300) < 0.3).astype(float),
+                               "walk_share": rng.random(300), "vote_mean": rng.random(300)})
+    fit = lambda frame: persona_model._fit_stacker_rows(frame, personas, features, 0.01, 5)
+    pd.testing.assert_frame_equal(fit(stack_rows), fit(stack_rows.sample(frac=1.0, random_state=3).reset_index(drop=True)),
+                                  check_exact=True)
