@@ -39,10 +39,10 @@ uncertain when its threshold lies inside that interval.
 The fitted model is also a small set of per-product x persona tables plus coefficients.
 Scoring every customer (``score``) broadcasts them as dense arrays (``scoring_tables``) and
 evaluates the features, the stacker and the intervals per Arrow batch of customers with numpy
-(``persona_scoring.score_customers``); the out-of-fold features of the labelled customers are
-Spark joins, since each fold reads tables of its own. ``PersonaModel.artifact`` is the same
-tables as JSON, which ``score_basket`` evaluates for one shopper: cold start serves it
-without Spark.
+(``persona_scoring.score_customers``). The out-of-fold features of the labelled customers go
+through the same per-customer pass (``out_of_fold_rows``), each customer reading its own
+fold's tables (``out_of_fold_tables``). ``PersonaModel.artifact`` is the same tables as JSON,
+which ``score_basket`` evaluates for one shopper: cold start serves it without Spark.
 """
 
 from __future__ import annotations
@@ -586,15 +586,14 @@ def out_of_fold_features(spark: SparkSession, config: AppConfig, inputs: ModelIn
     # Vote counts and profiles of every fold; then each labelled customer's features in one pass.
     idf = product_idf(inputs.edges, n_customers, labels).cache()
     buyer_counts, positive_counts = fold_vote_counts(inputs.edges.join(folds, "customer_id"), positives)
-    buyer_counts, positive_counts = buyer_counts.cache(), positive_counts.cache()
-    clock.lap("oof_votes")
+    buyer_counts, positive_counts = buyer_counts.cache(), positive_counts.cache()  # read in fit() too
     x = tfidf(inputs.edges, idf).cache()
     profile_weights, profile_intercepts = fit_profiles(x, labels, folds, personas, fold_count, cfg)
     log.info("persona model: profiles of %d folds and the full model fitted", fold_count)
     clock.lap("profiles")
     fold_tables = out_of_fold_tables(personas, features, idf, buyer_counts, positive_counts, profile_weights,
                                      profile_intercepts, inputs.product_labels, fold_count)
-    clock.lap("oof_tables")
+    clock.lap("oof_tables")  # the vote counts are computed here, at their first read
     training = out_of_fold_rows(fold_tables, folds, labels, inputs.edges, oof_scaled)
     clock.lap("oof_features")
     context = dict(personas=personas, features=features, grid=grid, folds=folds, positives=positives,
