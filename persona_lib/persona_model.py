@@ -100,14 +100,9 @@ class PersonaModel:
         entries = self.product_tables.toPandas()
         products = pd.Index(idf["product_id"])
         personas = np.asarray(self.personas, dtype=object)
-        at = products.get_indexer(entries["product_id"])
-        persona_at = pd.Index(personas).get_indexer(entries["persona"])
-        keep = (at >= 0) & (persona_at >= 0)
 
         def matrix(column: str) -> np.ndarray:
-            dense = np.zeros((len(products), len(personas)))
-            dense[at[keep], persona_at[keep]] = entries[column].to_numpy(dtype=float)[keep]
-            return dense
+            return dense_table(products, self.personas, entries, column)
 
         def per_persona(values: dict) -> np.ndarray:
             return np.array([float(values[p]) for p in self.personas])
@@ -239,20 +234,13 @@ def out_of_fold_tables(personas: list[str], features: list[str], idf: DataFrame,
     intercepts = profile_intercepts.where(F.col("model_fold") != FULL).toPandas()
     item = None
     if "item_share" in features and product_labels is not None:
-        labelled_items = product_labels.select("product_id", "persona").distinct().toPandas()
-        at = products.get_indexer(labelled_items["product_id"])
-        persona_at = persona_index.get_indexer(labelled_items["persona"])
-        keep = (at >= 0) & (persona_at >= 0)
-        item = np.zeros(shape)
-        item[at[keep], persona_at[keep]] = 1.0
+        item = dense_table(products, personas, product_labels.select("product_id", "persona").distinct()
+                           .withColumn("item", F.lit(1.0)).toPandas(), "item")
     n_total, pos_total = n.sum(axis=0), pos.sum(axis=0)
     tables = {}
     for fold in range(fold_count):
         others = n_total - n[fold]
-        mine = weights[weights["model_fold"] == fold]
-        weight = np.zeros(shape)
-        weight[products.get_indexer(mine["product_id"]), persona_index.get_indexer(mine["persona"])] = \
-            mine["weight"].to_numpy(dtype=float)
+        weight = dense_table(products, personas, weights[weights["model_fold"] == fold], "weight")
         fold_intercepts = intercepts[intercepts["model_fold"] == fold].set_index("persona")["intercept"]
         tables[fold] = ScoringTables(
             personas=np.asarray(personas, dtype=object), features=tuple(features), products=products,
@@ -263,6 +251,17 @@ def out_of_fold_tables(personas: list[str], features: list[str], idf: DataFrame,
             intercepts=np.zeros(len(personas)), slopes=np.zeros((len(personas), len(features))),
             thresholds=np.zeros(len(personas)), unit=1.0)
     return tables
+
+
+def dense_table(products: pd.Index, personas: list[str], entries: pd.DataFrame, column: str) -> np.ndarray:
+    """products x personas array of ``entries[column]`` (rows product_id, persona, column); 0 where
+    absent, and rows of other products or personas left out."""
+    at = products.get_indexer(entries["product_id"])
+    persona_at = pd.Index(personas).get_indexer(entries["persona"])
+    keep = (at >= 0) & (persona_at >= 0)
+    dense = np.zeros((len(products), len(personas)))
+    dense[at[keep], persona_at[keep]] = entries[column].to_numpy(dtype=float)[keep]
+    return dense
 
 
 def out_of_fold_rows(fold_tables: dict[int, ScoringTables], folds: DataFrame, labels: DataFrame,
@@ -553,8 +552,8 @@ def out_of_fold_features(spark: SparkSession, config: AppConfig, inputs: ModelIn
     if not personas:
         raise ValueError("the persona model needs at least one labelled persona")
     n_customers = inputs.graph.customer_count
-    grid = label_grid(labels, personas).cache()
     folds = assign_folds(labels, fold_count, config.sampling.seed).cache()
+    grid = label_grid(labels, personas).cache()
     positives = grid.where(F.col("label") > 0).select("customer_id", "persona")
     features = list(BASE_FEATURES) + (list(ITEM_FEATURES) if inputs.product_labels is not None else [])
 
