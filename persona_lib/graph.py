@@ -158,15 +158,19 @@ def build_graph(edges: DataFrame, partitions: Optional[int] = None) -> PurchaseG
     keyed = edges.select(F.col("customer_id").cast("string"), F.col("product_id").cast("string"),
                          F.col("weight").cast("double"))
     # Read once: the check, both degree sides and the edge join would each evaluate ``edges``
-    # (in the pipeline, a scan and shuffle of purchase_events).
-    keyed = keyed.persist(StorageLevel.MEMORY_AND_DISK)
+    # (a scan and shuffle of purchase_events). Edges the caller persisted already are read
+    # from its cache (the casts are no-ops on typed columns), not copied into a second one.
+    owned_cache = edges.storageLevel == StorageLevel.NONE
+    if owned_cache:
+        keyed = keyed.persist(StorageLevel.MEMORY_AND_DISK)
     is_bad = (F.col("weight").isNull() | (F.col("weight") <= 0) | F.col("customer_id").isNull()
               | F.col("product_id").isNull())
     # One pass that also fills the cache; limit(1) alone would run a widening series of jobs,
     # each re-evaluating the input until the partitions it scanned were cached.
     bad = keyed.where(is_bad).limit(1).collect() if keyed.where(is_bad).count() else []
     if bad:
-        keyed.unpersist()
+        if owned_cache:
+            keyed.unpersist()
         raise InputError(f"graph edges: every edge needs a customer_id, a product_id and a weight > 0; "
                          f"first bad row: {bad[0].asDict()}")
     customer_side = keyed.groupBy(F.col("customer_id").alias("key")).agg(
@@ -193,7 +197,8 @@ def build_graph(edges: DataFrame, partitions: Optional[int] = None) -> PurchaseG
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
     edge_count = graph_edges.count()
-    keyed.unpersist()
+    if owned_cache:
+        keyed.unpersist()
     sizes = vertices.groupBy("kind").count().collect()
     counts = {row["kind"]: row["count"] for row in sizes}
     return PurchaseGraph(

@@ -326,8 +326,15 @@ def fit_profiles(x: DataFrame, labels: DataFrame, folds: DataFrame, personas: li
                .select("customer_id", "model_fold"))
     given = F.coalesce(F.col("personas"), F.array().cast("array<string>"))
     positives = labels.select("customer_id", F.filter(given, lambda p: p.isin(*personas)).alias("positives"))
-    # Customers whose products are all unknown keep a row (null product): they train the intercept.
-    entries = members.join(positives, "customer_id").join(x, "customer_id", "left")
+    # Per customer one row of its labels (no product: a customer whose products are all unknown
+    # still trains the intercepts), then its TF-IDF rows without them: the labels are not
+    # copied onto every purchase that the shuffle moves and Arrow converts.
+    label_rows = members.join(positives, "customer_id").select(
+        "model_fold", "customer_id", F.lit(None).cast("string").alias("product_id"),
+        F.lit(None).cast("double").alias("x"), "positives")
+    product_rows = members.join(x, "customer_id").select(
+        "model_fold", "customer_id", "product_id", "x", F.lit(None).cast("array<string>").alias("positives"))
+    entries = label_rows.unionByName(product_rows)
 
     def fit_group(rows: pd.DataFrame) -> pd.DataFrame:
         return _fit_profile_group(rows, personas, cfg.profile_c, cfg.max_iter)
@@ -358,7 +365,8 @@ def _fit_profile_group(rows: pd.DataFrame, personas: list[str], c: float, max_it
 
     model_fold = int(rows["model_fold"].iloc[0])
     # L-BFGS stops at max_iter, so its result follows the order of the sums: sorted, the same rows
-    # give the same model whatever order Spark's shuffle delivers them in.
+    # give the same model whatever order Spark's shuffle delivers them in. A customer's labels
+    # row (no product) comes first, then its products.
     rows = rows.sort_values(["customer_id", "product_id"], kind="stable", na_position="first", ignore_index=True)
     customer_codes, _ = pd.factorize(rows["customer_id"])
     known = rows["product_id"].notna().to_numpy()
@@ -367,8 +375,7 @@ def _fit_profile_group(rows: pd.DataFrame, personas: list[str], c: float, max_it
     matrix = sparse.csr_matrix((rows["x"].to_numpy()[known], (customer_codes[known], product_codes)), shape=(n, p))
     persona_index = {m: i for i, m in enumerate(personas)}
     targets = np.zeros((n, k))
-    first_rows = np.unique(customer_codes, return_index=True)[1]
-    for code, given in zip(customer_codes[first_rows], rows["positives"].to_numpy()[first_rows]):
+    for code, given in zip(customer_codes[~known], rows["positives"].to_numpy()[~known]):
         targets[code, [persona_index[m] for m in given]] = 1.0
 
     def loss_and_gradient(theta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -586,7 +593,8 @@ def out_of_fold_features(spark: SparkSession, config: AppConfig, inputs: ModelIn
     idf = product_idf(inputs.edges, n_customers, labels).cache()
     buyer_counts, positive_counts = fold_vote_counts(inputs.edges.join(folds, "customer_id"), positives)
     buyer_counts, positive_counts = buyer_counts.cache(), positive_counts.cache()  # read in fit() too
-    x = tfidf(inputs.edges, idf).cache()
+    # The profiles read the labelled customers' rows only (each normalised over its own products).
+    x = tfidf(inputs.edges.join(labels.select("customer_id"), "customer_id", "left_semi"), idf)
     profile_weights, profile_intercepts = fit_profiles(x, labels, folds, personas, fold_count, cfg)
     log.info("persona model: profiles of %d folds and the full model fitted", fold_count)
     clock.lap("profiles")
@@ -596,7 +604,7 @@ def out_of_fold_features(spark: SparkSession, config: AppConfig, inputs: ModelIn
     training = out_of_fold_rows(fold_tables, folds, labels, inputs.edges, oof_scaled)
     clock.lap("oof_features")
     context = dict(personas=personas, features=features, grid=grid, folds=folds, positives=positives,
-                   channels=channels, idf=idf, buyer_counts=buyer_counts, positive_counts=positive_counts, x=x,
+                   channels=channels, idf=idf, buyer_counts=buyer_counts, positive_counts=positive_counts,
                    profile_weights=profile_weights, profile_intercepts=profile_intercepts, labels=labels,
                    n_customers=n_customers)
     return training, context
@@ -610,7 +618,7 @@ def fit(spark: SparkSession, config: AppConfig, inputs: ModelInputs, clock: Opti
     training, c = out_of_fold_features(spark, config, inputs, clock)
     personas, features, n_customers = c["personas"], c["features"], c["n_customers"]
     grid, folds, positives, channels = c["grid"], c["folds"], c["positives"], c["channels"]
-    idf, buyer_counts, positive_counts, x = c["idf"], c["buyer_counts"], c["positive_counts"], c["x"]
+    idf, buyer_counts, positive_counts = c["idf"], c["buyer_counts"], c["positive_counts"]
     profile_weights, profile_intercepts, labels = c["profile_weights"], c["profile_intercepts"], c["labels"]
     intercepts, slopes = fit_stacker(training, personas, features, cfg)
     clock.lap("stacker")
@@ -648,7 +656,7 @@ def fit(spark: SparkSession, config: AppConfig, inputs: ModelInputs, clock: Opti
         product_idf=idf.select("product_id", "idf", "labelled_buyers").localCheckpoint(eager=True),
         figures=figures)
     model._oof = oof.localCheckpoint(eager=True)  # noqa: SLF001 - read by fit_and_score
-    for frame in (grid, folds, channels, oof, buyer_counts, positive_counts, labels, x, idf):
+    for frame in (grid, folds, channels, oof, buyer_counts, positive_counts, labels, idf):
         frame.unpersist()
     clock.lap("product_tables")
     model.seconds = clock.seconds

@@ -26,9 +26,10 @@ def _profile_rows(seed: int = 3) -> tuple[pd.DataFrame, list[str]]:
     personas = ["A", "B", "C"]
     rows = []
     for customer in range(40):
-        given = [p for p in personas if rng.random() < 0.4]
+        # A customer's labels row (no product), then its products' rows (no labels), as fit_profiles sends them.
+        rows.append((7, f"u{customer}", [p for p in personas if rng.random() < 0.4], None, None))
         for product in rng.choice(12, size=int(rng.integers(1, 5)), replace=False):
-            rows.append((7, f"u{customer}", given, f"p{product}", float(rng.random())))
+            rows.append((7, f"u{customer}", None, f"p{product}", float(rng.random())))
     rows.append((7, "u-unknown", ["A"], None, None))  # no known product: still trains the intercept
     return pd.DataFrame(rows, columns=["model_fold", "customer_id", "positives", "product_id", "x"]), personas
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
+from dataclasses import replace
 from datetime import datetime
 
 import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
 from pyspark.sql import functions as F
+from pyspark.sql.window import Window
 
 from persona_lib import contracts, publishing
 from persona_lib.config import PublishingConfig
@@ -135,6 +138,43 @@ def test_why_weights_are_shares_of_the_top_persona_and_co_buyers_are_distinct(sp
     evidence = {r["customer_id"]: r["e"] for r in summary.select("customer_id", F.col("why.llm_evidence").alias("e")).collect()}
     # The validated personas of labelled customers, never the raw answer text.
     assert evidence["c3"] == "Gardener, Baker" and evidence["c4"] == "Baker" and evidence["c1"] is None
+
+
+def window_why(edges, top_persona, product_affinity, products, limit):
+    """The why products as one SQL window over every edge: the definition, written the slow way."""
+    contributions = (edges.join(top_persona, "customer_id").join(product_affinity, ["product_id", "persona"])
+                     .where("score > 0").select("customer_id", "product_id", "score"))
+    per_customer = Window.partitionBy("customer_id")
+    best = per_customer.orderBy(F.desc("score"), F.asc("product_id"))
+    top = (contributions.select("*", (F.col("score") / F.sum("score").over(per_customer)).alias("weight"),
+                                F.row_number().over(best).alias("rank"))
+           .where(F.col("rank") <= limit).join(products, "product_id", "left"))
+    return top.select("customer_id", "rank", "product_id", "title", "weight")
+
+
+def test_why_products_rank_every_customers_edges_as_a_window_over_them_would(spark, inputs):
+    # Ties on score (the smaller product_id first), products with no title, products and
+    # personas the affinities do not know, zero scores, more contributing products than the limit.
+    rng = random.Random(7)
+    personas = ["Gardener", "Baker", "Angler"]
+    affinity = [(f"p{v:02d}", m, rng.choice([0.0, 0.1, 0.2, 0.25, rng.random()]))
+                for v in range(40) for m in personas[:2]]
+    edges = sorted({(f"c{u}", f"p{rng.randrange(45):02d}") for u in range(60) for _ in range(rng.randrange(1, 12))})
+    top = [(f"c{u}", rng.choice(personas)) for u in range(58)]
+    titles = [(f"p{v:02d}", None if v % 7 == 0 else f"title {v}") for v in range(45)]
+    frames = dict(
+        edges=spark.createDataFrame(edges, "customer_id string, product_id string"),
+        product_affinity=spark.createDataFrame(affinity, "product_id string, persona string, score double"),
+        products=spark.createDataFrame(titles, "product_id string, title string"))
+    top_persona = spark.createDataFrame(top, "customer_id string, persona string")
+
+    why = publishing.why_products(replace(inputs, **frames), top_persona, limit=3)
+    actual = why.select("customer_id", F.posexplode("products").alias("position", "p")).select(
+        "customer_id", (F.col("position") + 1).alias("rank"), "p.product_id", "p.title", "p.weight")
+    expected = window_why(frames["edges"], top_persona, frames["product_affinity"], frames["products"], 3)
+    assert expected.count() > 50 and expected.where("rank = 3").count() > 10  # the limit cuts some customers
+    assert_approx_df_equality(actual, expected, 1e-12, ignore_row_order=True, ignore_nullable=True,
+                              ignore_column_order=True)
 
 
 def test_readers_see_the_latest_complete_run_only(spark, config, tables, inputs):
