@@ -325,15 +325,20 @@ def fit_profiles(x: DataFrame, labels: DataFrame, folds: DataFrame, personas: li
     members = (folds.crossJoin(model_folds).where(F.col("model_fold") != F.col("fold"))
                .select("customer_id", "model_fold"))
     given = F.coalesce(F.col("personas"), F.array().cast("array<string>"))
-    positives = labels.select("customer_id", F.filter(given, lambda p: p.isin(*personas)).alias("positives"))
+    persona_list = F.array(*[F.lit(m) for m in personas])
+    # A customer's labels as the indices of its personas in ``personas``, comma-separated.
+    positives = labels.select("customer_id", F.array_join(F.transform(
+        F.filter(given, lambda m: m.isin(*personas)),
+        lambda m: (F.array_position(persona_list, m) - 1).cast("string")), ",").alias("positives"))
     # Per customer one row of its labels (no product: a customer whose products are all unknown
-    # still trains the intercepts), then its TF-IDF rows without them: the labels are not
-    # copied onto every purchase that the shuffle moves and Arrow converts.
+    # still trains the intercepts), then its TF-IDF rows without them, so the labels are not
+    # copied onto every purchase that the shuffle moves. A string, not an array: Arrow's
+    # conversion for pandas took minutes over the purchase rows' null arrays.
     label_rows = members.join(positives, "customer_id").select(
         "model_fold", "customer_id", F.lit(None).cast("string").alias("product_id"),
         F.lit(None).cast("double").alias("x"), "positives")
     product_rows = members.join(x, "customer_id").select(
-        "model_fold", "customer_id", "product_id", "x", F.lit(None).cast("array<string>").alias("positives"))
+        "model_fold", "customer_id", "product_id", "x", F.lit(None).cast("string").alias("positives"))
     entries = label_rows.unionByName(product_rows)
 
     def fit_group(rows: pd.DataFrame) -> pd.DataFrame:
@@ -360,7 +365,11 @@ def one_partition_per_fold(entries: DataFrame, model_folds: int) -> DataFrame:
 def _fit_profile_group(rows: pd.DataFrame, personas: list[str], c: float, max_iter: int) -> pd.DataFrame:
     """One model fold: per persona m, minimise C x sum_u logloss(y_um, x_u . w_m + b_m) + |w_m|^2 / 2
     (sklearn's form of the L2 logistic; the intercepts are not penalised), all personas in one
-    L-BFGS: the objective is a sum of per-persona terms, so its minimum is theirs."""
+    L-BFGS: the objective is a sum of per-persona terms, so its minimum is theirs.
+
+    ``rows`` (model_fold, customer_id, product_id, x, positives): per customer one labels row
+    (no product; positives: the indices in ``personas`` of its personas, as "3,17", "" for none)
+    and a row per product (x its TF-IDF weight, no positives)."""
     from scipy import optimize, sparse  # executor-side: the workers need scipy, not the driver
 
     model_fold = int(rows["model_fold"].iloc[0])
@@ -373,10 +382,10 @@ def _fit_profile_group(rows: pd.DataFrame, personas: list[str], c: float, max_it
     product_codes, product_ids = pd.factorize(rows["product_id"][known])
     n, p, k = int(customer_codes.max()) + 1, len(product_ids), len(personas)
     matrix = sparse.csr_matrix((rows["x"].to_numpy()[known], (customer_codes[known], product_codes)), shape=(n, p))
-    persona_index = {m: i for i, m in enumerate(personas)}
     targets = np.zeros((n, k))
     for code, given in zip(customer_codes[~known], rows["positives"].to_numpy()[~known]):
-        targets[code, [persona_index[m] for m in given]] = 1.0
+        if given:  # "3,17": the indices of the customer's personas; "" for none of these
+            targets[code, [int(i) for i in given.split(",")]] = 1.0
 
     def loss_and_gradient(theta: np.ndarray) -> tuple[float, np.ndarray]:
         weights, bias = theta[: p * k].reshape(p, k), theta[p * k:]

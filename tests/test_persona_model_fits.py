@@ -26,11 +26,12 @@ def _profile_rows(seed: int = 3) -> tuple[pd.DataFrame, list[str]]:
     personas = ["A", "B", "C"]
     rows = []
     for customer in range(40):
-        # A customer's labels row (no product), then its products' rows (no labels), as fit_profiles sends them.
-        rows.append((7, f"u{customer}", [p for p in personas if rng.random() < 0.4], None, None))
+        # A customer's labels row (no product; its personas' indices), then its products' rows.
+        given = [i for i in range(len(personas)) if rng.random() < 0.4]
+        rows.append((7, f"u{customer}", ",".join(map(str, given)), None, None))
         for product in rng.choice(12, size=int(rng.integers(1, 5)), replace=False):
             rows.append((7, f"u{customer}", None, f"p{product}", float(rng.random())))
-    rows.append((7, "u-unknown", ["A"], None, None))  # no known product: still trains the intercept
+    rows.append((7, "u-unknown", "0", None, None))  # no known product: still trains the intercept
     return pd.DataFrame(rows, columns=["model_fold", "customer_id", "positives", "product_id", "x"]), personas
 
 
@@ -46,9 +47,9 @@ def test_each_profile_logistic_is_at_the_l2_optimum_of_its_persona():
     known = rows[rows["product_id"].notna()]
     matrix = np.zeros((len(customers), len(products)))
     matrix[[customers.index(u) for u in known["customer_id"]], [products.index(p) for p in known["product_id"]]] = known["x"]
-    labels = rows.drop_duplicates("customer_id").set_index("customer_id")["positives"]
-    for persona in personas:
-        y = np.array([persona in labels[u] for u in customers], dtype=float)
+    labels = rows[rows["product_id"].isna()].set_index("customer_id")["positives"]
+    for index, persona in enumerate(personas):
+        y = np.array([str(index) in labels[u].split(",") for u in customers], dtype=float)
         w = weights[persona].reindex(products).fillna(0.0).to_numpy()
         residual = 1.0 / (1.0 + np.exp(-(matrix @ w + bias[persona]))) - y
         # Zero gradient of C x sum(logloss) + |w|^2 / 2, the intercept unpenalised, up to the
