@@ -115,15 +115,15 @@ def why_products(inputs: PublishInputs, top_persona: DataFrame, limit: int) -> D
 
     Each customer's products are gathered into one row, and each Arrow batch of those rows is
     ranked with numpy against the product affinities, broadcast once as a dense products x
-    personas array (the persona model's scoring tables are the same size). A join of every
-    edge with the affinities and a window sorting every edge per customer did this before, and
-    spilled at 13.3M pairs.
+    personas array (the persona model's scoring tables are the same size). Before, every edge
+    was joined with its customer's top persona and then with the affinities (two shuffles of
+    every edge), and a window per customer sorted all of them.
     """
     from persona_lib.persona_model import dense_table
 
     spark = inputs.edges.sparkSession
     affinity = inputs.product_affinity.where(F.col("score") > 0).select("product_id", "persona", "score").toPandas()
-    # Sorted, a product's index orders it as Spark orders product_id (UTF-8 bytes order as code points).
+    # Sorted, a product's index orders it as Spark orders product_id (UTF-8 byte order is code point order).
     products = pd.Index(np.sort(affinity["product_id"].unique().astype(object)))
     personas = sorted(affinity["persona"].unique())
     titles = (inputs.products.join(inputs.product_affinity.select("product_id").distinct(), "product_id", "left_semi")
