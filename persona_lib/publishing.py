@@ -128,7 +128,7 @@ def why_products(inputs: PublishInputs, top_persona: DataFrame, limit: int) -> D
     personas = sorted(affinity["persona"].unique())
     titles = (inputs.products.join(inputs.product_affinity.select("product_id").distinct(), "product_id", "left_semi")
               .select("product_id", "title").toPandas().drop_duplicates("product_id").set_index("product_id")["title"])
-    product_titles = titles.reindex(products).to_numpy(dtype=object)
+    product_titles = np.array(titles.reindex(products).to_numpy(dtype=object), dtype=object)  # a writable copy
     product_titles[pd.isna(product_titles)] = None
     shared = spark.sparkContext.broadcast(WhyTables(
         products=products, personas=pd.Index(personas), scores=dense_table(products, personas, affinity, "score"),
