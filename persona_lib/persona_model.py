@@ -65,6 +65,7 @@ from persona_lib.labelling.backends import read_or_empty
 from persona_lib.labelling.store import without_forgotten
 from persona_lib.persona_scoring import SCORE_COLUMNS, ScoringTables, customer_features, ratio, score_customers
 from persona_lib.propagation import default_epsilon, propagate, seeds_from_labels
+from persona_lib.spark import map_arrow_batches
 from persona_lib.storage import Tables
 
 log = logging.getLogger("personas.model")
@@ -271,7 +272,6 @@ def out_of_fold_rows(fold_tables: dict[int, ScoringTables], folds: DataFrame, la
     out-of-fold walk scores (``walk_units``: customer_id, persona, score, in its fold's units),
     in one pass per Arrow batch of customers (``persona_scoring.customer_features``);
     materialised (a local checkpoint)."""
-    spark = folds.sparkSession
     features = next(iter(fold_tables.values())).features
     baskets = (edges.join(folds, "customer_id", "left_semi").groupBy("customer_id")
                .agg(F.collect_list("product_id").alias("products")))
@@ -280,19 +280,16 @@ def out_of_fold_rows(fold_tables: dict[int, ScoringTables], folds: DataFrame, la
         F.coalesce(F.col("personas"), F.array().cast("array<string>"))))).alias("personas"))
     rows = (folds.join(given, "customer_id").join(baskets, "customer_id", "left").join(walks, "customer_id", "left")
             .select("customer_id", "fold", "personas", "products", "walk"))
-    shared = spark.sparkContext.broadcast(fold_tables)
     schema = "customer_id string, persona string, label double, " + ", ".join(f"{name} double" for name in features)
+    return map_arrow_batches(rows, fold_tables, _fold_training_batches, schema)
 
-    def feature_batches(batches):
-        tables = shared.value
-        for batch in batches:
-            fold = batch.column(1).to_numpy(zero_copy_only=False)
-            for each in np.unique(fold):
-                yield _training_batch(tables[int(each)], batch.take(pa_indices(np.flatnonzero(fold == each))))
 
-    training = rows.mapInArrow(feature_batches, schema).localCheckpoint(eager=True)
-    shared.destroy()
-    return training
+def _fold_training_batches(fold_tables: dict, batch):
+    """One Arrow batch of customers of several folds -> one training batch per fold, each
+    against its own fold's tables."""
+    fold = batch.column(1).to_numpy(zero_copy_only=False)
+    for each in np.unique(fold):
+        yield _training_batch(fold_tables[int(each)], batch.take(pa_indices(np.flatnonzero(fold == each))))
 
 
 def tfidf(edges: DataFrame, idf: DataFrame) -> DataFrame:
@@ -695,17 +692,9 @@ def score(spark: SparkSession, model: PersonaModel, edges: DataFrame, customer_a
     walks = (customer_affinity.where(F.col("persona").isin(*personas)).join(who, "customer_id", "left_semi")
              .groupBy("customer_id").agg(F.collect_list(F.struct("persona", "score")).alias("walk")))
     rows = who.join(baskets, "customer_id", "left").join(walks, "customer_id", "left")
-    shared = spark.sparkContext.broadcast(model.scoring_tables())
     eps = float(epsilon)
-
-    def score_batches(batches):
-        tables = shared.value
-        for batch in batches:
-            yield _scored_batch(tables, batch, eps)
-
-    scores = rows.mapInArrow(score_batches, SCORES_SCHEMA).localCheckpoint(eager=True)
-    shared.destroy()
-    return scores
+    return map_arrow_batches(rows, model.scoring_tables(), lambda tables, batch: [_scored_batch(tables, batch, eps)],
+                             SCORES_SCHEMA)
 
 
 def _scored_batch(tables: ScoringTables, batch, epsilon: float):

@@ -41,6 +41,7 @@ from pyspark.sql.window import Window
 
 from persona_lib import contracts, storage
 from persona_lib.config import AppConfig, PublishingConfig
+from persona_lib.spark import map_arrow_batches
 from persona_lib.storage import TableRef, Tables
 
 OUTPUT_TABLES = ("persona_affinity", "customer_personas", "product_personas")
@@ -121,29 +122,20 @@ def why_products(inputs: PublishInputs, top_persona: DataFrame, limit: int) -> D
     """
     from persona_lib.persona_model import dense_table
 
-    spark = inputs.edges.sparkSession
     affinity = inputs.product_affinity.where(F.col("score") > 0).select("product_id", "persona", "score").toPandas()
     # Sorted, a product's index orders it as Spark orders product_id (UTF-8 byte order is code point order).
     products = pd.Index(np.sort(affinity["product_id"].unique().astype(object)))
     personas = sorted(affinity["persona"].unique())
     titles = (inputs.products.join(inputs.product_affinity.select("product_id").distinct(), "product_id", "left_semi")
               .select("product_id", "title").toPandas().drop_duplicates("product_id").set_index("product_id")["title"])
-    product_titles = np.array(titles.reindex(products).to_numpy(dtype=object), dtype=object)  # a writable copy
-    product_titles[pd.isna(product_titles)] = None
-    shared = spark.sparkContext.broadcast(WhyTables(
-        products=products, personas=pd.Index(personas), scores=dense_table(products, personas, affinity, "score"),
-        titles=product_titles))
+    # A new array, never written in place: pandas may hand back a read-only view of its data.
+    reindexed = titles.reindex(products).to_numpy(dtype=object)
+    product_titles = np.where(pd.isna(reindexed), None, reindexed).astype(object)
+    tables = WhyTables(products=products, personas=pd.Index(personas),
+                       scores=dense_table(products, personas, affinity, "score"), titles=product_titles)
     rows = (inputs.edges.join(top_persona, "customer_id").groupBy("customer_id", "persona")
             .agg(F.collect_list("product_id").alias("products")))
-
-    def ranked_batches(batches):
-        tables = shared.value
-        for batch in batches:
-            yield _why_batch(tables, batch, limit)
-
-    why = rows.mapInArrow(ranked_batches, WHY_SCHEMA).localCheckpoint(eager=True)
-    shared.destroy()
-    return why
+    return map_arrow_batches(rows, tables, lambda shared, batch: [_why_batch(shared, batch, limit)], WHY_SCHEMA)
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from persona_lib.config import AppConfig
 from persona_lib.jars import required_jars
@@ -109,6 +110,31 @@ def session_conf(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[N
                 spark.conf.unset(key)
             else:
                 spark.conf.set(key, value)
+
+
+Tables = TypeVar("Tables")
+
+
+def map_arrow_batches(rows: DataFrame, tables: Tables, per_batch: Callable[[Tables, Any], Iterable[Any]],
+                      schema: str) -> DataFrame:
+    """``rows.mapInArrow`` with ``tables`` broadcast once to every task, each Arrow batch turned
+    into zero or more batches of ``schema`` by ``per_batch(tables, batch)``; materialised.
+
+    The result is local-checkpointed before the broadcast is destroyed: a lazy result would
+    recompute its batches (on a lost executor, or a second action) against a destroyed
+    broadcast. ``tables`` are numpy-sized (products x personas), never per customer.
+    """
+    shared = rows.sparkSession.sparkContext.broadcast(tables)
+
+    def batches(arrow_batches):
+        local_tables = shared.value
+        for batch in arrow_batches:
+            yield from per_batch(local_tables, batch)
+
+    try:
+        return rows.mapInArrow(batches, schema).localCheckpoint(eager=True)
+    finally:
+        shared.destroy()
 
 
 def launched_by_spark_submit() -> bool:

@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 
 from persona_lib import storage
 from persona_lib.errors import InputError
-from persona_lib.ingest import ingest
+from persona_lib.ingest import event_table_sizes, ingest
 from persona_lib.tombstones import customer_hash, tombstone_key
 from tests.landing_files import HEADER, write_landing_file
 
@@ -209,3 +209,16 @@ def test_real_data_second_ingest_changes_nothing(spark, real_config, first_inges
 def test_paper_cut_reproduces_the_papers_counts(spark, real_config):
     summary = ingest(spark, real_config, cut="paper")
     assert (summary["customers"], summary["products"], summary["pairs"]) == (4297, 3846, 263267)
+
+
+def test_event_table_sizes_count_what_count_distinct_counts(spark):
+    # Repeated pairs, a customer of one product, a product of many customers, several partitions.
+    rows = [(f"c{c}", f"p{(c * p) % 7}") for c in range(40) for p in range(1 + c % 5)] + [("c1", "p0")] * 3
+    events = spark.createDataFrame(rows, "customer_id string, product_id string").repartition(3)
+    oracle = events.agg(
+        F.countDistinct("customer_id").alias("customers"), F.countDistinct("product_id").alias("products"),
+        F.countDistinct("customer_id", "product_id").alias("pairs"), F.count(F.lit(1)).alias("events"),
+    ).first().asDict()
+
+    assert event_table_sizes(events) == oracle
+    assert event_table_sizes(events.limit(0)) == {"customers": 0, "products": 0, "pairs": 0, "events": 0}

@@ -177,6 +177,25 @@ def test_why_products_rank_every_customers_edges_as_a_window_over_them_would(spa
                               ignore_column_order=True)
 
 
+def test_why_products_take_titles_from_a_delta_table_of_exactly_the_scored_products(spark, inputs, tmp_path):
+    # The titles as a run reads them: a Delta table, through Arrow, holding exactly the scored
+    # products, one title missing. (The quick evaluation once failed there on a read-only array.)
+    frames = dict(
+        edges=spark.createDataFrame([("c1", "p1"), ("c1", "p2"), ("c2", "p2")], "customer_id string, product_id string"),
+        product_affinity=spark.createDataFrame([("p1", "Gardener", 0.5), ("p2", "Gardener", 0.1)],
+                                               "product_id string, persona string, score double"))
+    spark.createDataFrame([("p1", "Rake"), ("p2", None)], "product_id string, title string") \
+        .write.format("delta").save(str(tmp_path / "products"))
+    frames["products"] = spark.read.format("delta").load(str(tmp_path / "products"))
+    top_persona = spark.createDataFrame([("c1", "Gardener"), ("c2", "Gardener")], "customer_id string, persona string")
+
+    why = publishing.why_products(replace(inputs, **frames), top_persona, limit=3)
+    expected = spark.createDataFrame(
+        [("c1", [("p1", "Rake", 0.5 / 0.6), ("p2", None, 0.1 / 0.6)]), ("c2", [("p2", None, 1.0)])],
+        publishing.WHY_SCHEMA)
+    assert_approx_df_equality(why.orderBy("customer_id"), expected, 1e-12, ignore_nullable=True)
+
+
 def test_readers_see_the_latest_complete_run_only(spark, config, tables, inputs):
     versions = publish(spark, tables, inputs)
     publishing.record_run(spark, tables.runs, "run-1", "complete", NOW, NOW,
