@@ -325,6 +325,9 @@ class PublishingConfig:
     # 1.04 / sqrt(2^k) above small counts, and the per-customer union's cost grows with 2^k
     # (bench/labelled_neighbours.py measures both).
     neighbour_sketch_lg_k: int = 10
+    # The per-product sketches are broadcast to the edges' tasks up to this size (MiB); beyond,
+    # they are joined by product (a shuffle of every edge with its sketch). 0: always joined.
+    neighbour_sketch_broadcast_mib: int = 64
 
 
 @dataclass(frozen=True)
@@ -824,6 +827,9 @@ def validate(config: AppConfig, where: str = "config") -> None:
     if not graph.half_life_days > 0:
         problems.append(f"graph.half_life_days must be positive, got {graph.half_life_days}")
     problems += _labelling_problems(config)
+    if config.publishing.neighbour_sketch_broadcast_mib < 0:
+        problems.append("publishing.neighbour_sketch_broadcast_mib must be >= 0, "
+                        f"got {config.publishing.neighbour_sketch_broadcast_mib}")
     if not 4 <= config.publishing.neighbour_sketch_lg_k <= 21:
         problems.append("publishing.neighbour_sketch_lg_k must be within 4..21 (HyperLogLog lgConfigK), "
                         f"got {config.publishing.neighbour_sketch_lg_k}")

@@ -41,7 +41,7 @@ from pyspark.sql.window import Window
 
 from persona_lib import contracts, storage
 from persona_lib.config import AppConfig, PublishingConfig
-from persona_lib.spark import map_arrow_batches
+from persona_lib.spark import map_arrow_batches, session_conf
 from persona_lib.storage import TableRef, Tables
 
 OUTPUT_TABLES = ("persona_affinity", "customer_personas", "product_personas")
@@ -179,27 +179,51 @@ def _why_batch(tables: WhyTables, batch, limit: int):
                                       names=["customer_id", "products"])
 
 
-def labelled_neighbours(edges: DataFrame, labels: DataFrame, lg_config_k: int) -> DataFrame:
-    """(customer_id, labelled_neighbours): DISTINCT labelled co-buyers, the customer excluded.
+# What one task may hold in HyperLogLog union buffers (one per customer of its partition, each
+# about 2^lg_config_k bytes) before Spark's object hash aggregation falls back to sorting its
+# input. Spark's default allows 128 customers: past them every (edge, sketch) row is sorted, and
+# at 13.3M edges that sort spilled 4.8 GB.
+UNION_BUFFER_BYTES_PER_TASK = 128 * 2**20
+
+
+def labelled_neighbours(edges: DataFrame, labels: DataFrame, lg_config_k: int, broadcast_mib: int = 64) -> DataFrame:
+    """(customer_id, labelled_neighbours): DISTINCT labelled co-buyers, the customer excluded;
+    materialised (a local checkpoint).
 
     Per product, a HyperLogLog sketch of its labelled buyers; per customer, the union of its
     products' sketches. That is one join over the edges, never a customer x customer
     self-join (which grows with the square of product popularity). The union's cost grows
     with edges x 2^lg_config_k registers; the estimate is exact for small counts and within
     about 1.04 / sqrt(2^lg_config_k) beyond (``publishing.neighbour_sketch_lg_k``).
+
+    When the sketches fit in ``broadcast_mib`` (``publishing.neighbour_sketch_broadcast_mib``)
+    they go to every task: the edges are shuffled once by customer, as (customer, product)
+    pairs, and each task unions its own customers' sketches in a hash map, with no sort and no
+    second shuffle. Larger sketches are joined by product, and their unions shuffled by customer.
     """
+    spark = edges.sparkSession
+    pairs = edges.select("customer_id", "product_id")
     sketches = (
-        edges.join(labels.select("customer_id"), "customer_id", "left_semi")
+        pairs.join(labels.select("customer_id"), "customer_id", "left_semi")
         .groupBy("product_id").agg(F.hll_sketch_agg("customer_id", lg_config_k).alias("_sketch"))
+        .localCheckpoint(eager=True)
     )
+    sketch_bytes = sketches.agg(F.coalesce(F.sum(F.octet_length("_sketch")), F.lit(0))).first()[0]
+    if sketch_bytes <= broadcast_mib * 2**20:
+        with_sketches = pairs.repartition("customer_id").join(F.broadcast(sketches), "product_id")
+    else:
+        with_sketches = pairs.join(sketches, "product_id")
     self_labelled = labels.select("customer_id", F.lit(1).alias("_self"))
-    return (
-        edges.join(sketches, "product_id")
-        .groupBy("customer_id").agg(F.hll_sketch_estimate(F.hll_union_agg("_sketch")).alias("_reached"))
-        .join(self_labelled, "customer_id", "left")
-        .select("customer_id", F.greatest(F.col("_reached") - F.coalesce(F.col("_self"), F.lit(0)), F.lit(0))
-                .cast("long").alias("labelled_neighbours"))
-    )
+    buffers_per_task = max(128, UNION_BUFFER_BYTES_PER_TASK // (2**lg_config_k + 256))
+    with session_conf(spark, {"spark.sql.objectHashAggregate.sortBased.fallbackThreshold": str(buffers_per_task)}):
+        return (
+            with_sketches.groupBy("customer_id")
+            .agg(F.hll_sketch_estimate(F.hll_union_agg("_sketch")).alias("_reached"))
+            .join(self_labelled, "customer_id", "left")
+            .select("customer_id", F.greatest(F.col("_reached") - F.coalesce(F.col("_self"), F.lit(0)), F.lit(0))
+                    .cast("long").alias("labelled_neighbours"))
+            .localCheckpoint(eager=True)
+        )
 
 
 def ambiguity(uncertain, labelled_neighbours, products, min_products: int):
@@ -214,7 +238,8 @@ def build_customer_personas(spark: SparkSession, inputs: PublishInputs, labels: 
 
     decided = persona_model.decide(inputs.persona_scores)
     sizes = inputs.edges.groupBy("customer_id").agg(F.count(F.lit(1)).alias("_products"))
-    neighbours = labelled_neighbours(inputs.edges, labels, settings.neighbour_sketch_lg_k)
+    neighbours = labelled_neighbours(inputs.edges, labels, settings.neighbour_sketch_lg_k,
+                                     settings.neighbour_sketch_broadcast_mib)
     top_persona = (decided.select("customer_id", F.element_at("personas", 1).alias("persona"))
                    .where(F.col("persona").isNotNull()))
     why = why_products(inputs, top_persona, settings.why_products)

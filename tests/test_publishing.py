@@ -111,7 +111,8 @@ def test_ambiguous_exactly_when_the_certificate_or_the_evidence_rule_says_so(spa
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
-def test_labelled_neighbours_are_exact_when_few_and_within_the_sketch_error_when_many(spark):
+@pytest.mark.parametrize("broadcast_mib", [64, 0], ids=["sketches broadcast", "sketches joined by product"])
+def test_labelled_neighbours_are_exact_when_few_and_within_the_sketch_error_when_many(spark, broadcast_mib):
     # "small" shares one product with 3 labelled buyers; "big" shares products with 3,000.
     pairs = [("small", "p0")] + [(f"l{i}", "p0") for i in range(3)]
     pairs += [("big", f"q{i % 10}") for i in range(10)] + [(f"m{i}", f"q{i % 10}") for i in range(3000)]
@@ -119,10 +120,22 @@ def test_labelled_neighbours_are_exact_when_few_and_within_the_sketch_error_when
     labels = spark.createDataFrame([(f"l{i}",) for i in range(3)] + [(f"m{i}",) for i in range(3000)] + [("big",)],
                                    "customer_id string")
     counts = {r["customer_id"]: r["labelled_neighbours"]
-              for r in publishing.labelled_neighbours(edges, labels, 8).where("customer_id IN ('small', 'big')").collect()}
+              for r in publishing.labelled_neighbours(edges, labels, 8, broadcast_mib).where("customer_id IN ('small', 'big')").collect()}
     assert counts["small"] == 3
     # lgConfigK 8: relative standard error 1.04 / 16 = 6.5%; 4 of them is far outside chance.
     assert abs(counts["big"] - 3000) <= 0.26 * 3000
+
+
+def test_labelled_neighbours_are_the_same_whether_the_sketches_are_broadcast_or_joined(spark):
+    rng = random.Random(11)
+    pairs = sorted({(f"c{u}", f"p{int(rng.random() ** 2 * 60)}") for u in range(400) for _ in range(rng.randrange(1, 9))})
+    edges = spark.createDataFrame(pairs, "customer_id string, product_id string")
+    labels = spark.createDataFrame([(f"c{u}",) for u in range(0, 400, 5)], "customer_id string")
+
+    broadcast = publishing.labelled_neighbours(edges, labels, 10, broadcast_mib=64)
+    joined = publishing.labelled_neighbours(edges, labels, 10, broadcast_mib=0)
+    assert broadcast.count() == 400 and broadcast.where("labelled_neighbours > 0").count() > 300
+    assert_df_equality(broadcast, joined, ignore_row_order=True)
 
 
 def test_why_weights_are_shares_of_the_top_persona_and_co_buyers_are_distinct(spark, tables, inputs):
