@@ -501,6 +501,11 @@ def choose_thresholds(scored: DataFrame, max_gap: float, population: Optional[Da
     them), so their share is not the population's; the calibrated probabilities estimate it.
     Candidates are the probabilities that occur; at candidate t the counts are the rows at
     or above t (ties grouped). The gap-minimising threshold when none meets ``max_gap``.
+
+    Each persona's rows go to one pandas group (``applyInPandas``), where the curve is one sort
+    and running sums in numpy: a window over Spark's (persona, probability) groups sorted and
+    summed the same rows in about 45 s at 13.3M pairs. A group holds one persona's customers
+    (16M customers: about 0.6 GB).
     """
     rows = scored.select("persona", "probability", F.col("label").cast("double").alias("label"),
                          F.lit(1.0).alias("_oof"), F.lit(0.0).alias("_pop"), F.lit(0.0).alias("_p"))
@@ -508,31 +513,39 @@ def choose_thresholds(scored: DataFrame, max_gap: float, population: Optional[Da
         rows = rows.unionByName(population.select(
             "persona", "probability", F.lit(0.0).alias("label"), F.lit(0.0).alias("_oof"),
             F.lit(1.0).alias("_pop"), F.col("probability").alias("_p")))
-    grouped = rows.groupBy("persona", "probability").agg(
-        F.sum("_oof").alias("_k"), F.sum("label").alias("_pos"), F.sum("_pop").alias("_kp"), F.sum("_p").alias("_sp"))
-    per_persona = Window.partitionBy("persona")
-    running = Window.partitionBy("persona").orderBy(F.desc("probability")).rowsBetween(
-        Window.unboundedPreceding, Window.currentRow)
-    curve = grouped.select(
-        "persona", "probability",
-        F.sum("_k").over(running).alias("predicted"), F.sum("_pos").over(running).alias("hits"),
-        F.sum("_k").over(per_persona).alias("rows"), F.sum("_pos").over(per_persona).alias("positives"),
-        F.sum("_kp").over(running).alias("pop_predicted"), F.sum("_kp").over(per_persona).alias("pop_rows"),
-        F.sum("_sp").over(per_persona).alias("pop_expected"))
-    if population is not None:
-        gap = F.abs(F.col("pop_predicted") - F.col("pop_expected")) / F.col("pop_rows")
-    else:
-        gap = F.abs(F.col("predicted") - F.col("positives")) / F.col("rows")
-    curve = curve.select(
-        "persona", "probability",
-        F.when(F.col("predicted") + F.col("positives") > 0,
-               2.0 * F.col("hits") / (F.col("predicted") + F.col("positives"))).otherwise(0.0).alias("f1"),
-        gap.alias("gap"))
-    feasible = F.col("gap") <= F.lit(max_gap + 1e-12)
-    best = Window.partitionBy("persona").orderBy(
-        F.desc(feasible.cast("int")), F.desc(F.when(feasible, F.col("f1"))), F.asc("gap"), F.desc("probability"))
-    chosen = curve.withColumn("_n", F.row_number().over(best)).where("_n = 1").select("persona", "probability")
+    with_population = population is not None
+
+    def chosen_threshold(persona_rows: pd.DataFrame) -> pd.DataFrame:
+        return persona_threshold(persona_rows, max_gap, with_population)
+
+    chosen = rows.groupBy("persona").applyInPandas(chosen_threshold, "persona string, probability double")
     return {r["persona"]: float(r["probability"]) for r in chosen.collect()}
+
+
+def persona_threshold(rows: pd.DataFrame, max_gap: float, with_population: bool) -> pd.DataFrame:
+    """One persona's (persona, probability, label, _oof, _pop, _p) rows -> its chosen threshold
+    (``choose_thresholds``): the best F1 among the candidates within the gap (then the smaller
+    gap, then the higher threshold), else the smallest gap (then the higher threshold). A gap
+    that divides by zero rows is never within ``max_gap``."""
+    curve = rows.groupby("probability", sort=True)[["_oof", "label", "_pop", "_p"]].sum().iloc[::-1]
+    probability = curve.index.to_numpy(dtype=float)
+    scored, positive, population, expected = (curve[c].to_numpy(dtype=float) for c in ("_oof", "label", "_pop", "_p"))
+    predicted, hits = np.cumsum(scored), np.cumsum(positive)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if with_population:
+            gap = np.abs(np.cumsum(population) - expected.sum()) / population.sum()
+        else:
+            gap = np.abs(predicted - positive.sum()) / scored.sum()
+    gap = np.where(np.isnan(gap), np.inf, gap)
+    both = predicted + positive.sum()
+    f1 = np.divide(2.0 * hits, both, out=np.zeros_like(hits), where=both > 0)
+    feasible = gap <= max_gap + 1e-12
+    if feasible.any():
+        at = np.flatnonzero(feasible)
+        best = at[np.lexsort((-probability[at], gap[at], -f1[at]))[0]]
+    else:
+        best = np.lexsort((-probability, gap))[0]
+    return pd.DataFrame({"persona": [rows["persona"].iloc[0]], "probability": [probability[best]]})
 
 
 # --------------------------------------------------------------------------- fit and score

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from chispa import assert_approx_df_equality
+from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from persona_lib import persona_model
@@ -34,6 +35,50 @@ def test_threshold_maximises_f1_within_the_prevalence_gap(spark):
     assert persona_model.choose_thresholds(scored, 0.03) == {"A": 0.7, "B": 0.9}
     assert persona_model.choose_thresholds(scored, 0.25)["A"] == 0.6
     assert persona_model.choose_thresholds(scored, 0.19)["A"] == 0.7
+
+
+def window_thresholds(scored, max_gap, population=None):
+    """choose_thresholds as Spark windows over (persona, probability) groups: the definition,
+    written the slow way."""
+    rows = scored.select("persona", "probability", "label", F.lit(1.0).alias("_oof"), F.lit(0.0).alias("_pop"),
+                         F.lit(0.0).alias("_p"))
+    if population is not None:
+        rows = rows.unionByName(population.select("persona", "probability", F.lit(0.0).alias("label"),
+                                                  F.lit(0.0).alias("_oof"), F.lit(1.0).alias("_pop"),
+                                                  F.col("probability").alias("_p")))
+    grouped = rows.groupBy("persona", "probability").agg(*[F.sum(c).alias(c) for c in ("_oof", "label", "_pop", "_p")])
+    persona = Window.partitionBy("persona")
+    running = persona.orderBy(F.desc("probability")).rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    predicted, hits, positives = F.sum("_oof").over(running), F.sum("label").over(running), F.sum("label").over(persona)
+    if population is not None:
+        gap = F.abs(F.sum("_pop").over(running) - F.sum("_p").over(persona)) / F.sum("_pop").over(persona)
+    else:
+        gap = F.abs(predicted - positives) / F.sum("_oof").over(persona)
+    curve = grouped.select("persona", "probability", gap.alias("gap"), F.when(
+        predicted + positives > 0, 2.0 * hits / (predicted + positives)).otherwise(0.0).alias("f1"))
+    feasible = F.col("gap") <= F.lit(max_gap + 1e-12)
+    best = Window.partitionBy("persona").orderBy(F.desc(feasible.cast("int")), F.desc(F.when(feasible, F.col("f1"))),
+                                                 F.asc("gap"), F.desc("probability"))
+    chosen = curve.withColumn("_n", F.row_number().over(best)).where("_n = 1")
+    return {r["persona"]: r["probability"] for r in chosen.collect()}
+
+
+@pytest.mark.parametrize("max_gap", [0.0, 0.02, 0.1, 1.0])
+def test_thresholds_are_those_a_window_over_the_probabilities_would_choose(spark, max_gap):
+    # Tied probabilities, a persona without positives, one labelled everywhere, and a population
+    # of other customers; probabilities on a coarse grid, so that ties are common.
+    rng = np.random.default_rng(5)
+    personas = [("A", 0.3), ("B", 0.0), ("C", 1.0), ("D", 0.05)]
+    scored = pd.DataFrame([(p, float(rng.integers(0, 40)) / 40, float(rng.random() < rate))
+                           for p, rate in personas for _ in range(150)], columns=["persona", "probability", "label"])
+    population = pd.DataFrame([(p, float(rng.integers(0, 40)) / 40) for p, _ in personas for _ in range(400)],
+                              columns=["persona", "probability"])
+    scored = spark.createDataFrame(scored, "persona string, probability double, label double")
+    population = spark.createDataFrame(population, "persona string, probability double")
+
+    assert persona_model.choose_thresholds(scored, max_gap) == window_thresholds(scored, max_gap)
+    assert persona_model.choose_thresholds(scored, max_gap, population) == \
+        window_thresholds(scored, max_gap, population)
 
 
 def test_walk_features_and_their_epsilon_intervals():
