@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
 
+from persona_lib import class_archive
 from persona_lib.config import AppConfig
 from persona_lib.jars import required_jars
 
@@ -42,7 +43,7 @@ def get_spark(config: AppConfig) -> SparkSession:
     return build_local_spark(config)
 
 
-def build_local_spark(config: AppConfig) -> SparkSession:
+def build_local_spark(config: AppConfig, extra_java_options: str = "") -> SparkSession:
     # Python workers must run the interpreter (and the venv) that runs the driver.
     os.environ["PYSPARK_PYTHON"] = sys.executable
     workdir = config.workdir_path
@@ -54,6 +55,7 @@ def build_local_spark(config: AppConfig) -> SparkSession:
     java_opts = f"-Dderby.system.home={workdir / 'derby'} -Dlog4j2.configurationFile=file:{log_config}"
     if spark_conf.fast_jvm:
         java_opts = f"{FAST_JVM_FLAGS} {java_opts}"
+    java_opts = " ".join(filter(None, [java_opts, class_archive.use_flags(config), extra_java_options]))
     submitted = launched_by_spark_submit()
     builder = SparkSession.builder
     if not submitted:

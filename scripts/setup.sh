@@ -51,4 +51,10 @@ mvn -q -B -f scripts/jars.pom.xml dependency:copy-dependencies \
   || die "Maven could not fetch the JARs listed in scripts/jars.pom.xml (is Maven Central reachable?)."
 .venv/bin/python -m persona_lib.jars verify "$root/.jars.new" >&2
 rm -rf .jars && mv .jars.new .jars
+# A class-data archive of what a Spark + Delta session loads: every later local JVM maps it and
+# starts in about half the time (persona_lib/class_archive.py). Rebuilt only when the JDK,
+# pyspark or the JARs change; without it everything runs, only slower to start.
+echo "setup: JVM class archive into .jvm/ (built once, about 2 minutes)" >&2
+.venv/bin/python -m persona_lib.class_archive 2>&1 | grep -v '^\[' >&2 \
+  || echo "setup: no class archive was built; Spark starts without it" >&2
 echo "setup: done. Activate with: source .venv/bin/activate" >&2
