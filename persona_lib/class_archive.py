@@ -24,25 +24,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 from persona_lib.config import AppConfig, load_config
-
-# Quiet when the archive is missing or refused: the JVM then starts as it would without it.
-USE_FLAGS = "-Xlog:cds=off,cds+dynamic=off"
-
-
-def archive_path(config: AppConfig) -> Optional[Path]:
-    location = config.spark.class_archive
-    return config.resolve_path(location) if location else None
-
-
-def use_flags(config: AppConfig) -> str:
-    """JVM options that map the archive, or "" when it is not configured or not built."""
-    path = archive_path(config)
-    if path is None or not path.is_file():
-        return ""
-    return f"-XX:SharedArchiveFile={path} {USE_FLAGS}"
+from persona_lib.spark import USE_ARCHIVE_FLAGS as USE_FLAGS
+from persona_lib.spark import archive_path, build_local_spark, use_flags  # noqa: F401 - the archive's API
 
 
 def archive_key(config: AppConfig) -> str:
@@ -109,8 +94,6 @@ def _workload(spark, folder: Path) -> None:
 
 def build(config: AppConfig) -> Path:
     """Run the workload in a JVM that writes the archive when it exits, then move it in place."""
-    from persona_lib import spark as spark_lib
-
     path = archive_path(config)
     if path is None:
         raise ValueError("spark.class_archive is not set: there is nowhere to write the archive")
@@ -120,7 +103,7 @@ def build(config: AppConfig) -> Path:
         written = folder / "spark-classes.jsa"
         session_config = dataclasses.replace(config.replace("spark", class_archive=None),
                                              workdir=str(folder / "work"))
-        spark = spark_lib.build_local_spark(
+        spark = build_local_spark(
             session_config,
             extra_java_options=f"-XX:ArchiveClassesAtExit={written} {USE_FLAGS}")
         gateway = spark.sparkContext._gateway

@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
 
-from persona_lib import class_archive
 from persona_lib.config import AppConfig
 from persona_lib.jars import required_jars
 
@@ -27,6 +26,23 @@ from persona_lib.jars import required_jars
 # a query with "Out of space in CodeCache for method handle intrinsic". 256 MB is reserved
 # address space, not resident memory.
 FAST_JVM_FLAGS = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=256m"
+
+# The class-data archive (persona_lib.class_archive builds it): quiet when it is missing or
+# refused, the JVM then starts as it would without it.
+USE_ARCHIVE_FLAGS = "-Xlog:cds=off,cds+dynamic=off"
+
+
+def archive_path(config: AppConfig) -> Path | None:
+    location = config.spark.class_archive
+    return config.resolve_path(location) if location else None
+
+
+def use_flags(config: AppConfig) -> str:
+    """JVM options that map the class archive, or "" when it is not configured or not built."""
+    path = archive_path(config)
+    if path is None or not path.is_file():
+        return ""
+    return f"-XX:SharedArchiveFile={path} {USE_ARCHIVE_FLAGS}"
 
 
 def on_databricks() -> bool:
@@ -55,7 +71,7 @@ def build_local_spark(config: AppConfig, extra_java_options: str = "") -> SparkS
     java_opts = f"-Dderby.system.home={workdir / 'derby'} -Dlog4j2.configurationFile=file:{log_config}"
     if spark_conf.fast_jvm:
         java_opts = f"{FAST_JVM_FLAGS} {java_opts}"
-    java_opts = " ".join(filter(None, [java_opts, class_archive.use_flags(config), extra_java_options]))
+    java_opts = " ".join(filter(None, [java_opts, use_flags(config), extra_java_options]))
     submitted = launched_by_spark_submit()
     builder = SparkSession.builder
     if not submitted:

@@ -47,9 +47,16 @@ class Client:
 
     def call(self, method: str, path: str, body=None, raw: bytes | None = None, headers: dict | None = None):
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        self.connection.request(method, path, body=data,
-                                headers={"Content-Type": "application/json", **self.headers, **(headers or {})})
-        response = self.connection.getresponse()
+        headers = {"Content-Type": "application/json", **self.headers, **(headers or {})}
+        try:
+            self.connection.request(method, path, body=data, headers=headers)
+            response = self.connection.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # The server closed the idle keep-alive connection (a slow check between calls):
+            # reconnect once, as an HTTP client does.
+            self.connection.close()
+            self.connection.request(method, path, body=data, headers=headers)
+            response = self.connection.getresponse()
         return response.status, json.loads(response.read())
 
     def close(self) -> None:
