@@ -49,9 +49,9 @@ def _key_file(path: Path) -> Path:
 
 def is_current(config: AppConfig) -> bool:
     path = archive_path(config)
-    key_file = None if path is None else _key_file(path)
-    return (path is not None and path.is_file() and key_file.is_file()
-            and key_file.read_text().strip() == archive_key(config))
+    if path is None or not path.is_file() or not _key_file(path).is_file():
+        return False
+    return _key_file(path).read_text().strip() == archive_key(config)
 
 
 def _workload(spark, folder: Path) -> None:
@@ -98,9 +98,11 @@ def build(config: AppConfig) -> Path:
     if path is None:
         raise ValueError("spark.class_archive is not set: there is nowhere to write the archive")
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside its final place, so the move in is a rename on one file system.
+    written = path.with_name(path.name + ".tmp")
+    written.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="class-archive-") as scratch:
         folder = Path(scratch)
-        written = folder / "spark-classes.jsa"
         session_config = dataclasses.replace(config.replace("spark", class_archive=None),
                                              workdir=str(folder / "work"))
         spark = build_local_spark(
@@ -115,9 +117,7 @@ def build(config: AppConfig) -> Path:
         gateway.proc.wait(timeout=300)
         if not written.is_file():
             raise RuntimeError(f"the JVM exited without writing {written}")
-        tmp = path.with_name(path.name + ".tmp")
-        os.replace(written, tmp)
-        os.replace(tmp, path)
+        os.replace(written, path)
     _key_file(path).write_text(archive_key(config) + "\n")
     return path
 
