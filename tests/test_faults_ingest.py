@@ -13,9 +13,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -29,9 +27,9 @@ from persona_lib import contracts, storage
 from persona_lib.config import REPO_ROOT, load_config, table_name_problem
 from persona_lib.ingest import FileSeen, ingest, plan_files
 from persona_lib.ingest_files import CSV_FIELD_LIMIT, open_content, parse_customer_id, split_records
+from tests.cli_runner import run_personas
 from tests.landing_files import HEADER, write_landing_file
 
-PERSONAS = Path(sys.executable).with_name("personas")
 TEST_CONF = REPO_ROOT / "conf" / "test.yaml"
 INGEST_TABLES = ("purchase_events", "products", "quarantine", "ingest_log")
 
@@ -49,11 +47,10 @@ class CliResult:
     stderr: str
 
 
-def personas(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    # PYTHONPATH: the command must run this checkout's code, not the editable install's.
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run([str(PERSONAS), *args], cwd=str(REPO_ROOT), capture_output=True, text=True,
-                          timeout=timeout, env=env)
+def personas(*args: str) -> subprocess.CompletedProcess:
+    # In this process, on the shared session (tests/cli_runner.py): the same parsing, handlers and
+    # error handling as the console script, without a JVM start per command.
+    return run_personas(*args, cwd=REPO_ROOT)
 
 
 def ingest_cli(workdir: Path, landing: Path, conf: Path = TEST_CONF) -> CliResult:
@@ -320,7 +317,7 @@ def test_a_half_written_ingest_is_reconciled_by_the_next_run(spark, tmp_path):
     ("run", {"labelling": {"taxonomy": "personas/nosuch.yaml"}}, "labelling.taxonomy: "),
     ("run", {"sampling": {"budget": -1}}, "sampling.budget"),
 ], ids=["backtick-table", "traversal-table", "labeller", "taxonomy", "budget"])
-def test_bad_settings_exit_3_before_anything_is_written(tmp_path, command, overrides, message):
+def test_bad_settings_exit_3_before_anything_is_written(spark, tmp_path, command, overrides, message):
     landing, work = tmp_path / "landing", tmp_path / "work"
     write_landing_file(landing, "day1.csv", [line("536401")])
     conf = write_conf(tmp_path / "bad.yaml", {**overrides, "ingest": {"landing": str(landing)}})

@@ -3,8 +3,9 @@ source (other column names, fractional quantities, a separate catalogue) read th
 ``ingest.source.columns``; bad rows quarantined with a reason naming the field; a re-run adds
 nothing; a missing source is exit 3 naming the key and the path, never the demo data.
 
-The sources are written with pyarrow and plain files, so no Spark runs in this process: each
-CLI call is the only JVM of the test."""
+The sources are written with pyarrow and plain files; each command runs in this process on the
+suite's shared session (tests/cli_runner.py), through the same parsing, handlers and errors as
+the console script."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import datetime as dt
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,14 +20,14 @@ import pyarrow.parquet as pq
 import yaml
 
 from persona_lib.testing import TEST_CONF
+from tests.cli_runner import run_personas
 
-PERSONAS = Path(sys.executable).with_name("personas")
 MAPPING = {"customer_id": "cust_no", "product_id": "sku", "quantity": "qty", "event_ts": "sold_at",
            "unit_price": None, "basket_id": "order_no", "title": None, "country": None}
 
 
 def personas(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(PERSONAS), *args], capture_output=True, text=True, timeout=300)
+    return run_personas(*args)
 
 
 def last_json(result: subprocess.CompletedProcess) -> dict:
@@ -84,7 +84,7 @@ def write_catalogue(path: Path) -> Path:
     return path
 
 
-def test_a_parquet_source_with_a_catalogue_is_ingested_through_its_mapping_and_a_rerun_adds_nothing(tmp_path):
+def test_a_parquet_source_with_a_catalogue_is_ingested_through_its_mapping_and_a_rerun_adds_nothing(spark, tmp_path):
     orders = write_orders(tmp_path / "orders")
     catalogue = write_catalogue(tmp_path / "catalogue.csv")
     conf = write_conf(tmp_path, {
@@ -129,7 +129,7 @@ def test_a_parquet_source_with_a_catalogue_is_ingested_through_its_mapping_and_a
         [(f"parquet:{orders}", "ingested", "8", "4+4+0")]
 
 
-def test_a_csv_source_is_typed_from_text_with_its_timestamp_pattern(tmp_path):
+def test_a_csv_source_is_typed_from_text_with_its_timestamp_pattern(spark, tmp_path):
     orders = tmp_path / "orders.csv"
     orders.write_text("household;item;weight_kg;when;basket\n"
                       "7;APPLES;0.5;01/03/2024 09:00;B1\n"
@@ -147,7 +147,7 @@ def test_a_csv_source_is_typed_from_text_with_its_timestamp_pattern(tmp_path):
     assert summary["tables"]["ingest_log"]
 
 
-def test_a_query_source_ingests_what_the_query_returns(tmp_path):
+def test_a_query_source_ingests_what_the_query_returns(spark, tmp_path):
     orders = write_orders(tmp_path / "orders")
     query = (f"SELECT cust_no AS customer, sku, qty, sold_at, order_no FROM parquet.`{orders}` "
              "WHERE cust_no = 1001")
@@ -158,7 +158,7 @@ def test_a_query_source_ingests_what_the_query_returns(tmp_path):
     assert summary["source"].startswith("query:SELECT")
 
 
-def test_a_missing_source_exits_3_naming_the_key_and_the_resolved_path(tmp_path):
+def test_a_missing_source_exits_3_naming_the_key_and_the_resolved_path(spark, tmp_path):
     conf = write_conf(tmp_path, {"source": {"format": "delta", "path": "no/such/orders", "columns": MAPPING}})
     result = personas("ingest", "--conf", str(conf))
     assert result.returncode == 3, result.stderr
@@ -168,7 +168,7 @@ def test_a_missing_source_exits_3_naming_the_key_and_the_resolved_path(tmp_path)
     assert not (tmp_path / "work" / "tables" / "purchase_events").exists()
 
 
-def test_an_unknown_source_format_or_column_key_exits_3_naming_it(tmp_path):
+def test_an_unknown_source_format_or_column_key_exits_3_naming_it(spark, tmp_path):
     conf = write_conf(tmp_path, {"source": {"format": "excel", "path": "x.xlsx", "columns": MAPPING}})
     result = personas("ingest", "--conf", str(conf))
     assert result.returncode == 3 and "ingest.source.format: 'excel'" in result.stderr
@@ -181,7 +181,7 @@ def test_an_unknown_source_format_or_column_key_exits_3_naming_it(tmp_path):
     assert result.returncode == 3 and "ingest.source.columns: quantity must name a source column" in result.stderr
 
 
-def test_run_without_purchase_events_and_without_a_source_exits_3_instead_of_using_the_demo_data(tmp_path):
+def test_run_without_purchase_events_and_without_a_source_exits_3_instead_of_using_the_demo_data(spark, tmp_path):
     conf = write_conf(tmp_path, {"source": {"format": ""}})
     result = personas("run", "--conf", str(conf))
     assert result.returncode == 3, result.stderr[-2000:]
