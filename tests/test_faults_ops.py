@@ -28,6 +28,7 @@ from persona_lib.config import REPO_ROOT, load_config
 from persona_lib.labelling.validation import REPAIRED, validate_answer
 from persona_lib.taxonomy import load_taxonomy
 from persona_lib.testing import TEST_CONF
+from tests.cli_runner import run_personas
 from tests.console import assert_quiet
 from tests.landing_files import copy_landing_slice, write_landing_file
 
@@ -53,6 +54,12 @@ def environment(**changes: str) -> dict:
 def personas(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run([str(PERSONAS), *args], cwd=str(REPO_ROOT), capture_output=True, text=True,
                           timeout=timeout, env=env or environment())
+
+
+def personas_here(*args: str) -> subprocess.CompletedProcess:
+    """The command in this process, on the shared session (tests/cli_runner.py), with the
+    environment the processes get: for steps whose point is not the process itself."""
+    return run_personas(*args, cwd=REPO_ROOT, env={"PERSONAS_TOMBSTONE_KEY": None})
 
 
 def start(*args: str) -> subprocess.Popen:
@@ -217,7 +224,7 @@ def forgotten_without_recompute(spark, site, forgotten):
     current = storage.resolve_tables(config).customer_personas.read(spark).where(F.col("source") == "llm") \
         .orderBy("customer_id").limit(2).collect()
     gone, kept = current[0]["customer_id"], current[1]["customer_id"]
-    result = personas("forget", "--no-recompute", "--customer", gone, *common(site))
+    result = personas_here("forget", "--no-recompute", "--customer", gone, *common(site))
     assert result.returncode == 0, result.stderr[-3000:]
     return gone, kept, last_json(result.stdout)
 
@@ -235,8 +242,8 @@ def test_forget_without_recompute_keeps_the_published_run_readable(site, forgott
 
 
 def test_query_answers_found_false_for_an_unknown_customer_and_products(site, forgotten_without_recompute):
-    unknown = personas("query", "--customer", "1", "--products", "NO-SUCH-PRODUCT", "--format", "table",
-                       *common(site))
+    unknown = personas_here("query", "--customer", "1", "--products", "NO-SUCH-PRODUCT", "--format", "table",
+                            *common(site))
     assert unknown.returncode == 0, unknown.stderr[-3000:]
     assert last_json(unknown.stdout) == {
         "found": False, "answered_by": None, "customer_id": "1", "customer_found": False,
@@ -262,7 +269,7 @@ def test_verify_lists_a_planted_violation(spark, site, forgotten_without_recompu
         [(event["source_file"], event["line_number"], event["content_sha256"], "duplicate_line", "planted by the test", "x",
           None, None, None, None, None, None, None, None, event["ingested_at"])], contracts.QUARANTINE)
     storage.append(planted, storage.resolve_tables(config).quarantine, contracts.QUARANTINE)
-    result = personas("verify", *common(site))
+    result = personas_here("verify", *common(site))
     assert result.returncode == 1
     report = last_json(result.stdout)
     assert report["checks"]["kept_and_quarantined"] == "1 violation(s)"

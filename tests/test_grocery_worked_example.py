@@ -2,25 +2,24 @@
 --layout grocery` writes a grocery retailer's files (other column names, weights as
 fractional quantities, a separate catalogue, labels with "none of these" rows); ingest maps
 them, `label --from-file` stores the labels, `run` with budget 0 propagates them, and every
-household gets its personas. No Python API of ours is called: each step is
-`.venv/bin/personas`, one JVM at a time. This is the suite's one full run on this layout."""
+household gets its personas. No Python API of ours is called: each step is the `personas`
+command's entry point with the README's arguments, run in this process on the suite's shared
+session (tests/cli_runner.py). This is the suite's one full run on this layout."""
 
 from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from persona_lib.testing import TEST_CONF
+from tests.cli_runner import run_personas
 
-PERSONAS = Path(sys.executable).with_name("personas")
 HOUSEHOLDS = 300
 
 
 def personas(*args: str) -> dict:
-    result = subprocess.run([str(PERSONAS), *args, "--quiet"], capture_output=True, text=True, timeout=600)
+    result = run_personas(*args, "--quiet")
     assert result.returncode == 0, f"personas {args[0]}: {result.stderr[-3000:]}"
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -36,7 +35,7 @@ def read_csv(path: Path, key: str) -> dict[str, set[str]]:
         return {row[key]: set(filter(None, row["personas"].split("|"))) for row in csv.DictReader(handle)}
 
 
-def test_a_grocery_export_is_ingested_labelled_from_a_file_and_published_through_the_cli(tmp_path):
+def test_a_grocery_export_is_ingested_labelled_from_a_file_and_published_through_the_cli(spark, tmp_path):
     out = tmp_path / "grocery"
     made = personas("synth", "--layout", "grocery", "--out", str(out), "--households", str(HOUSEHOLDS),
                     "--labelled-share", "0.3", "--seed", "3", "--conf", str(TEST_CONF))
@@ -103,7 +102,7 @@ def test_synth_layout_options_are_usage_errors_before_spark_starts(tmp_path):
                            "--customers apply to --layout synth only"),
                           (["--layout", "grocery", "--out", str(tmp_path), "--households", "0"],
                            "invalid ['households']")):
-        result = subprocess.run([str(PERSONAS), "synth", *args], capture_output=True, text=True, timeout=60)
+        result = run_personas("synth", *args)
         assert result.returncode == 2, result.stderr
         assert message in result.stderr
     assert list(tmp_path.iterdir()) == []

@@ -7,8 +7,6 @@ Neither deletes a row for being absent from what it read, every run balances (ro
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from persona_lib.config import load_config
 from persona_lib.errors import ConfigError
 from persona_lib.ingest import ingest
 from persona_lib.testing import TEST_CONF
+from tests.cli_runner import run_personas
 
 MAPPING = {"customer_id": "cust_no", "product_id": "sku", "quantity": "qty", "event_ts": "sold_at",
            "basket_id": "order_no"}
@@ -123,9 +122,7 @@ def test_a_source_without_a_change_feed_fails_through_the_cli_naming_the_setting
     spark.createDataFrame([(2, "B", 1.0, day(2), "O2")], ORDERS_SCHEMA).write.format("delta").mode("append") \
         .save(orders)
 
-    personas = Path(sys.executable).with_name("personas")
-    result = subprocess.run([str(personas), "ingest", "--conf", str(conf), "--quiet"], capture_output=True,
-                            text=True, timeout=300)
+    result = run_personas("ingest", "--conf", str(conf), "--quiet")
     assert result.returncode == 3, result.stderr[-2000:]
     assert "cannot read the change data feed of " + orders in result.stderr
     assert "delta.enableChangeDataFeed = true" in result.stderr

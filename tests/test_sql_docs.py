@@ -16,6 +16,7 @@ from persona_lib import publishing
 from persona_lib.config import REPO_ROOT
 from persona_lib.query import rerank_sql
 from persona_lib.testing import TEST_CONF
+from tests.cli_runner import run_personas
 from tests.console import assert_quiet
 
 SQL_DOC = REPO_ROOT / "docs" / "sql.md"
@@ -106,11 +107,9 @@ def test_personas_sql_reads_the_current_views_from_a_fresh_process(published):
                       "truncated": False}
 
 
-def test_personas_sql_names_a_sql_error_with_exit_3(published):
+def test_personas_sql_names_a_sql_error_with_exit_3(spark, published):
     config, _, _ = published
-    personas = Path(sys.executable).with_name("personas")
-    result = subprocess.run([str(personas), "sql", "--conf", TEST_CONF, "--workdir", str(config.workdir_path),
-                             "SELECT nosuch FROM current_customer_personas"],
-                            capture_output=True, text=True, timeout=300)
+    result = run_personas("sql", "--conf", TEST_CONF, "--workdir", str(config.workdir_path),
+                          "SELECT nosuch FROM current_customer_personas")
     assert result.returncode == 3
     assert "nosuch" in result.stderr

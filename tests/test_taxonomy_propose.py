@@ -7,9 +7,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,11 +18,10 @@ from persona_lib import taxonomy_propose as tp
 from persona_lib.config import REPO_ROOT, load_config
 from persona_lib.errors import InputError
 from persona_lib.taxonomy import load_taxonomy
+from tests.cli_runner import run_personas
 from tests.conftest import TEST_CONF
 from tests.console import assert_quiet
 from tests.openai_endpoint import chat_answer
-
-PERSONAS = Path(sys.executable).with_name("personas")
 
 SIX = [("Gardening Lover", "Buys garden tools and seeds."),
        ("Tea and Coffee Lover", "Buys mugs, teapots and coffee sets."),
@@ -170,9 +167,7 @@ def test_openai_sends_the_prompt_without_a_schema_and_its_answer_becomes_the_dra
 # --- the command ------------------------------------------------------------------------------
 
 def personas(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run([str(PERSONAS), *args], cwd=str(REPO_ROOT), capture_output=True, text=True,
-                          timeout=600, env=env)
+    return run_personas(*args, cwd=REPO_ROOT)
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +235,7 @@ def test_an_invalid_answer_is_exit_3_naming_the_problem_with_the_raw_answer_save
     assert request["messages"][1]["content"] == (tmp_path / "draft.yaml.prompt.txt").read_text().split("[user]\n", 1)[1]
 
 
-def test_vllm_without_a_model_path_is_exit_4_before_spark_starts(tmp_path):
+def test_vllm_without_a_model_path_is_exit_4_before_spark_starts(spark, tmp_path):
     result = personas("taxonomy", "propose", "--conf", str(TEST_CONF), "--workdir", str(tmp_path / "work"),
                       "--out", str(tmp_path / "d.yaml"), "--labeller", "vllm")
     assert result.returncode == 4, result.stderr[-3000:]
