@@ -23,23 +23,24 @@ from typing import Iterator, Mapping, Optional, Sequence
 from persona_lib import cli
 
 
+def _set_variable(name: str, value: Optional[str]) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
 @contextlib.contextmanager
 def _environment(changes: Mapping[str, Optional[str]]) -> Iterator[None]:
     """``os.environ`` with ``changes`` (None removes a variable), restored afterwards."""
     before = {name: os.environ.get(name) for name in changes}
     try:
         for name, value in changes.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+            _set_variable(name, value)
         yield
     finally:
         for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+            _set_variable(name, value)
 
 
 @contextlib.contextmanager
