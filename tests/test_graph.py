@@ -70,10 +70,36 @@ def test_graph_degrees_and_transitions_divide_by_the_receiving_side(spark):
     graph.unpersist()
 
 
-def test_edge_without_positive_weight_is_an_input_error(spark):
-    edges = spark.createDataFrame([("1", "A", 1.0), ("2", "A", 0.0)], EDGE_SCHEMA)
-    with pytest.raises(InputError, match="weight > 0"):
+def test_broadcast_and_shuffled_vertex_joins_build_the_same_edges_partitioned_by_src(spark):
+    rows = [(str(c), f"P{(c * 7 + k) % 13}", 1.0 + k) for c in range(40) for k in range(c % 5 + 1)]
+    edges = spark.createDataFrame(rows, EDGE_SCHEMA).dropDuplicates(["customer_id", "product_id"])
+
+    def named_edges(broadcast_vertices: int):
+        graph = build_graph(edges, partitions=3, broadcast_vertices=broadcast_vertices)
+        keys = graph.vertices.select("id", "key")
+        # Every edge sits in the partition its src hashes to: the supersteps' joins rely on it.
+        misplaced = graph.edges.where(F.spark_partition_id() != F.pmod(F.hash("src"), F.lit(3))).count()
+        named = (graph.edges.join(keys.withColumnRenamed("key", "customer_id"), F.col("src") == F.col("id"))
+                 .drop("id").join(keys.withColumnRenamed("key", "product_id"), F.col("dst") == F.col("id"))
+                 .select("customer_id", "product_id", "weight", "to_product", "to_customer")
+                 .orderBy("customer_id", "product_id").localCheckpoint())
+        graph.unpersist()
+        return named, misplaced
+
+    broadcast, broadcast_misplaced = named_edges(broadcast_vertices=1_000)
+    shuffled, shuffled_misplaced = named_edges(broadcast_vertices=0)
+    assert broadcast_misplaced == shuffled_misplaced == 0
+    assert broadcast.count() == len({(c, p) for c, p, _ in rows})
+    assert_df_equality(broadcast, shuffled, ignore_nullable=True)
+
+
+@pytest.mark.parametrize("bad_edge", [("2", "A", 0.0), ("2", "A", None), (None, "A", 1.0), ("2", None, 1.0)],
+                         ids=["zero-weight", "no-weight", "no-customer", "no-product"])
+def test_an_edge_without_both_ends_or_a_positive_weight_is_an_input_error_naming_it(spark, bad_edge):
+    edges = spark.createDataFrame([("1", "A", 1.0), bad_edge, ("3", "B", 2.0)], EDGE_SCHEMA)
+    with pytest.raises(InputError, match="weight > 0") as error:
         build_graph(edges)
+    assert str(bad_edge[2]) in str(error.value) and "'customer_id': " + repr(bad_edge[0]) in str(error.value)
 
 
 def test_graphframe_needs_the_jvm_library(spark):
