@@ -13,6 +13,7 @@ from persona_lib.errors import InputError
 from persona_lib.ingest import event_table_sizes, ingest
 from persona_lib.tombstones import customer_hash, tombstone_key
 from tests.landing_files import HEADER, write_landing_file
+from tests.spark_modes import generated_code
 
 GOOD = "536365,85123a ,WHITE HANGING HEART T-LIGHT HOLDER ,6,2010-12-01 08:26:00,2.55,17850.0,United Kingdom"
 
@@ -168,7 +169,8 @@ def real_config(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def first_ingest(spark, real_config):
-    return ingest(spark, real_config)
+    with generated_code(spark):
+        return ingest(spark, real_config)
 
 
 @pytest.mark.slow
@@ -207,7 +209,8 @@ def test_real_data_second_ingest_changes_nothing(spark, real_config, first_inges
 
 @pytest.mark.slow
 def test_paper_cut_reproduces_the_papers_counts(spark, real_config):
-    summary = ingest(spark, real_config, cut="paper")
+    with generated_code(spark):
+        summary = ingest(spark, real_config, cut="paper")
     assert (summary["customers"], summary["products"], summary["pairs"]) == (4297, 3846, 263267)
 
 
