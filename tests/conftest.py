@@ -47,37 +47,14 @@ def code_cache_use(session) -> str:
     return f"JVM code cache: {used / 2**20:.0f} MiB used of {reserved / 2**20:.0f} MiB"
 
 
-# The groups that take longest, longest first, by their worker-seconds in the fresh-clone CI run
-# of 2026-12-03 (4498e4d; 1,753 s on 2 workers): each of these builds whole published runs or
-# starts processes of its own, and most have few tests, so xdist's default order (most tests
-# first) left them for last and one worker finished minutes after the other.
-HEAVIEST_GROUPS_FIRST = (
-    "tests.test_faults_ops", "tests.test_notebooks", "tests.test_pipeline", "tests.test_serve",
-    "tests.test_ingest", "tests.test_faults_ingest", "tests.test_smollm2", "tests.test_spark_submit",
-    "tests.test_grocery_worked_example", "tests.test_product_labels", "published_site", "tests.test_vllm",
-    "tests.test_ingest_incremental", "tests.test_persona_model", "tests.test_ingest_source_cli",
-    "tests.test_labels_cli",
-)
-
-
-def xdist_group_of(item) -> str:
-    shared = "published_site" in getattr(item, "fixturenames", ())
-    return "published_site" if shared else item.module.__name__
-
-
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist turns the group into the test's scope
 def pytest_collection_modifyitems(config, items):
-    """Under ``pytest -n 2 --dist loadgroup --no-loadscope-reorder`` (the README's test command)
-    a module's tests run on one worker, so its module fixtures (most build a whole published run)
-    are built once; the modules reading the session's shared published run (``published_site``)
-    run together. The workers hand out the groups in collection order, so the heaviest groups
-    are collected first (longest processing time first: the last group to start is a short one).
-    A run without workers keeps pytest's order."""
+    """Under ``pytest -n 2 --dist loadgroup`` (the README's test command) a module's tests run
+    on one worker, so its module fixtures (most build a whole published run) are built once;
+    the modules reading the session's shared published run (``published_site``) run together."""
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(xdist_group_of(item)))
-    if hasattr(config, "workerinput"):
-        rank = {group: place for place, group in enumerate(HEAVIEST_GROUPS_FIRST)}
-        items.sort(key=lambda item: rank.get(xdist_group_of(item), len(rank)))  # stable: file order within
+        shared = "published_site" in getattr(item, "fixturenames", ())
+        item.add_marker(pytest.mark.xdist_group("published_site" if shared else item.module.__name__))
 
 
 def pytest_terminal_summary(terminalreporter, config):
