@@ -45,6 +45,12 @@ def use_flags(config: AppConfig) -> str:
     return f"-XX:SharedArchiveFile={path} {USE_ARCHIVE_FLAGS}"
 
 
+def start_up_flags(config: AppConfig) -> str:
+    """The JVM options a local session starts with for speed: spark.fast_jvm's flags and the
+    class archive's. spark-submit users (and tests/test_spark_submit.py) pass them on its command line."""
+    return " ".join(filter(None, [FAST_JVM_FLAGS if config.spark.fast_jvm else "", use_flags(config)]))
+
+
 def on_databricks() -> bool:
     return "DATABRICKS_RUNTIME_VERSION" in os.environ
 
@@ -68,10 +74,10 @@ def build_local_spark(config: AppConfig, extra_java_options: str = "") -> SparkS
     cores = os.cpu_count() or 2
     shuffle_partitions = spark_conf.shuffle_partitions or 2 * cores
     log_config = Path(__file__).with_name("log4j2.properties")
-    java_opts = f"-Dderby.system.home={workdir / 'derby'} -Dlog4j2.configurationFile=file:{log_config}"
-    if spark_conf.fast_jvm:
-        java_opts = f"{FAST_JVM_FLAGS} {java_opts}"
-    java_opts = " ".join(filter(None, [java_opts, use_flags(config), extra_java_options]))
+    java_opts = " ".join(filter(None, [
+        start_up_flags(config),
+        f"-Dderby.system.home={workdir / 'derby'} -Dlog4j2.configurationFile=file:{log_config}",
+        extra_java_options]))
     submitted = launched_by_spark_submit()
     builder = SparkSession.builder
     if not submitted:

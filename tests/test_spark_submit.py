@@ -26,7 +26,7 @@ import yaml
 
 from persona_lib.config import REPO_ROOT, load_config
 from persona_lib.jars import required_jars
-from persona_lib.spark import FAST_JVM_FLAGS, use_flags
+from persona_lib.spark import start_up_flags
 from tests.landing_files import copy_landing_slice
 
 VENV_BIN = Path(sys.executable).parent
@@ -61,7 +61,7 @@ def submitted_run(tmp_path_factory):
     jars = required_jars(config.resolve_path(config.spark.jars_dir))
     # The JVM flags the suite's own session starts with (conf/test.yaml's fast_jvm and the class
     # archive, quiet where it does not apply): on the command line, which owns them under spark-submit.
-    jvm_flags = f"{FAST_JVM_FLAGS} {use_flags(config)}".strip()
+    jvm_flags = start_up_flags(config)
     env = {**os.environ, "PYSPARK_PYTHON": str(VENV_BIN / "python"),
            "PYSPARK_DRIVER_PYTHON": str(VENV_BIN / "python")}
     env.pop("SPARK_HOME", None)  # the venv's pyspark is the Spark home, as for a user
