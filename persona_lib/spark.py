@@ -47,7 +47,8 @@ def use_flags(config: AppConfig) -> str:
 
 def start_up_flags(config: AppConfig) -> str:
     """The JVM options a local session starts with for speed: spark.fast_jvm's flags and the
-    class archive's. spark-submit users (and tests/test_spark_submit.py) pass them on its command line."""
+    class archive's. Under spark-submit the command line owns JVM options, so a submitter passes
+    these itself (tests/test_spark_submit.py does)."""
     return " ".join(filter(None, [FAST_JVM_FLAGS if config.spark.fast_jvm else "", use_flags(config)]))
 
 
